@@ -1,0 +1,615 @@
+"""All stack configuration, read once, validated up front, into frozen dataclasses.
+
+`Pulumi.yaml` is the schema: which keys exist, their types, defaults and which are secret. This
+module adds what the schema cannot say (Azure naming rules, CIDRs, key formats, VM size families)
+and reports every problem in one `ConfigError` before a single resource is declared.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import re
+import uuid
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from components import naming
+
+PROJECT = "edge-training"
+PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
+
+# Azure Stack Hub's VM size families (Microsoft Learn, "VM sizes supported in Azure Stack Hub").
+# Anything else, N-series GPUs or Dv3 say, fails only at deployment, so catch it here.
+HUB_VM_SIZE_FAMILIES: Mapping[str, re.Pattern[str]] = MappingProxyType(
+    {
+        "A": re.compile(r"Standard_A\d+"),
+        "Av2": re.compile(r"Standard_A\d+m?_v2"),
+        "D": re.compile(r"Standard_D\d+"),
+        "Dv2": re.compile(r"Standard_D\d+_v2"),
+        "DS": re.compile(r"Standard_DS\d+"),
+        "DSv2": re.compile(r"Standard_DS\d+_v2"),
+        "F": re.compile(r"Standard_F\d+"),
+        "Fs": re.compile(r"Standard_F\d+s"),
+        "Fsv2": re.compile(r"Standard_F\d+s_v2"),
+    }
+)
+SSH_FROM_EVERYWHERE = frozenset({"*", "0.0.0.0/0", "::/0", "internet", "any"})
+IDENTITY_PROVIDERS = ("azuread", "adfs")
+BOOTSTRAPS = ("cloud-init", "custom-script")
+REGISTRY_SKUS = ("Basic", "Standard", "Premium")
+MIN_RSA_BITS = 2048
+BASE_TAG_KEYS = ("project", "stack", "managed-by")
+
+_REGION = re.compile(r"[a-z][a-z0-9]*")
+_FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}=?")
+_IMAGE_VERSION = re.compile(r"latest|\d+\.\d+\.\d+")
+_VM_RESOURCE_ID = re.compile(
+    r"/subscriptions/[0-9a-fA-F-]{36}/resourceGroups/[-\w.()]+/providers/"
+    r"Microsoft\.Compute/virtualMachines/[-\w.]+",
+    re.IGNORECASE,
+)
+_TAG_KEY_FORBIDDEN = set("<>%&\\?/")
+
+
+@dataclass(frozen=True)
+class Problem:
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{PROJECT}:{self.key}: {self.reason}"
+
+
+class ConfigError(ValueError):
+    """Every problem with the stack configuration, each naming its key."""
+
+    def __init__(self, problems: Collection[Problem]) -> None:
+        self.problems = tuple(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"invalid stack configuration ({len(self.problems)} problem(s)):\n{lines}")
+
+    @property
+    def keys(self) -> frozenset[str]:
+        return frozenset(p.key for p in self.problems)
+
+
+@dataclass(frozen=True)
+class AzureSettings:
+    location: str
+    subscription_id: str | None
+    resource_group_name: str | None
+    """An existing resource group, or None to create one named `created_resource_group_name`."""
+    created_resource_group_name: str
+    workspace_name: str
+    workspace_storage_account_name: str
+    registry_name: str
+    registry_sku: str
+    workspace_public_network_access: bool
+    registry_public_network_access: bool
+
+
+@dataclass(frozen=True)
+class MarketplaceImage:
+    publisher: str
+    offer: str
+    sku: str
+    version: str
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    arm_endpoint: str
+    location: str
+    subscription_id: str
+    tenant_id: str | None
+    identity_provider: str
+    resource_group_name: str
+    storage_account_name: str
+    data_container_name: str
+    vm_size: str
+    image: MarketplaceImage
+    admin_username: str
+    ssh_public_key: str
+    ssh_source_cidrs: tuple[str, ...]
+    allow_ssh_from_anywhere: bool
+    vnet_address_space: str
+    subnet_prefix: str
+    os_disk_size_gb: int
+    bootstrap: str
+
+    @property
+    def metadata_host(self) -> str:
+        """The host the azure-native provider asks for the Hub's endpoints (metadataHost)."""
+        return urlsplit(self.arm_endpoint).hostname or ""
+
+    @property
+    def uses_adfs(self) -> bool:
+        return self.identity_provider == "adfs"
+
+
+@dataclass(frozen=True)
+class AttachSettings:
+    compute_name: str
+    ssh_port: int
+    ssh_private_key: str = field(repr=False)
+    ssh_host_key_fingerprint: str | None
+    deadline_seconds: int
+    min_free_disk_gb: int
+    compute_resource_id: str | None
+    experiment_name: str
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    project: str
+    stack: str
+    tags: Mapping[str, str]
+    azure: AzureSettings
+    hub: HubSettings
+    attach: AttachSettings
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    type: str
+    default: Any
+    has_default: bool
+    secret: bool
+
+
+@cache
+def load_schema(path: Path = PROJECT_FILE) -> Mapping[str, KeySpec]:
+    """The config keys `Pulumi.yaml` declares."""
+    declared = (yaml.safe_load(path.read_text()) or {}).get("config") or {}
+    return MappingProxyType(
+        {
+            key: KeySpec(
+                type=spec["type"],
+                default=spec.get("default"),
+                has_default="default" in spec,
+                secret=bool(spec.get("secret", False)),
+            )
+            for key, spec in declared.items()
+        }
+    )
+
+
+class _Reader:
+    """Typed access to raw config values that collects problems instead of raising."""
+
+    def __init__(self, raw: Mapping[str, Any], schema: Mapping[str, KeySpec], secret_keys: Collection[str]) -> None:
+        self._raw = raw
+        self._schema = schema
+        self._secret_keys = secret_keys
+        self.problems: list[Problem] = []
+        self.read: set[str] = set()
+
+    def problem(self, key: str, reason: str) -> None:
+        self.problems.append(Problem(key, reason))
+
+    def _value(self, key: str, expected_type: str) -> Any:
+        spec = self._schema[key]
+        if spec.type != expected_type:
+            raise TypeError(f"Pulumi.yaml declares {key} as {spec.type}, the program reads {expected_type}")
+        self.read.add(key)
+        if key in self._raw and self._raw[key] is not None:
+            return self._raw[key]
+        if not spec.has_default:
+            how = "--secret " if spec.secret else ""
+            self.problem(key, f"required; set it with: pulumi config set {how}{key} <value>")
+        return spec.default
+
+    def string(self, key: str) -> str:
+        value = self._value(key, "string")
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            self.problem(key, f"must be a string, got {value!r}")
+            return ""
+        return value.strip()
+
+    def optional_string(self, key: str) -> str | None:
+        return self.string(key) or None
+
+    def boolean(self, key: str) -> bool:
+        value = self._value(key, "boolean")
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        self.problem(key, f"must be true or false, got {value!r}")
+        return False
+
+    def integer(self, key: str, low: int, high: int) -> int:
+        value = self._value(key, "integer")
+        try:
+            number = int(value)
+            if isinstance(value, bool) or str(number) != str(value).strip():
+                raise ValueError
+        except (TypeError, ValueError):
+            self.problem(key, f"must be a whole number, got {value!r}")
+            return low
+        if not low <= number <= high:
+            self.problem(key, f"must be between {low} and {high}, got {number}")
+        return number
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self._value(key, "array")
+        if isinstance(value, str):
+            # The Pulumi runtime hands arrays over as JSON text.
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                self.problem(key, f"must be a list of strings, got {value!r}")
+                return ()
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            self.problem(key, f"must be a list of strings, got {value!r}")
+            return ()
+        return tuple(item.strip() for item in value)
+
+    def has_problem(self, key: str) -> bool:
+        return any(p.key == key for p in self.problems)
+
+    def is_secret(self, key: str) -> bool:
+        return key in self._secret_keys
+
+    def check_name(self, key: str, value: str, rule: naming.NameRule) -> None:
+        if (reason := rule.problem(value)) is not None:
+            self.problem(key, reason)
+
+    def check_uuid(self, key: str, value: str | None) -> None:
+        if value is None:
+            return
+        try:
+            uuid.UUID(value)
+        except ValueError:
+            self.problem(key, f"{value!r} is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
+
+    def check_region(self, key: str, value: str) -> None:
+        if not _REGION.fullmatch(value):
+            self.problem(
+                key, f"{value!r} is not a region name: use the lowercase name (westeurope), not the display name"
+            )
+
+
+def parse(
+    raw: Mapping[str, Any],
+    *,
+    stack: str,
+    project: str = PROJECT,
+    organization: str = "",
+    secret_keys: Collection[str] = (),
+    schema: Mapping[str, KeySpec] | None = None,
+) -> StackConfig:
+    """Validate raw config values (keys without the project prefix) into a `StackConfig`.
+
+    Raises `ConfigError` listing every problem found, each naming its key.
+    """
+    schema = load_schema() if schema is None else schema
+    r = _Reader(raw, schema, secret_keys)
+    seed = f"{organization}/{project}/{stack}"
+
+    for key in raw:
+        if key not in schema:
+            close = difflib.get_close_matches(key, list(schema), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            r.problem(key, f"unknown config key{hint}")
+
+    tags = _tags(r, project, stack)
+    azure = _azure(r, project, stack, seed)
+    hub = _hub(r, stack, seed)
+    # Match the private key against the public one only when that one is valid: one cause, one problem.
+    attach = _attach(r, "" if r.has_problem("hubSshPublicKey") else hub.ssh_public_key)
+
+    unread = set(schema) - r.read
+    if unread:
+        raise TypeError(f"Pulumi.yaml declares keys the program never reads: {sorted(unread)}")
+    if r.problems:
+        raise ConfigError(r.problems)
+    return StackConfig(project=project, stack=stack, tags=tags, azure=azure, hub=hub, attach=attach)
+
+
+def from_pulumi() -> StackConfig:
+    """Read and validate the running stack's configuration."""
+    import pulumi
+    from pulumi.runtime import config as runtime_config
+
+    project = pulumi.get_project()
+    prefix = f"{project}:"
+    everything = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    raw = {k[len(prefix) :]: v for k, v in everything.items() if k.startswith(prefix)}
+    env_secret_keys = set(runtime_config.get_config_secret_keys_env())
+    secret = {
+        k
+        for k in raw.keys() | set(load_schema())
+        if runtime_config.is_config_secret(prefix + k) or prefix + k in env_secret_keys
+    }
+    return parse(
+        raw,
+        stack=pulumi.get_stack(),
+        project=project,
+        organization=pulumi.get_organization() or "",
+        secret_keys=secret,
+    )
+
+
+def _tags(r: _Reader, project: str, stack: str) -> Mapping[str, str]:
+    tags = {"project": project, "stack": stack, "managed-by": "pulumi"}
+    for item in r.strings("tags"):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            r.problem("tags", f"{item!r} is not key=value")
+        elif key in BASE_TAG_KEYS:
+            r.problem("tags", f"{key!r} is set by the program; choose another tag name")
+        elif len(key) > 512 or _TAG_KEY_FORBIDDEN & set(key):
+            r.problem("tags", f"tag name {key!r} is too long or has one of < > % & \\ ? /")
+        elif len(value) > 256:
+            r.problem("tags", f"tag {key!r} has a value longer than 256 characters")
+        else:
+            tags[key] = value.strip()
+    return MappingProxyType(tags)
+
+
+def _azure(r: _Reader, project: str, stack: str, seed: str) -> AzureSettings:
+    location = r.string("location")
+    r.check_region("location", location)
+    subscription_id = r.optional_string("subscriptionId")
+    r.check_uuid("subscriptionId", subscription_id)
+    resource_group = r.optional_string("resourceGroupName")
+    if resource_group is not None:
+        r.check_name("resourceGroupName", resource_group, naming.RESOURCE_GROUP)
+
+    workspace = r.string("workspaceName") or naming.workspace_name(stack)
+    r.check_name("workspaceName", workspace, naming.ML_WORKSPACE)
+    storage = r.string("workspaceStorageAccountName") or naming.globally_unique_name(
+        "stmlw", stack, seed + "/workspace-storage", 24
+    )
+    r.check_name("workspaceStorageAccountName", storage, naming.STORAGE_ACCOUNT)
+    registry = r.string("registryName") or naming.globally_unique_name("cr", stack, seed + "/registry", 50)
+    r.check_name("registryName", registry, naming.CONTAINER_REGISTRY)
+
+    sku = r.string("registrySku")
+    if sku not in REGISTRY_SKUS:
+        r.problem("registrySku", f"{sku!r} is not one of {', '.join(REGISTRY_SKUS)}")
+    workspace_public = r.boolean("workspacePublicNetworkAccess")
+    registry_public = r.boolean("registryPublicNetworkAccess")
+    if not registry_public and sku in REGISTRY_SKUS and sku != "Premium":
+        r.problem(
+            "registryPublicNetworkAccess",
+            f"false needs registrySku Premium (is {sku}): only Premium registries take private endpoints",
+        )
+    return AzureSettings(
+        location=location,
+        subscription_id=subscription_id,
+        resource_group_name=resource_group,
+        created_resource_group_name=naming.resource_group_name(project, stack),
+        workspace_name=workspace,
+        workspace_storage_account_name=storage,
+        registry_name=registry,
+        registry_sku=sku,
+        workspace_public_network_access=workspace_public,
+        registry_public_network_access=registry_public,
+    )
+
+
+def _hub(r: _Reader, stack: str, seed: str) -> HubSettings:
+    endpoint = r.string("hubArmEndpoint")
+    if endpoint:
+        parts = urlsplit(endpoint)
+        if parts.scheme != "https" or not parts.hostname:
+            r.problem("hubArmEndpoint", f"{endpoint!r} is not an https URL")
+        elif parts.path not in ("", "/") or parts.query or parts.fragment:
+            r.problem("hubArmEndpoint", f"{endpoint!r} must be the endpoint alone, without a path or query")
+        endpoint = endpoint.rstrip("/")
+    location = r.string("hubLocation")
+    r.check_region("hubLocation", location)
+    subscription_id = r.string("hubSubscriptionId")
+    if subscription_id:
+        r.check_uuid("hubSubscriptionId", subscription_id)
+
+    identity_provider = r.string("hubIdentityProvider").lower()
+    tenant_id = r.optional_string("hubTenantId")
+    if identity_provider not in IDENTITY_PROVIDERS:
+        r.problem("hubIdentityProvider", f"{identity_provider!r} is not one of {', '.join(IDENTITY_PROVIDERS)}")
+    elif identity_provider == "azuread" and tenant_id is None:
+        r.problem("hubTenantId", "required with hubIdentityProvider azuread: the directory id the Hub trusts")
+    elif identity_provider == "adfs" and tenant_id not in (None, "adfs"):
+        r.problem("hubTenantId", "leave it empty with hubIdentityProvider adfs: AD FS Hubs use the tenant 'adfs'")
+    if identity_provider == "azuread" and tenant_id is not None:
+        r.check_uuid("hubTenantId", tenant_id)
+
+    resource_group = r.string("hubResourceGroupName")
+    if resource_group:
+        r.check_name("hubResourceGroupName", resource_group, naming.RESOURCE_GROUP)
+    storage = r.string("hubStorageAccountName") or naming.globally_unique_name(
+        "sthub", stack, seed + "/hub-storage", 24
+    )
+    r.check_name("hubStorageAccountName", storage, naming.STORAGE_ACCOUNT)
+    container = r.string("hubDataContainerName")
+    r.check_name("hubDataContainerName", container, naming.BLOB_CONTAINER)
+
+    vm_size = r.string("hubVmSize")
+    if not any(p.fullmatch(vm_size) for p in HUB_VM_SIZE_FAMILIES.values()):
+        families = ", ".join(HUB_VM_SIZE_FAMILIES)
+        r.problem("hubVmSize", f"{vm_size!r} is not in a size family Azure Stack Hub offers ({families})")
+
+    image = MarketplaceImage(
+        publisher=r.string("hubImagePublisher"),
+        offer=r.string("hubImageOffer"),
+        sku=r.string("hubImageSku"),
+        version=r.string("hubImageVersion"),
+    )
+    for key, value in (("hubImagePublisher", image.publisher), ("hubImageOffer", image.offer)):
+        if not value:
+            r.problem(key, "must not be empty")
+    if not image.sku:
+        r.problem("hubImageSku", "must not be empty")
+    elif re.search(r"gen2$", image.sku, re.IGNORECASE):
+        r.problem("hubImageSku", f"{image.sku!r} is a generation 2 image; Azure Stack Hub runs generation 1 only")
+    if not _IMAGE_VERSION.fullmatch(image.version):
+        r.problem("hubImageVersion", f"{image.version!r} is neither 'latest' nor a version like 22.04.202411010")
+
+    admin = r.string("hubAdminUsername")
+    r.check_name("hubAdminUsername", admin, naming.LINUX_ADMIN)
+    if admin in naming.RESERVED_ADMIN_NAMES:
+        r.problem("hubAdminUsername", f"{admin!r} is a name Azure reserves; choose another")
+
+    public_key = r.string("hubSshPublicKey")
+    if public_key:
+        _check_public_key(r, public_key)
+
+    cidrs, allow_anywhere = _ssh_sources(r)
+    vnet = _network(r, "hubVnetAddressSpace")
+    subnet = _network(r, "hubSubnetPrefix")
+    if (
+        vnet is not None
+        and subnet is not None
+        and not (
+            subnet.version == vnet.version and subnet.subnet_of(vnet)  # type: ignore[arg-type]
+        )
+    ):
+        r.problem("hubSubnetPrefix", f"{subnet} is not inside hubVnetAddressSpace {vnet}")
+
+    bootstrap = r.string("hubBootstrap")
+    if bootstrap not in BOOTSTRAPS:
+        r.problem("hubBootstrap", f"{bootstrap!r} is not one of {', '.join(BOOTSTRAPS)}")
+
+    return HubSettings(
+        arm_endpoint=endpoint,
+        location=location,
+        subscription_id=subscription_id,
+        tenant_id=tenant_id,
+        identity_provider=identity_provider,
+        resource_group_name=resource_group,
+        storage_account_name=storage,
+        data_container_name=container,
+        vm_size=vm_size,
+        image=image,
+        admin_username=admin,
+        ssh_public_key=public_key,
+        ssh_source_cidrs=cidrs,
+        allow_ssh_from_anywhere=allow_anywhere,
+        vnet_address_space=str(vnet) if vnet else "",
+        subnet_prefix=str(subnet) if subnet else "",
+        os_disk_size_gb=r.integer("hubOsDiskSizeGb", 30, 1023),
+        bootstrap=bootstrap,
+    )
+
+
+def _check_public_key(r: _Reader, text: str) -> None:
+    try:
+        key = serialization.load_ssh_public_key(text.encode())
+    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
+        r.problem("hubSshPublicKey", f"is not an OpenSSH public key ({error})")
+        return
+    # Azure ML attaches VMs with RSA keys only, and the Hub's compute API validates RSA keys.
+    if not isinstance(key, rsa.RSAPublicKey):
+        r.problem("hubSshPublicKey", "must be an RSA key (ssh-keygen -t rsa -b 4096): Azure ML attaches with RSA")
+    elif key.key_size < MIN_RSA_BITS:
+        r.problem("hubSshPublicKey", f"RSA key of {key.key_size} bits; at least {MIN_RSA_BITS} are required")
+
+
+def _ssh_sources(r: _Reader) -> tuple[tuple[str, ...], bool]:
+    sources = r.strings("hubSshSourceCidrs")
+    allow_anywhere = r.boolean("hubAllowSshFromAnywhere")
+    if not sources and not r.has_problem("hubSshSourceCidrs"):
+        r.problem("hubSshSourceCidrs", "must list at least one network allowed to reach SSH")
+    normalized: list[str] = []
+    for source in sources:
+        if source.lower() in SSH_FROM_EVERYWHERE:
+            if not allow_anywhere:
+                r.problem(
+                    "hubSshSourceCidrs",
+                    f"{source!r} opens SSH to everywhere; list your networks, "
+                    "or set hubAllowSshFromAnywhere true to accept that on purpose",
+                )
+            normalized.append("*" if source.lower() in ("*", "any") else source)
+            continue
+        try:
+            normalized.append(str(ipaddress.ip_network(source, strict=True)))
+        except ValueError as error:
+            r.problem("hubSshSourceCidrs", f"{source!r} is not a CIDR ({error})")
+    return tuple(normalized), allow_anywhere
+
+
+def _network(r: _Reader, key: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    value = r.string(key)
+    try:
+        return ipaddress.ip_network(value, strict=True)
+    except ValueError as error:
+        r.problem(key, f"{value!r} is not a CIDR ({error})")
+        return None
+
+
+def _attach(r: _Reader, public_key: str) -> AttachSettings:
+    compute_name = r.string("computeName")
+    r.check_name("computeName", compute_name, naming.ML_COMPUTE)
+    private_key = r.string("sshPrivateKey")
+    if private_key:
+        if not r.is_secret("sshPrivateKey"):
+            r.problem(
+                "sshPrivateKey",
+                "is stored in plain text; set it again with: pulumi config set --secret sshPrivateKey < keyfile",
+            )
+        _check_private_key(r, private_key, public_key)
+    fingerprint = r.optional_string("sshHostKeyFingerprint")
+    if fingerprint is not None and not _FINGERPRINT.fullmatch(fingerprint):
+        r.problem(
+            "sshHostKeyFingerprint",
+            f"{fingerprint!r} is not a SHA256 fingerprint as ssh-keygen -lf prints it (SHA256:...)",
+        )
+    resource_id = r.optional_string("computeResourceId")
+    if resource_id is not None and not _VM_RESOURCE_ID.fullmatch(resource_id):
+        r.problem(
+            "computeResourceId",
+            f"{resource_id!r} is not a VM resource id "
+            "(/subscriptions/<id>/resourceGroups/<rg>/providers/Microsoft.Compute/virtualMachines/<name>)",
+        )
+    experiment = r.string("experimentName")
+    r.check_name("experimentName", experiment, naming.EXPERIMENT)
+    return AttachSettings(
+        compute_name=compute_name,
+        ssh_port=r.integer("sshPort", 1, 65535),
+        ssh_private_key=private_key,
+        ssh_host_key_fingerprint=fingerprint,
+        deadline_seconds=r.integer("attachDeadlineSeconds", 30, 7200),
+        min_free_disk_gb=r.integer("minFreeDiskGb", 0, 4096),
+        compute_resource_id=resource_id,
+        experiment_name=experiment,
+    )
+
+
+def _check_private_key(r: _Reader, text: str, public_key: str) -> None:
+    data = text.encode()
+    try:
+        if b"OPENSSH PRIVATE KEY" in data:
+            key = serialization.load_ssh_private_key(data, password=None)
+        else:
+            key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        r.problem("sshPrivateKey", "is protected by a passphrase; Azure ML needs the key without one")
+        return
+    except (ValueError, UnsupportedAlgorithm):
+        r.problem("sshPrivateKey", "is not an unencrypted PEM or OpenSSH private key")
+        return
+    if not isinstance(key, rsa.RSAPrivateKey):
+        r.problem("sshPrivateKey", "must be an RSA key: Azure ML attaches VMs with RSA keys only")
+        return
+    derived = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    if public_key and derived.split()[:2] != public_key.encode().split()[:2]:
+        r.problem("sshPrivateKey", "does not match hubSshPublicKey: the VM would refuse it")

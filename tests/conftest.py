@@ -1,0 +1,118 @@
+"""Fixtures: real Azurite and OpenSSH on 127.0.0.1, and the Pulumi program under mocks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.harness import pulumi_mocks, services
+from tests.harness.keys import KeyPair, rsa_key
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT = pulumi_mocks.PROJECT
+
+
+# --- stack configuration and the program under mocks ------------------------------------------
+
+
+def dev_stack_config() -> dict[str, Any]:
+    """Pulumi.dev.yaml as the program would see it, with a generated SSH key pair in place of
+    the placeholders; keys without the project prefix."""
+    raw = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
+    config = {k.removeprefix(f"{PROJECT}:"): v for k, v in raw.items() if k.startswith(f"{PROJECT}:")}
+    key = rsa_key("vm-admin")
+    config["hubSshPublicKey"] = key.public_openssh
+    config["sshPrivateKey"] = key.private_pem
+    return config
+
+
+DEV_SECRET_KEYS = ("sshPrivateKey",)
+
+
+@pytest.fixture
+def dev_config() -> dict[str, Any]:
+    return dev_stack_config()
+
+
+@pytest.fixture
+def run_stack() -> Callable[..., pulumi_mocks.Recording]:
+    """Run __main__.py under mocks with Pulumi.dev.yaml plus `overrides` (None removes a key)."""
+
+    def run(
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        stack: str = "dev",
+        secret_keys: tuple[str, ...] = DEV_SECRET_KEYS,
+        preview: bool = False,
+    ) -> pulumi_mocks.Recording:
+        config = dev_stack_config()
+        for key, value in (overrides or {}).items():
+            if value is None:
+                config.pop(key, None)
+            else:
+                config[key] = value
+        return pulumi_mocks.run_program(config, secret_keys=secret_keys, stack=stack, preview=preview)
+
+    return run
+
+
+# --- real services -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Azurite]:
+    """Azurite's blob service, one for the session; tests use their own containers."""
+    emulator = services.start_azurite(tmp_path_factory.mktemp("azurite"))
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def ssh_user_key() -> KeyPair:
+    return rsa_key("ssh-user")
+
+
+@pytest.fixture
+def start_ssh_server(tmp_path: Path) -> Iterator[Callable[..., services.SshServer]]:
+    """Start sshd on 127.0.0.1 (any number per test); all are stopped after the test."""
+    started: list[services.SshServer] = []
+
+    def start(
+        authorized_keys: list[KeyPair],
+        path: list[Path | str] | None = None,
+        name: str = "sshd",
+    ) -> services.SshServer:
+        kwargs: dict[str, Any] = {} if path is None else {"path": path}
+        server = services.start_sshd(tmp_path / name, authorized_keys, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def ssh_server(
+    start_ssh_server: Callable[..., services.SshServer], ssh_user_key: KeyPair, tmp_path: Path
+) -> services.SshServer:
+    """sshd accepting `ssh_user_key`, with `<directory>/shims` first on the sessions' PATH."""
+    shims = tmp_path / "sshd" / "shims"
+    shims.mkdir(parents=True)
+    return start_ssh_server([ssh_user_key], path=[shims, "/usr/local/bin", "/usr/bin", "/bin"])
+
+
+# --- no service outlives the suite -------------------------------------------------------------
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    leaked = services.running_services()
+    if leaked:
+        for service in list(services._RUNNING):
+            service.stop()
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        print(f"\nFAILED: services left running after the suite (now stopped): {leaked}")

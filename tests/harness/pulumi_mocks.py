@@ -1,0 +1,199 @@
+"""Run the real Pulumi program under `pulumi.runtime.set_mocks` and record what it declares.
+
+The recording monitor sees each RegisterResource request as the engine would: type, name, inputs,
+provider reference, parent, dependencies, and which inputs travel as secrets. Tests assert on it.
+"""
+
+from __future__ import annotations
+
+import runpy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from google.protobuf import json_format
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc, settings
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+ROOT = Path(__file__).resolve().parents[2]
+MAIN = ROOT / "__main__.py"
+PROJECT = "edge-training"
+SECRET_SIG = (rpc._special_sig_key, rpc._special_secret_sig)
+
+FAKE_SUBSCRIPTION = "11111111-1111-1111-1111-111111111111"
+FAKE_TENANT = "22222222-2222-2222-2222-222222222222"
+FAKE_PRINCIPAL = "33333333-3333-3333-3333-333333333333"
+
+# Outputs the cloud would compute, by resource type, for resources whose outputs the program
+# reads. Inputs are echoed back for everything; these add what Azure would fill in.
+OutputFake = Callable[[str, Mapping[str, Any]], Mapping[str, Any]]
+OUTPUT_FAKES: dict[str, OutputFake] = {}
+# Results of provider functions (invokes), by token.
+CALL_FAKES: dict[str, Callable[[Mapping[str, Any]], Mapping[str, Any]]] = {
+    "azure-native:authorization:getClientConfig": lambda _args: {
+        "subscriptionId": FAKE_SUBSCRIPTION,
+        "tenantId": FAKE_TENANT,
+        "objectId": FAKE_PRINCIPAL,
+        "clientId": FAKE_PRINCIPAL,
+    },
+}
+
+
+@dataclass
+class Resource:
+    type: str
+    name: str
+    urn: str
+    id: str
+    custom: bool
+    inputs: dict[str, Any]
+    provider: str
+    """The provider reference, `<provider urn>::<provider id>`, or "" for the default provider."""
+    parent: str
+    dependencies: list[str]
+    property_dependencies: dict[str, list[str]]
+    secret_inputs: frozenset[str]
+    """Top-level input names whose value (or some part of it) is a secret."""
+    delete_before_replace: bool
+    outputs: dict[str, Any] = field(default_factory=dict)
+    """What the resource registered with register_outputs (components)."""
+
+    @property
+    def provider_urn(self) -> str:
+        return self.provider.rsplit("::", 1)[0] if self.provider else ""
+
+
+@dataclass(frozen=True)
+class Export:
+    value: Any
+    secret: bool
+
+
+@dataclass
+class Recording:
+    resources: list[Resource]
+    exports: dict[str, Export]
+
+    def of_type(self, type_: str) -> list[Resource]:
+        return [r for r in self.resources if r.type == type_]
+
+    def one(self, type_: str) -> Resource:
+        found = self.of_type(type_)
+        if len(found) != 1:
+            raise AssertionError(f"expected one {type_}, found {len(found)}: {[r.name for r in found]}")
+        return found[0]
+
+    def by_urn(self, urn: str) -> Resource:
+        for resource in self.resources:
+            if resource.urn == urn:
+                return resource
+        raise KeyError(urn)
+
+    def children_of(self, parent: Resource) -> list[Resource]:
+        return [r for r in self.resources if r.parent == parent.urn]
+
+
+def _contains_secret(value: Any) -> bool:
+    if isinstance(value, dict):
+        if value.get(SECRET_SIG[0]) == SECRET_SIG[1]:
+            return True
+        return any(_contains_secret(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_contains_secret(v) for v in value)
+    return False
+
+
+class _FakeCloud(pulumi.runtime.Mocks):
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        state = dict(args.inputs)
+        fake = OUTPUT_FAKES.get(args.typ)
+        if fake is not None:
+            state.update(fake(args.name, args.inputs))
+        return f"{args.name}-id", state
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+        fake = CALL_FAKES.get(args.token)
+        if fake is None:
+            raise AssertionError(f"the program invoked {args.token}, which the test harness does not fake")
+        return dict(fake(args.args))
+
+
+class RecordingMonitor(pulumi_mocks.MockMonitor):
+    def __init__(self) -> None:
+        super().__init__(_FakeCloud())
+        self.recorded: list[Resource] = []
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            raw = json_format.MessageToDict(request.object)
+            self.recorded.append(
+                Resource(
+                    type=request.type,
+                    name=request.name,
+                    urn=response.urn,
+                    id=response.id,
+                    custom=bool(request.custom),
+                    inputs=rpc.deserialize_properties(request.object),
+                    provider=request.provider,
+                    parent=request.parent,
+                    dependencies=list(request.dependencies),
+                    property_dependencies={k: list(v.urns) for k, v in request.propertyDependencies.items()},
+                    secret_inputs=frozenset(k for k, v in raw.items() if _contains_secret(v)),
+                    delete_before_replace=bool(request.deleteBeforeReplace),
+                )
+            )
+        return response
+
+    def RegisterResourceOutputs(self, request: Any) -> Any:
+        outputs = rpc.deserialize_properties(request.outputs)
+        for resource in self.recorded:
+            if resource.urn == request.urn:
+                resource.outputs = outputs
+        return super().RegisterResourceOutputs(request)
+
+
+def run_program(
+    config: Mapping[str, Any],
+    *,
+    secret_keys: tuple[str, ...] = (),
+    stack: str = "dev",
+    preview: bool = False,
+    main: Path = MAIN,
+) -> Recording:
+    """Run `main` under mocks with `config` (keys without the project prefix) and record it.
+
+    Exceptions the program raises propagate; what it registered before is in `monitor.recorded`.
+    """
+    monitor = RecordingMonitor()
+    settings.set_root_resource(None)  # type: ignore[arg-type]  # a fresh stack for every run
+    pulumi.runtime.set_mocks(monitor.mocks, project=PROJECT, stack=stack, preview=preview, monitor=monitor)
+    pulumi.runtime.set_all_config(
+        {f"{PROJECT}:{k}": v for k, v in config.items()},
+        [f"{PROJECT}:{k}" for k in secret_keys],
+    )
+    exports: dict[str, Export] = {}
+
+    async def collect_exports() -> None:
+        root = settings.get_root_resource()
+        for name, value in getattr(root, "outputs", {}).items():
+            output = pulumi.Output.from_input(value)
+            exports[name] = Export(await output.future(), bool(await output.is_secret()))
+
+    def program() -> Any:
+        runpy.run_path(str(main), run_name="__pulumi_main__")
+        return collect_exports()
+
+    last = LastRun.monitor = monitor
+    _sync_await(run_pulumi_func(program))
+    return Recording(resources=list(last.recorded), exports=exports)
+
+
+class LastRun:
+    """The monitor of the latest run, so a test can see what was registered before a failure."""
+
+    monitor: RecordingMonitor | None = None
