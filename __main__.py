@@ -7,6 +7,8 @@ CLI consumes.
 
 from __future__ import annotations
 
+import pulumi
+
 from components.config import from_pulumi
 
 config = from_pulumi()  # validates every key; raises ConfigError before any resource exists
@@ -18,3 +20,5 @@ config = from_pulumi()  # validates every key; raises ConfigError before any res
 # 3. Attach: preflight the VM over SSH and attach it to the workspace as compute.
 
 # 4. Outputs for the training CLI (python -m training), which reads `pulumi stack output --json`.
+pulumi.export("stackName", config.stack)
+pulumi.export("experimentName", config.attach.experiment_name)

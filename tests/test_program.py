@@ -17,3 +17,10 @@ def test_the_private_key_must_reach_the_program_as_a_secret(run_stack) -> None:
     with pytest.raises(stack_config.ConfigError) as caught:
         run_stack(secret_keys=())
     assert caught.value.keys == {"sshPrivateKey"}
+
+
+def test_the_training_settings_are_exported(run_stack) -> None:
+    recording = run_stack({"experimentName": "churn"}, stack="prod")
+    assert recording.exports["experimentName"].value == "churn"
+    assert recording.exports["stackName"].value == "prod"
+    assert not recording.exports["experimentName"].secret
