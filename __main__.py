@@ -9,16 +9,28 @@ from __future__ import annotations
 
 import pulumi
 
+from components.azure_provider import azure_provider
 from components.config import from_pulumi
+from components.ml_workspace import MlWorkspace, MlWorkspaceArgs
 
 config = from_pulumi()  # validates every key; raises ConfigError before any resource exists
 
 # 1. Cloud side: Azure ML workspace, its storage, key vault, App Insights, our registry.
+cloud = MlWorkspace("cloud", MlWorkspaceArgs(config.azure, config.tags, azure_provider(config.azure)))
 
 # 2. Edge side: Hub storage for the private data, and an Ubuntu VM with Docker.
 
 # 3. Attach: preflight the VM over SSH and attach it to the workspace as compute.
 
 # 4. Outputs for the training CLI (python -m training), which reads `pulumi stack output --json`.
+pulumi.export("azureSubscriptionId", cloud.subscription_id)
+pulumi.export("resourceGroupName", cloud.resource_group_name)
+pulumi.export("location", cloud.location)
+pulumi.export("workspaceName", cloud.workspace_name)
+pulumi.export("workspaceId", cloud.workspace_id)
+pulumi.export("registryName", cloud.registry_name)
+pulumi.export("registryLoginServer", cloud.registry_login_server)
+pulumi.export("registryId", cloud.registry_id)
+pulumi.export("workspaceStorageAccountId", cloud.storage_account_id)
 pulumi.export("stackName", config.stack)
 pulumi.export("experimentName", config.attach.experiment_name)

@@ -96,6 +96,8 @@ class AzureSettings:
     workspace_storage_account_name: str
     registry_name: str
     registry_sku: str
+    key_vault_name: str
+    """Derived, not configurable: 3-24 letters, digits, hyphens; globally unique."""
     workspace_public_network_access: bool
     registry_public_network_access: bool
 
@@ -402,6 +404,7 @@ def _azure(r: _Reader, project: str, stack: str, seed: str) -> AzureSettings:
         workspace_storage_account_name=storage,
         registry_name=registry,
         registry_sku=sku,
+        key_vault_name=naming.globally_unique_name("kv", stack, seed + "/key-vault", 24),
         workspace_public_network_access=workspace_public,
         registry_public_network_access=registry_public,
     )

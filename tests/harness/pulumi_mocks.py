@@ -31,7 +31,24 @@ FAKE_PRINCIPAL = "33333333-3333-3333-3333-333333333333"
 # Outputs the cloud would compute, by resource type, for resources whose outputs the program
 # reads. Inputs are echoed back for everything; these add what Azure would fill in.
 OutputFake = Callable[[str, Mapping[str, Any]], Mapping[str, Any]]
-OUTPUT_FAKES: dict[str, OutputFake] = {}
+OUTPUT_FAKES: dict[str, OutputFake] = {
+    "azure-native:containerregistry:Registry": lambda name, inputs: {
+        "loginServer": f"{inputs['registryName'].lower()}.azurecr.io"
+    },
+    "azure-native:machinelearningservices:Workspace": lambda name, inputs: {
+        "identity": {**inputs.get("identity", {}), "principalId": FAKE_PRINCIPAL, "tenantId": FAKE_TENANT}
+    },
+}
+# The input that carries an azure-native resource's own name, which Azure echoes as `name`.
+NAME_INPUTS = (
+    "accountName",
+    "registryName",
+    "workspaceName",
+    "vaultName",
+    "resourceName",
+    "roleAssignmentName",
+    "networkSecurityGroupName",
+)
 # Results of provider functions (invokes), by token.
 CALL_FAKES: dict[str, Callable[[Mapping[str, Any]], Mapping[str, Any]]] = {
     "azure-native:authorization:getClientConfig": lambda _args: {
@@ -110,6 +127,11 @@ def _contains_secret(value: Any) -> bool:
 class _FakeCloud(pulumi.runtime.Mocks):
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         state = dict(args.inputs)
+        if args.typ.startswith("azure-native:") and "name" not in state:
+            own = [state[k] for k in NAME_INPUTS if k in state]
+            if args.typ == "azure-native:resources:ResourceGroup":
+                own = [state.get("resourceGroupName", args.name)]
+            state["name"] = own[0] if own else args.name
         fake = OUTPUT_FAKES.get(args.typ)
         if fake is not None:
             state.update(fake(args.name, args.inputs))
