@@ -11,6 +11,10 @@ import pulumi
 
 from components.azure_provider import azure_provider
 from components.config import from_pulumi
+from components.hub_network import HubNetwork, HubNetworkArgs
+from components.hub_provider import hub_provider
+from components.hub_storage import HubStorage, HubStorageArgs
+from components.hub_vm import HubVm, HubVmArgs
 from components.ml_workspace import MlWorkspace, MlWorkspaceArgs
 
 config = from_pulumi()  # validates every key; raises ConfigError before any resource exists
@@ -19,6 +23,10 @@ config = from_pulumi()  # validates every key; raises ConfigError before any res
 cloud = MlWorkspace("cloud", MlWorkspaceArgs(config.azure, config.tags, azure_provider(config.azure)))
 
 # 2. Edge side: Hub storage for the private data, and an Ubuntu VM with Docker.
+hub = hub_provider(config.hub)
+hub_storage = HubStorage("hub-storage", HubStorageArgs(config.hub, config.tags, hub))
+network = HubNetwork("hub-network", HubNetworkArgs(config.hub, config.stack, config.tags, hub))
+vm = HubVm("hub-vm", HubVmArgs(config.hub, config.stack, network.nic_id, config.tags, hub))
 
 # 3. Attach: preflight the VM over SSH and attach it to the workspace as compute.
 
@@ -32,5 +40,13 @@ pulumi.export("registryName", cloud.registry_name)
 pulumi.export("registryLoginServer", cloud.registry_login_server)
 pulumi.export("registryId", cloud.registry_id)
 pulumi.export("workspaceStorageAccountId", cloud.storage_account_id)
+pulumi.export("hubResourceGroupName", config.hub.resource_group_name)
+pulumi.export("hubStorageAccountName", hub_storage.account_name)
+pulumi.export("hubStorageAccountId", hub_storage.account_id)
+pulumi.export("hubBlobEndpoint", hub_storage.blob_endpoint)
+pulumi.export("hubDataContainer", hub_storage.container_name)
+pulumi.export("hubVmId", vm.vm_id)
+pulumi.export("hubVmPublicIp", network.public_ip_address)
+pulumi.export("hubVmAdminUsername", vm.admin_username)
 pulumi.export("stackName", config.stack)
 pulumi.export("experimentName", config.attach.experiment_name)

@@ -129,6 +129,7 @@ class HubSettings:
     vnet_address_space: str
     subnet_prefix: str
     os_disk_size_gb: int
+    docker_version: str
     bootstrap: str
 
     @property
@@ -488,6 +489,9 @@ def _hub(r: _Reader, stack: str, seed: str) -> HubSettings:
     ):
         r.problem("hubSubnetPrefix", f"{subnet} is not inside hubVnetAddressSpace {vnet}")
 
+    docker_version = r.string("hubDockerVersion")
+    if not re.fullmatch(r"\d+\.\d+\.\d+", docker_version):
+        r.problem("hubDockerVersion", f"{docker_version!r} is not a Docker Engine version like 27.5.1")
     bootstrap = r.string("hubBootstrap")
     if bootstrap not in BOOTSTRAPS:
         r.problem("hubBootstrap", f"{bootstrap!r} is not one of {', '.join(BOOTSTRAPS)}")
@@ -510,6 +514,7 @@ def _hub(r: _Reader, stack: str, seed: str) -> HubSettings:
         vnet_address_space=str(vnet) if vnet else "",
         subnet_prefix=str(subnet) if subnet else "",
         os_disk_size_gb=r.integer("hubOsDiskSizeGb", 30, 1023),
+        docker_version=docker_version,
         bootstrap=bootstrap,
     )
 

@@ -121,3 +121,13 @@ def workspace_name(stack: str) -> str:
 def resource_group_name(project: str, stack: str) -> str:
     core = re.sub(r"[^-\w.()]", "-", f"{project}-{stack}")
     return f"rg-{core}"[:90].rstrip(".")
+
+
+def hub_resource_name(kind: str, stack: str) -> str:
+    """A name for a Hub resource within its resource group: `<kind>-edge-<stack>`, at most 64 characters.
+
+    Letters, digits and hyphens only, which every Hub resource type here accepts (a VM's
+    computer name included).
+    """
+    core = re.sub(r"[^a-zA-Z0-9-]", "-", stack).strip("-") or "stack"
+    return f"{kind}-edge-{core}"[:64].rstrip("-")

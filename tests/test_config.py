@@ -96,6 +96,7 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], str]] = [
     ("port out of range", {"sshPort": 70000}, "sshPort"),
     ("port not a number", {"sshPort": "twenty-two"}, "sshPort"),
     ("disk too small", {"hubOsDiskSizeGb": 10}, "hubOsDiskSizeGb"),
+    ("docker version", {"hubDockerVersion": "latest"}, "hubDockerVersion"),
     ("unknown bootstrap", {"hubBootstrap": "ansible"}, "hubBootstrap"),
     ("unknown identity provider", {"hubIdentityProvider": "ldap"}, "hubIdentityProvider"),
     ("azuread without tenant", {"hubTenantId": None}, "hubTenantId"),

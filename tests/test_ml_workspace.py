@@ -18,6 +18,10 @@ ROLE = "azure-native:authorization:RoleAssignment"
 COMPONENT = "edge-training:cloud:MlWorkspace"
 
 
+def cloud_provider(recording: Recording):
+    return next(r for r in recording.of_type("pulumi:providers:azure-native") if r.name == "azure")
+
+
 @pytest.fixture(scope="module")
 def recording() -> Recording:
     from tests.conftest import DEV_SECRET_KEYS, dev_stack_config
@@ -89,7 +93,7 @@ def test_role_assignment_names_are_stable_across_runs(run_stack) -> None:
 
 def test_every_child_has_the_component_as_parent_and_the_explicit_provider(recording: Recording) -> None:
     component = recording.one(COMPONENT)
-    provider = recording.one("pulumi:providers:azure-native")
+    provider = cloud_provider(recording)
     children = recording.children_of(component)
     assert {c.type for c in children} >= {STORAGE, VAULT, REGISTRY, WORKSPACE, ROLE}
     for child in children:
@@ -103,10 +107,8 @@ def test_every_child_has_the_component_as_parent_and_the_explicit_provider(recor
 
 def test_the_configured_subscription_reaches_the_provider(run_stack) -> None:
     recording = run_stack({"subscriptionId": "44444444-4444-4444-4444-444444444444"})
-    assert recording.one("pulumi:providers:azure-native").inputs["subscriptionId"] == (
-        "44444444-4444-4444-4444-444444444444"
-    )
-    assert "subscriptionId" not in run_stack({"subscriptionId": None}).one("pulumi:providers:azure-native").inputs
+    assert cloud_provider(recording).inputs["subscriptionId"] == "44444444-4444-4444-4444-444444444444"
+    assert "subscriptionId" not in cloud_provider(run_stack({"subscriptionId": None})).inputs
 
 
 @pytest.mark.parametrize("stack", ["dev", "production-westeurope", "Feature_42", "x" * 40])
@@ -142,8 +144,9 @@ def test_component_outputs_and_stack_exports(recording: Recording) -> None:
 def test_an_existing_resource_group_is_used_not_created(run_stack) -> None:
     recording = run_stack({"resourceGroupName": "rg-shared-ml"})
     assert recording.of_type("azure-native:resources:ResourceGroup") == []
+    cloud = cloud_provider(recording).urn
     for resource in recording.resources:
-        if resource.type.startswith("azure-native:") and "resourceGroupName" in resource.inputs:
+        if resource.provider_urn == cloud and "resourceGroupName" in resource.inputs:
             assert resource.inputs["resourceGroupName"] == "rg-shared-ml"
     assert recording.exports["resourceGroupName"].value == "rg-shared-ml"
 

@@ -38,6 +38,7 @@ OUTPUT_FAKES: dict[str, OutputFake] = {
     "azure-native:machinelearningservices:Workspace": lambda name, inputs: {
         "identity": {**inputs.get("identity", {}), "principalId": FAKE_PRINCIPAL, "tenantId": FAKE_TENANT}
     },
+    "azure-native:resources:Resource": lambda name, inputs: _hub_resource_outputs(inputs),
 }
 # The input that carries an azure-native resource's own name, which Azure echoes as `name`.
 NAME_INPUTS = (
@@ -58,6 +59,19 @@ CALL_FAKES: dict[str, Callable[[Mapping[str, Any]], Mapping[str, Any]]] = {
         "clientId": FAKE_PRINCIPAL,
     },
 }
+
+
+FAKE_PUBLIC_IP = "192.0.2.10"
+
+
+def _hub_resource_outputs(inputs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """What Resource Manager adds to a generic resource's properties once it exists."""
+    properties = dict(inputs.get("properties") or {})
+    if inputs.get("resourceType") == "storageAccounts":
+        properties["primaryEndpoints"] = {"blob": f"https://{inputs['resourceName']}.blob.local.azurestack.external/"}
+    elif inputs.get("resourceType") == "publicIPAddresses":
+        properties["ipAddress"] = FAKE_PUBLIC_IP
+    return {"properties": properties}
 
 
 @dataclass
@@ -114,6 +128,17 @@ class Recording:
         return [r for r in self.resources if r.parent == parent.urn]
 
 
+def _unwrap_secrets(value: Any) -> Any:
+    """Inputs as plain values; which ones were secret is kept in `Resource.secret_inputs`."""
+    if isinstance(value, dict):
+        if value.get(SECRET_SIG[0]) == SECRET_SIG[1]:
+            return _unwrap_secrets(value.get("value"))
+        return {k: _unwrap_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unwrap_secrets(v) for v in value]
+    return value
+
+
 def _contains_secret(value: Any) -> bool:
     if isinstance(value, dict):
         if value.get(SECRET_SIG[0]) == SECRET_SIG[1]:
@@ -160,7 +185,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     urn=response.urn,
                     id=response.id,
                     custom=bool(request.custom),
-                    inputs=rpc.deserialize_properties(request.object),
+                    inputs=_unwrap_secrets(rpc.deserialize_properties(request.object)),
                     provider=request.provider,
                     parent=request.parent,
                     dependencies=list(request.dependencies),

@@ -1,0 +1,137 @@
+"""Edge side: the Hub network the VM lives in, with SSH open only to the configured sources."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_azure_native as azure_native
+
+from components import naming
+from components.config import HubSettings
+from components.hub_resource import HubResourceSpec, declare, property_of
+
+SUBNET_NAME = "edge"
+SSH_PORT_ON_VM = "22"
+
+
+def ssh_rule(settings: HubSettings) -> dict[str, Any]:
+    """Inbound SSH from the configured sources only; the Hub's default rules deny the rest."""
+    sources = list(settings.ssh_source_cidrs)
+    if "*" in sources:  # only there through hubAllowSshFromAnywhere, and it subsumes the rest
+        sources = ["*"]
+    source = {"sourceAddressPrefix": sources[0]} if len(sources) == 1 else {"sourceAddressPrefixes": sources}
+    return {
+        "name": "allow-ssh-from-configured-sources",
+        "properties": {
+            "priority": 100,
+            "direction": "Inbound",
+            "access": "Allow",
+            "protocol": "Tcp",
+            "sourcePortRange": "*",
+            **source,
+            "destinationAddressPrefix": "*",
+            "destinationPortRange": SSH_PORT_ON_VM,
+        },
+    }
+
+
+@dataclass(frozen=True)
+class HubNetworkArgs:
+    settings: HubSettings
+    stack: str
+    tags: Mapping[str, str]
+    provider: azure_native.Provider
+
+
+class HubNetwork(pulumi.ComponentResource):
+    """Virtual network and subnet, an NSG allowing only SSH from the configured CIDRs, a static
+    public IP and the VM's NIC."""
+
+    nic_id: pulumi.Output[str]
+    public_ip_address: pulumi.Output[str]
+    subnet_id: pulumi.Output[str]
+    nsg_id: pulumi.Output[str]
+
+    def __init__(self, name: str, args: HubNetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("edge-training:edge:HubNetwork", name, None, opts)
+        s = args.settings
+        child = pulumi.ResourceOptions(parent=self, provider=args.provider)
+
+        def spec(resource_type: str, kind: str, properties: Mapping[str, Any], **extra: Any) -> HubResourceSpec:
+            return HubResourceSpec(
+                namespace="Microsoft.Network",
+                resource_type=resource_type,
+                name=naming.hub_resource_name(kind, args.stack),
+                resource_group_name=s.resource_group_name,
+                location=s.location,
+                properties=properties,
+                tags=args.tags,
+                **extra,
+            )
+
+        nsg = declare(f"{name}-nsg", spec("networkSecurityGroups", "nsg", {"securityRules": [ssh_rule(s)]}), child)
+        vnet = declare(
+            f"{name}-vnet",
+            spec(
+                "virtualNetworks",
+                "vnet",
+                {
+                    "addressSpace": {"addressPrefixes": [s.vnet_address_space]},
+                    "subnets": [
+                        {
+                            "name": SUBNET_NAME,
+                            "properties": {"addressPrefix": s.subnet_prefix, "networkSecurityGroup": {"id": nsg.id}},
+                        }
+                    ],
+                },
+            ),
+            child,
+        )
+        # The Hub offers Basic public IPs; Static, so the attach step and Azure ML keep one address.
+        public_ip = declare(
+            f"{name}-pip",
+            spec(
+                "publicIPAddresses",
+                "pip",
+                {"publicIPAllocationMethod": "Static", "publicIPAddressVersion": "IPv4"},
+                sku={"name": "Basic"},
+            ),
+            child,
+        )
+        subnet_id = vnet.id.apply(lambda vnet_id: f"{vnet_id}/subnets/{SUBNET_NAME}")
+        nic = declare(
+            f"{name}-nic",
+            spec(
+                "networkInterfaces",
+                "nic",
+                {
+                    "ipConfigurations": [
+                        {
+                            "name": "primary",
+                            "properties": {
+                                "primary": True,
+                                "privateIPAllocationMethod": "Dynamic",
+                                "subnet": {"id": subnet_id},
+                                "publicIPAddress": {"id": public_ip.id},
+                            },
+                        }
+                    ]
+                },
+            ),
+            child,
+        )
+        self.nic_id = nic.id
+        self.public_ip_address = property_of(public_ip, "ipAddress")
+        self.subnet_id = subnet_id
+        self.nsg_id = nsg.id
+        self.register_outputs(
+            {
+                "nicId": self.nic_id,
+                "publicIpAddress": self.public_ip_address,
+                "subnetId": self.subnet_id,
+                "nsgId": self.nsg_id,
+            }
+        )

@@ -1,0 +1,141 @@
+"""Edge side: the Ubuntu VM with Docker on the Hub, reachable by SSH key only."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_azure_native as azure_native
+
+from components import first_boot, naming
+from components.config import HubSettings
+from components.hub_resource import HubResourceSpec, declare
+
+# Sizes with premium storage (DS, DSv2, Fs, Fsv2) take Premium_LRS disks; the others only Standard.
+_PREMIUM_SIZE = re.compile(r"Standard_(DS\d+(_v2)?|F\d+s(_v2)?)")
+
+
+def os_disk_type(vm_size: str) -> str:
+    return "Premium_LRS" if _PREMIUM_SIZE.fullmatch(vm_size) else "Standard_LRS"
+
+
+def vm_properties(settings: HubSettings, computer_name: str, nic_id: pulumi.Input[str], script: str) -> dict[str, Any]:
+    os_profile: dict[str, Any] = {
+        "computerName": computer_name,
+        "adminUsername": settings.admin_username,
+        # No adminPassword anywhere: the key is the only way in.
+        "linuxConfiguration": {
+            "disablePasswordAuthentication": True,
+            "ssh": {
+                "publicKeys": [
+                    {
+                        "path": f"/home/{settings.admin_username}/.ssh/authorized_keys",
+                        "keyData": settings.ssh_public_key,
+                    }
+                ]
+            },
+        },
+    }
+    if settings.bootstrap == "cloud-init":
+        os_profile["customData"] = first_boot.custom_data(script)
+    image = settings.image
+    return {
+        "hardwareProfile": {"vmSize": settings.vm_size},
+        "storageProfile": {
+            # Generation 1 marketplace image: the Hub has no generation 2 VMs.
+            "imageReference": {
+                "publisher": image.publisher,
+                "offer": image.offer,
+                "sku": image.sku,
+                "version": image.version,
+            },
+            "osDisk": {
+                "createOption": "FromImage",
+                "diskSizeGB": settings.os_disk_size_gb,
+                "managedDisk": {"storageAccountType": os_disk_type(settings.vm_size)},
+            },
+        },
+        "osProfile": os_profile,
+        "networkProfile": {"networkInterfaces": [{"id": nic_id}]},
+        # No diagnosticsProfile and no Linux diagnostics extension: it fails on the Hub.
+    }
+
+
+def custom_script_properties(script: str) -> dict[str, Any]:
+    # CustomScript for Linux 2.x is on the Hub marketplace; the script travels in protectedSettings.
+    return {
+        "publisher": "Microsoft.Azure.Extensions",
+        "type": "CustomScript",
+        "typeHandlerVersion": "2.1",
+        "autoUpgradeMinorVersion": True,
+        "protectedSettings": first_boot.custom_script_settings(script),
+    }
+
+
+@dataclass(frozen=True)
+class HubVmArgs:
+    settings: HubSettings
+    stack: str
+    nic_id: pulumi.Input[str]
+    tags: Mapping[str, str]
+    provider: azure_native.Provider
+
+
+class HubVm(pulumi.ComponentResource):
+    """Ubuntu from the Hub marketplace with Docker installed at first boot, by cloud-init or by
+    the CustomScript extension (`hubBootstrap`), running the same script."""
+
+    vm_id: pulumi.Output[str]
+    vm_name: pulumi.Output[str]
+    admin_username: pulumi.Output[str]
+    first_boot_marker: pulumi.Output[str]
+
+    def __init__(self, name: str, args: HubVmArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("edge-training:edge:HubVm", name, None, opts)
+        s = args.settings
+        child = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        vm_name = naming.hub_resource_name("vm", args.stack)
+        script = first_boot.render_script(s.admin_username, s.docker_version)
+        vm = declare(
+            f"{name}-vm",
+            HubResourceSpec(
+                namespace="Microsoft.Compute",
+                resource_type="virtualMachines",
+                name=vm_name,
+                resource_group_name=s.resource_group_name,
+                location=s.location,
+                properties=vm_properties(s, vm_name, args.nic_id, script),
+                tags=args.tags,
+            ),
+            child,
+        )
+        if s.bootstrap == "custom-script":
+            declare(
+                f"{name}-first-boot",
+                HubResourceSpec(
+                    namespace="Microsoft.Compute",
+                    resource_type="extensions",
+                    parent_resource_path=f"virtualMachines/{vm_name}",
+                    name="first-boot",
+                    resource_group_name=s.resource_group_name,
+                    location=s.location,
+                    properties=custom_script_properties(script),
+                    tags=args.tags,
+                ),
+                pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[vm])),
+            )
+        self.vm_id = vm.id
+        self.vm_name = vm.name
+        self.admin_username = pulumi.Output.from_input(s.admin_username)
+        self.first_boot_marker = pulumi.Output.from_input(first_boot.MARKER_PATH_ON_VM)
+        self.register_outputs(
+            {
+                "vmId": self.vm_id,
+                "vmName": self.vm_name,
+                "adminUsername": self.admin_username,
+                "firstBootMarker": self.first_boot_marker,
+            }
+        )

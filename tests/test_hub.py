@@ -1,0 +1,238 @@
+"""The edge side under mocks: Hub provider, Hub API versions, bodies checked against Microsoft's
+own models of those versions, SSH exposure and password authentication."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+import yaml
+from azure.mgmt.compute.v2020_06_01 import models as compute_models
+from azure.mgmt.network.v2018_11_01 import models as network_models
+from azure.mgmt.storage.v2019_06_01 import models as storage_models
+
+from components import first_boot
+from tests.harness.arm_models import check_body
+from tests.harness.pulumi_mocks import FAKE_PUBLIC_IP, Recording
+
+GENERIC = "azure-native:resources:Resource"
+
+# Per Hub resource type: its API version in profile 2020-09-01-hybrid, and Microsoft's model of
+# the request body at that version.
+HUB_TYPES: dict[tuple[str, str], tuple[str, type]] = {
+    ("Microsoft.Storage", "storageAccounts"): ("2019-06-01", storage_models.StorageAccountCreateParameters),
+    ("Microsoft.Storage", "containers"): ("2019-06-01", storage_models.BlobContainer),
+    ("Microsoft.Network", "networkSecurityGroups"): ("2018-11-01", network_models.NetworkSecurityGroup),
+    ("Microsoft.Network", "virtualNetworks"): ("2018-11-01", network_models.VirtualNetwork),
+    ("Microsoft.Network", "publicIPAddresses"): ("2018-11-01", network_models.PublicIPAddress),
+    ("Microsoft.Network", "networkInterfaces"): ("2018-11-01", network_models.NetworkInterface),
+    ("Microsoft.Compute", "virtualMachines"): ("2020-06-01", compute_models.VirtualMachine),
+    ("Microsoft.Compute", "extensions"): ("2020-06-01", compute_models.VirtualMachineExtension),
+}
+BODY_FIELDS = ("location", "tags", "sku", "kind", "properties")
+
+
+@pytest.fixture(scope="module", params=["cloud-init", "custom-script"])
+def recording(request: pytest.FixtureRequest) -> Recording:
+    from tests.conftest import DEV_SECRET_KEYS, dev_stack_config
+    from tests.harness import pulumi_mocks
+
+    return pulumi_mocks.run_program(dev_stack_config() | {"hubBootstrap": request.param}, secret_keys=DEV_SECRET_KEYS)
+
+
+def hub_resources(recording: Recording) -> list[Any]:
+    return recording.of_type(GENERIC)
+
+
+def by_type(recording: Recording, resource_type: str) -> Any:
+    found = [r for r in hub_resources(recording) if r.inputs["resourceType"] == resource_type]
+    assert len(found) == 1, [r.name for r in found]
+    return found[0]
+
+
+def body(resource: Any) -> dict[str, Any]:
+    return {k: resource.inputs[k] for k in BODY_FIELDS if resource.inputs.get(k) is not None}
+
+
+def test_every_hub_resource_uses_the_hub_provider_and_its_profile_api_version(recording: Recording) -> None:
+    hub = next(r for r in recording.of_type("pulumi:providers:azure-native") if r.name == "hub")
+    declared = set()
+    for resource in hub_resources(recording):
+        key = (resource.inputs["resourceProviderNamespace"], resource.inputs["resourceType"])
+        assert key in HUB_TYPES, f"{resource.name}: {key} has no Hub API version on record"
+        assert resource.inputs["apiVersion"] == HUB_TYPES[key][0], resource.name
+        assert resource.provider_urn == hub.urn, resource.name
+        declared.add(key)
+    expected = set(HUB_TYPES)
+    if recording.one("edge-training:edge:HubVm") and not any(
+        r.name.endswith("first-boot") for r in hub_resources(recording)
+    ):
+        expected.discard(("Microsoft.Compute", "extensions"))
+    assert declared == expected
+    # And no Hub resource slipped through a typed class (which would send a newer version).
+    typed = {r.type for r in recording.resources if r.provider_urn == hub.urn}
+    assert typed == {GENERIC}
+
+
+def test_every_hub_body_is_valid_for_microsofts_model_of_its_api_version(recording: Recording) -> None:
+    for resource in hub_resources(recording):
+        key = (resource.inputs["resourceProviderNamespace"], resource.inputs["resourceType"])
+        assert check_body(HUB_TYPES[key][1], body(resource)) == [], resource.name
+
+
+@pytest.mark.parametrize(
+    ("model_type", "bad_body", "problem"),
+    [
+        # a property newer API versions have and 2018-11-01 does not
+        (network_models.PublicIPAddress, {"location": "l", "properties": {"natGateway": {"id": "x"}}}, "round trip"),
+        # required fields missing
+        (compute_models.VirtualMachineExtension, {"properties": {"publisher": "p"}}, "location is required"),
+        (storage_models.StorageAccountCreateParameters, {"location": "l", "kind": "Storage"}, "sku"),
+        # a read-only field sent
+        (compute_models.VirtualMachine, {"location": "l", "properties": {"vmId": "x"}}, "read-only"),
+    ],
+    ids=["unknown-field", "required-compute", "required-storage", "readonly"],
+)
+def test_the_model_check_catches_what_the_api_version_refuses(model_type, bad_body, problem) -> None:
+    problems = check_body(model_type, bad_body)
+    assert any(problem in p for p in problems), problems
+
+
+def test_hub_provider_targets_the_hubs_resource_manager(recording: Recording) -> None:
+    hub = next(r for r in recording.of_type("pulumi:providers:azure-native") if r.name == "hub")
+    assert hub.inputs["metadataHost"] == "management.local.azurestack.external"
+    assert hub.inputs["location"] == "local"
+    assert hub.inputs["subscriptionId"] == "00000000-0000-0000-0000-000000000001"
+    assert hub.inputs["tenantId"] == "00000000-0000-0000-0000-000000000002"
+    assert "disableInstanceDiscovery" not in hub.inputs
+
+
+def test_adfs_hubs_use_the_adfs_tenant_without_instance_discovery(run_stack) -> None:
+    recording = run_stack({"hubIdentityProvider": "adfs", "hubTenantId": None})
+    hub = next(r for r in recording.of_type("pulumi:providers:azure-native") if r.name == "hub")
+    assert hub.inputs["tenantId"] == "adfs"
+    assert hub.inputs["disableInstanceDiscovery"] == "true"  # provider inputs travel as strings
+
+
+def test_hub_service_principal_comes_from_its_own_variables_and_stays_secret(run_stack, monkeypatch) -> None:
+    monkeypatch.setenv("HUB_ARM_CLIENT_ID", "hub-app")
+    monkeypatch.setenv("HUB_ARM_CLIENT_SECRET", "hub-secret-value")
+    monkeypatch.setenv("ARM_CLIENT_SECRET", "cloud-secret-value")
+    recording = run_stack()
+    hub = next(r for r in recording.of_type("pulumi:providers:azure-native") if r.name == "hub")
+    assert hub.inputs["clientId"] == "hub-app"
+    assert hub.inputs["clientSecret"] == "hub-secret-value"
+    assert "clientSecret" in hub.secret_inputs
+    cloud = next(r for r in recording.of_type("pulumi:providers:azure-native") if r.name == "azure")
+    assert "clientSecret" not in cloud.inputs  # the cloud provider reads ARM_* itself, nothing in state
+
+
+def test_storage_is_https_only_and_the_container_private(recording: Recording) -> None:
+    account = by_type(recording, "storageAccounts").inputs
+    assert account["properties"]["supportsHttpsTrafficOnly"] is True
+    assert account["sku"] == {"name": "Standard_LRS"}
+    container = by_type(recording, "containers")
+    assert container.inputs["properties"] == {"publicAccess": "None"}
+    assert container.inputs["parentResourcePath"] == f"storageAccounts/{account['resourceName']}/blobServices/default"
+    assert by_type(recording, "storageAccounts").urn in container.dependencies
+
+
+def _inbound_ssh_sources(recording: Recording) -> list[str]:
+    rules = by_type(recording, "networkSecurityGroups").inputs["properties"]["securityRules"]
+    sources: list[str] = []
+    for rule in rules:
+        p = rule["properties"]
+        if p["direction"] == "Inbound" and p["access"] == "Allow":
+            assert p["destinationPortRange"] == "22"
+            sources += p.get("sourceAddressPrefixes") or [p["sourceAddressPrefix"]]
+    return sources
+
+
+def test_ssh_is_open_only_to_the_configured_sources(recording: Recording, run_stack) -> None:
+    assert _inbound_ssh_sources(recording) == ["203.0.113.0/24"]
+    several = run_stack({"hubSshSourceCidrs": ["203.0.113.0/24", "198.51.100.7/32"]})
+    assert _inbound_ssh_sources(several) == ["203.0.113.0/24", "198.51.100.7/32"]
+
+
+def test_ssh_from_everywhere_needs_the_opt_out_and_changes_only_the_rule(run_stack) -> None:
+    opened = run_stack({"hubSshSourceCidrs": ["*"], "hubAllowSshFromAnywhere": True})
+    assert _inbound_ssh_sources(opened) == ["*"]
+
+
+def test_the_subnet_carries_the_nsg_and_the_nic_the_static_public_ip(recording: Recording) -> None:
+    vnet = by_type(recording, "virtualNetworks").inputs["properties"]
+    nsg = by_type(recording, "networkSecurityGroups")
+    assert vnet["subnets"][0]["properties"]["networkSecurityGroup"] == {"id": nsg.id}
+    pip = by_type(recording, "publicIPAddresses")
+    assert pip.inputs["properties"]["publicIPAllocationMethod"] == "Static"
+    ip_config = by_type(recording, "networkInterfaces").inputs["properties"]["ipConfigurations"][0]["properties"]
+    assert ip_config["publicIPAddress"] == {"id": pip.id}
+
+
+def test_the_vm_takes_keys_only(recording: Recording) -> None:
+    vm = by_type(recording, "virtualMachines").inputs["properties"]
+    linux = vm["osProfile"]["linuxConfiguration"]
+    assert linux["disablePasswordAuthentication"] is True
+    assert linux["ssh"]["publicKeys"][0]["path"] == "/home/azureuser/.ssh/authorized_keys"
+    assert linux["ssh"]["publicKeys"][0]["keyData"].startswith("ssh-rsa ")
+    assert "password" not in json.dumps({k: v.value for k, v in recording.exports.items()}).lower()
+    for resource in hub_resources(recording):
+        assert "adminpassword" not in json.dumps(resource.inputs).lower(), resource.name
+
+
+def test_the_vm_uses_the_configured_gen1_image_size_and_disk(recording: Recording) -> None:
+    vm = by_type(recording, "virtualMachines").inputs["properties"]
+    assert vm["hardwareProfile"] == {"vmSize": "Standard_DS2_v2"}
+    assert vm["storageProfile"]["imageReference"] == {
+        "publisher": "Canonical",
+        "offer": "0001-com-ubuntu-server-jammy",
+        "sku": "22_04-lts",
+        "version": "latest",
+    }
+    assert vm["storageProfile"]["osDisk"]["managedDisk"] == {"storageAccountType": "Premium_LRS"}
+    assert vm["storageProfile"]["osDisk"]["diskSizeGB"] == 64
+    assert "diagnosticsProfile" not in vm
+
+
+def test_no_linux_diagnostics_extension(recording: Recording) -> None:
+    for resource in hub_resources(recording):
+        assert "Diagnostic" not in json.dumps(resource.inputs.get("properties", {})), resource.name
+
+
+def deployed_script(recording: Recording) -> str:
+    """The first-boot script exactly as this recording would deliver it to the VM."""
+    vm = by_type(recording, "virtualMachines").inputs["properties"]
+    if "customData" in vm["osProfile"]:
+        cloud_config = base64.b64decode(vm["osProfile"]["customData"]).decode()
+        assert cloud_config.startswith("#cloud-config\n")
+        document = yaml.safe_load(cloud_config)
+        (file,) = document["write_files"]
+        assert file["path"] == first_boot.SCRIPT_PATH_ON_VM and file["permissions"] == "0755"
+        assert document["runcmd"] == [["bash", first_boot.SCRIPT_PATH_ON_VM]]
+        assert not any(r.inputs["resourceType"] == "extensions" for r in hub_resources(recording))
+        return base64.b64decode(file["content"]).decode()
+    extension = by_type(recording, "extensions").inputs
+    assert extension["properties"]["publisher"] == "Microsoft.Azure.Extensions"
+    assert extension["properties"]["type"] == "CustomScript"
+    assert (
+        extension["parentResourcePath"]
+        == f"virtualMachines/{by_type(recording, 'virtualMachines').inputs['resourceName']}"
+    )
+    return base64.b64decode(extension["properties"]["protectedSettings"]["script"]).decode()
+
+
+def test_both_bootstraps_deliver_the_same_script(recording: Recording) -> None:
+    assert deployed_script(recording) == first_boot.render_script("azureuser", "27.5.1")
+
+
+def test_hub_outputs_are_exported(recording: Recording) -> None:
+    exports = {k: v.value for k, v in recording.exports.items()}
+    assert exports["hubVmPublicIp"] == FAKE_PUBLIC_IP
+    assert exports["hubVmAdminUsername"] == "azureuser"
+    assert exports["hubDataContainer"] == "training-data"
+    assert exports["hubBlobEndpoint"] == f"https://{exports['hubStorageAccountName']}.blob.local.azurestack.external/"
+    assert exports["hubResourceGroupName"] == "rg-edge-training"
+    for key in ("hubStorageAccountId", "hubVmId"):
+        assert exports[key], key
