@@ -11,6 +11,7 @@ import pulumi
 
 from components.azure_provider import azure_provider
 from components.config import from_pulumi
+from components.edge_compute import EdgeCompute, EdgeComputeArgs
 from components.hub_network import HubNetwork, HubNetworkArgs
 from components.hub_provider import hub_provider
 from components.hub_storage import HubStorage, HubStorageArgs
@@ -29,6 +30,27 @@ network = HubNetwork("hub-network", HubNetworkArgs(config.hub, config.stack, con
 vm = HubVm("hub-vm", HubVmArgs(config.hub, config.stack, network.nic_id, config.tags, hub))
 
 # 3. Attach: preflight the VM over SSH and attach it to the workspace as compute.
+compute = EdgeCompute(
+    "edge-compute",
+    EdgeComputeArgs(
+        subscription_id=cloud.subscription_id,
+        resource_group_name=cloud.resource_group_name,
+        workspace_name=cloud.workspace_name,
+        location=cloud.location,
+        compute_name=config.attach.compute_name,
+        address=network.public_ip_address,
+        ssh_port=config.attach.ssh_port,
+        admin_username=vm.admin_username,
+        private_key=pulumi.Output.secret(config.attach.ssh_private_key),
+        first_boot_marker=vm.first_boot_marker,
+        expected_host_key_fingerprint=config.attach.ssh_host_key_fingerprint,
+        deadline_seconds=config.attach.deadline_seconds,
+        min_free_disk_gb=config.attach.min_free_disk_gb,
+        resource_id=config.attach.compute_resource_id,
+    ),
+    # The VM must exist and have booted; the workspace must exist.
+    pulumi.ResourceOptions(depends_on=[vm, cloud]),
+)
 
 # 4. Outputs for the training CLI (python -m training), which reads `pulumi stack output --json`.
 pulumi.export("azureSubscriptionId", cloud.subscription_id)
@@ -48,5 +70,8 @@ pulumi.export("hubDataContainer", hub_storage.container_name)
 pulumi.export("hubVmId", vm.vm_id)
 pulumi.export("hubVmPublicIp", network.public_ip_address)
 pulumi.export("hubVmAdminUsername", vm.admin_username)
+pulumi.export("computeName", compute.compute_name)
+pulumi.export("computeId", compute.compute_id)
+pulumi.export("sshHostKeyFingerprint", compute.host_key_fingerprint)
 pulumi.export("stackName", config.stack)
 pulumi.export("experimentName", config.attach.experiment_name)

@@ -98,9 +98,12 @@ def test_every_child_has_the_component_as_parent_and_the_explicit_provider(recor
     assert {c.type for c in children} >= {STORAGE, VAULT, REGISTRY, WORKSPACE, ROLE}
     for child in children:
         assert child.provider_urn == provider.urn, child.name
-    # Nothing anywhere uses a default provider.
+    # Nothing anywhere uses a default provider, except the attach step: a dynamic resource is
+    # served by Pulumi's dynamic provider, with its own implementation carried in `__provider`.
     for resource in recording.resources:
-        if resource.custom and not resource.type.startswith("pulumi:providers:"):
+        if resource.type.startswith("pulumi-python:dynamic/"):
+            assert "__provider" in resource.secret_inputs
+        elif resource.custom and not resource.type.startswith("pulumi:providers:"):
             assert resource.provider, f"{resource.type} {resource.name} uses the default provider"
     assert provider.inputs["location"] == "westeurope"
 

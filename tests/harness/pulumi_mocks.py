@@ -39,6 +39,15 @@ OUTPUT_FAKES: dict[str, OutputFake] = {
         "identity": {**inputs.get("identity", {}), "principalId": FAKE_PRINCIPAL, "tenantId": FAKE_TENANT}
     },
     "azure-native:resources:Resource": lambda name, inputs: _hub_resource_outputs(inputs),
+    # What the attach provider's create returns.
+    "pulumi-python:dynamic/edge-training:EdgeCompute": lambda name, inputs: {
+        "computeId": (
+            f"/subscriptions/{inputs['subscriptionId']}/resourceGroups/{inputs['resourceGroupName']}/providers/"
+            f"Microsoft.MachineLearningServices/workspaces/{inputs['workspaceName']}/computes/{inputs['computeName']}"
+        ),
+        "hostKeyFingerprint": "SHA256:" + "F" * 43,
+        "provisioningState": "Succeeded",
+    },
 }
 # The input that carries an azure-native resource's own name, which Azure echoes as `name`.
 NAME_INPUTS = (

@@ -1,0 +1,325 @@
+"""Attach: a Pulumi dynamic resource that preflights the Hub VM over SSH and attaches it to the
+Azure ML workspace as a VirtualMachine compute. Deleting it detaches; the VM is never touched.
+
+Pulumi pickles the provider object into the state, so it holds no client, credential or key:
+everything is created inside the methods from the resource's (secret) inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pulumi.dynamic import (
+    CheckFailure,
+    CheckResult,
+    CreateResult,
+    DiffResult,
+    ReadResult,
+    ResourceProvider,
+    UpdateResult,
+)
+from pulumi.runtime import rpc
+
+from components import naming
+from components.azureml_computes import (
+    PUBLIC_ARM_ENDPOINT,
+    ComputeApiError,
+    ComputeClient,
+    ComputeRef,
+    VirtualMachineAttachment,
+)
+from components.ssh_preflight import PreflightError, PreflightTarget, host_key_fingerprint, run_preflight
+
+log = logging.getLogger(__name__)
+
+# An attached compute cannot be updated in place: any of these means detach and attach again,
+# under the same name, so the old one must go first.
+REPLACE_ON = (
+    "subscriptionId",
+    "resourceGroupName",
+    "workspaceName",
+    "location",
+    "computeName",
+    "address",
+    "sshPort",
+    "adminUsername",
+    "privateKey",
+    "resourceId",
+    "armEndpoint",
+)
+OUTPUTS = ("computeId", "hostKeyFingerprint", "provisioningState", "privateKeySha256")
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*"
+)
+
+
+def _known(value: Any) -> bool:
+    return value != rpc.UNKNOWN and value is not None
+
+
+def _key_digest(private_key: str) -> str:
+    """Lets diff see a changed key without the key itself being kept in the outputs."""
+    return hashlib.sha256(private_key.encode()).hexdigest()
+
+
+def to_traditional_pem(private_key: str) -> str:
+    """Azure ML takes the key as PEM ("BEGIN RSA PRIVATE KEY"); an OpenSSH-format key is converted."""
+    data = private_key.encode()
+    if b"OPENSSH PRIVATE KEY" in data:
+        key = serialization.load_ssh_private_key(data, password=None)
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        ).decode()
+    return private_key
+
+
+def _check_private_key(value: Any) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return "is required"
+    try:
+        data = value.encode()
+        key = (
+            serialization.load_ssh_private_key(data, password=None)
+            if b"OPENSSH PRIVATE KEY" in data
+            else serialization.load_pem_private_key(data, password=None)
+        )
+    except (ValueError, TypeError):
+        return "is not an unencrypted PEM or OpenSSH private key"
+    return None if isinstance(key, rsa.RSAPrivateKey) else "must be an RSA key (Azure ML attaches with RSA)"
+
+
+class EdgeComputeProvider(ResourceProvider):
+    """check, create (preflight + attach), diff, read (refresh), update, delete (detach)."""
+
+    def _client(self, props: dict[str, Any]) -> ComputeClient:
+        from azure.identity import DefaultAzureCredential
+
+        return ComputeClient(DefaultAzureCredential(), endpoint=props.get("armEndpoint") or PUBLIC_ARM_ENDPOINT)
+
+    def _preflight(self, target: PreflightTarget) -> Any:
+        return run_preflight(target)
+
+    def _host_key(self, address: str, port: int) -> str:
+        return host_key_fingerprint(address, port)
+
+    @staticmethod
+    def _ref(props: dict[str, Any]) -> ComputeRef:
+        return ComputeRef(
+            props["subscriptionId"], props["resourceGroupName"], props["workspaceName"], props["computeName"]
+        )
+
+    def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
+        failures: list[CheckFailure] = []
+
+        def fail(prop: str, reason: str) -> None:
+            failures.append(CheckFailure(prop, reason))
+
+        name = news.get("computeName")
+        if _known(name) and (reason := naming.ML_COMPUTE.problem(str(name))):
+            fail("computeName", reason)
+        address = news.get("address")
+        if _known(address):
+            try:
+                ipaddress.ip_address(str(address))
+            except ValueError:
+                if not _HOSTNAME.fullmatch(str(address)):
+                    fail("address", f"{address!r} is neither an IP address nor a host name")
+        port = news.get("sshPort")
+        if _known(port) and (not isinstance(port, (int, float)) or not 1 <= int(port) <= 65535 or int(port) != port):
+            fail("sshPort", f"{port!r} is not a port number (1-65535)")
+        user = news.get("adminUsername")
+        if _known(user) and (reason := naming.LINUX_ADMIN.problem(str(user))):
+            fail("adminUsername", reason)
+        key = news.get("privateKey")
+        if _known(key) and (reason := _check_private_key(key)):
+            fail("privateKey", reason)
+        for required in ("subscriptionId", "resourceGroupName", "workspaceName", "location"):
+            if required in news and news[required] in ("", None):
+                fail(required, "is required")
+        return CheckResult(news, failures)
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        expected = props.get("expectedHostKeyFingerprint") or None
+        result = self._preflight(
+            PreflightTarget(
+                address=props["address"],
+                port=int(props["sshPort"]),
+                username=props["adminUsername"],
+                private_key=props["privateKey"],
+                expected_fingerprint=expected,
+                deadline_seconds=float(props["deadlineSeconds"]),
+                min_free_disk_gb=float(props["minFreeDiskGb"]),
+                first_boot_marker=props["firstBootMarker"],
+            )
+        )
+        ref = self._ref(props)
+        attachment = VirtualMachineAttachment(
+            location=props["location"],
+            address=props["address"],
+            ssh_port=int(props["sshPort"]),
+            username=props["adminUsername"],
+            private_key_pem=to_traditional_pem(props["privateKey"]),
+            resource_id=props.get("resourceId") or None,
+        )
+        with self._client(props) as client:
+            try:
+                compute = client.attach(ref, attachment, float(props["deadlineSeconds"]))
+            except ComputeApiError as error:
+                if error.code.startswith("Provisioning"):
+                    # A compute left in Failed state would block the next attach under this name.
+                    client.detach(ref)
+                raise
+        return CreateResult(
+            id_=compute.get("id") or ref.path, outs=self._outs(props, compute, result.host_key_fingerprint)
+        )
+
+    def _outs(self, props: dict[str, Any], compute: dict[str, Any], fingerprint: str) -> dict[str, Any]:
+        outs = {k: v for k, v in props.items() if k != "privateKey"}
+        outs.update(
+            computeId=compute.get("id") or self._ref(props).path,
+            hostKeyFingerprint=fingerprint,
+            provisioningState=compute.get("properties", {}).get("provisioningState"),
+            privateKeySha256=_key_digest(props["privateKey"]),
+        )
+        return outs
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        def changed(key: str) -> bool:
+            if key == "privateKey":
+                new = news.get("privateKey")
+                return not _known(new) or olds.get("privateKeySha256") != _key_digest(new)
+            return olds.get(key) != news.get(key)
+
+        replaces = [k for k in REPLACE_ON if changed(k)]
+        others = [k for k in news if k not in REPLACE_ON and k not in OUTPUTS and changed(k)]
+        return DiffResult(
+            changes=bool(replaces or others),
+            replaces=replaces,
+            stables=["computeId"] if not replaces else [],
+            delete_before_replace=True,
+        )
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        # Only preflight settings changed (deadline, disk threshold, marker, expected key). A newly
+        # expected host key must match the VM now, before it is accepted into state.
+        fingerprint = olds.get("hostKeyFingerprint", "")
+        expected = news.get("expectedHostKeyFingerprint") or None
+        if expected and expected != fingerprint:
+            seen = self._host_key(news["address"], int(news["sshPort"]))
+            if seen != expected:
+                raise PreflightError(
+                    "host-key", f"the VM presents {seen}, not {expected}", "check sshHostKeyFingerprint"
+                )
+            fingerprint = seen
+        outs = {k: v for k, v in news.items() if k != "privateKey"}
+        outs.update({k: olds.get(k) for k in OUTPUTS})
+        outs["hostKeyFingerprint"] = fingerprint
+        return UpdateResult(outs=outs)
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        with self._client(props) as client:
+            compute = client.get(self._ref(props))
+        if compute is None:
+            log.warning(
+                "compute %s is no longer attached to workspace %s", props["computeName"], props["workspaceName"]
+            )
+            return ReadResult(id_=None, outs={})
+        recorded = props.get("hostKeyFingerprint")
+        if recorded:
+            try:
+                seen = self._host_key(props["address"], int(props["sshPort"]))
+            except OSError as error:
+                log.warning("could not reach %s to verify its host key (%s)", props["address"], error)
+            else:
+                if seen != recorded:
+                    raise PreflightError(
+                        "host-key",
+                        f"{props['address']} now presents host key {seen}; {recorded} was recorded at attach",
+                        "if the VM was rebuilt on purpose, replace the compute; otherwise investigate",
+                    )
+        outs = dict(props)
+        outs["provisioningState"] = compute.get("properties", {}).get("provisioningState")
+        return ReadResult(id_=id_, outs=outs)
+
+    def delete(self, _id: str, props: dict[str, Any]) -> None:
+        with self._client(props) as client:
+            client.detach(self._ref(props))
+
+
+@dataclass(frozen=True)
+class EdgeComputeArgs:
+    subscription_id: pulumi.Input[str]
+    resource_group_name: pulumi.Input[str]
+    workspace_name: pulumi.Input[str]
+    location: pulumi.Input[str]
+    compute_name: str
+    address: pulumi.Input[str]
+    admin_username: pulumi.Input[str]
+    private_key: pulumi.Input[str]
+    """Made secret here whatever the caller passed."""
+    first_boot_marker: pulumi.Input[str]
+    ssh_port: int = 22
+    expected_host_key_fingerprint: str | None = None
+    deadline_seconds: int = 900
+    min_free_disk_gb: int = 20
+    resource_id: str | None = None
+    arm_endpoint: str = PUBLIC_ARM_ENDPOINT
+
+
+class EdgeCompute(pulumi.dynamic.Resource, module="edge-training", name="EdgeCompute"):
+    """The Hub VM attached to the workspace as a VirtualMachine compute."""
+
+    def __init__(
+        self,
+        name: str,
+        args: EdgeComputeArgs,
+        opts: pulumi.ResourceOptions | None = None,
+        provider: EdgeComputeProvider | None = None,
+    ) -> None:
+        props = {
+            "subscriptionId": args.subscription_id,
+            "resourceGroupName": args.resource_group_name,
+            "workspaceName": args.workspace_name,
+            "location": args.location,
+            "computeName": args.compute_name,
+            "address": args.address,
+            "sshPort": args.ssh_port,
+            "adminUsername": args.admin_username,
+            "privateKey": pulumi.Output.secret(args.private_key),
+            "firstBootMarker": args.first_boot_marker,
+            "expectedHostKeyFingerprint": args.expected_host_key_fingerprint,
+            "deadlineSeconds": args.deadline_seconds,
+            "minFreeDiskGb": args.min_free_disk_gb,
+            "resourceId": args.resource_id,
+            "armEndpoint": args.arm_endpoint,
+            **dict.fromkeys(OUTPUTS),
+        }
+        super().__init__(
+            provider or EdgeComputeProvider(),
+            name,
+            props,
+            pulumi.ResourceOptions.merge(
+                opts, pulumi.ResourceOptions(delete_before_replace=True, additional_secret_outputs=["privateKey"])
+            ),
+        )
+
+    # A dynamic resource's outputs are attributes named like its properties (camelCase).
+    @property
+    def compute_id(self) -> pulumi.Output[str]:
+        return self.__dict__["computeId"]
+
+    @property
+    def compute_name(self) -> pulumi.Output[str]:
+        return self.__dict__["computeName"]
+
+    @property
+    def host_key_fingerprint(self) -> pulumi.Output[str]:
+        return self.__dict__["hostKeyFingerprint"]

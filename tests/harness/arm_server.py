@@ -1,0 +1,162 @@
+"""A local HTTPS endpoint on 127.0.0.1 that answers like Resource Manager, for the real
+azure-core client: it records every request and plays scripted responses."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import ssl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from azure.core.credentials import AccessToken
+from azure.core.pipeline.transport import RequestsTransport
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+TEST_TOKEN = "test-bearer-token-edge-training"
+
+
+@dataclass(frozen=True)
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class Reply:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class FakeArm:
+    """Scripted replies per (method, path), consumed in order; the last one repeats."""
+
+    def __init__(self) -> None:
+        self.requests: list[Recorded] = []
+        self._script: dict[tuple[str, str], list[Reply]] = {}
+        self._lock = threading.Lock()
+
+    def script(self, method: str, path: str, *replies: Reply) -> None:
+        self._script[(method, path)] = list(replies)
+
+    def reply(self, method: str, path: str) -> Reply:
+        with self._lock:
+            queue = self._script.get((method, path))
+            if not queue:
+                return Reply(404, {"error": {"code": "NotScripted", "message": f"{method} {path}"}})
+            return queue.pop(0) if len(queue) > 1 else queue[0]
+
+
+def _certificate(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "arm.crt", directory / "arm.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+class StaticCredential:
+    """A TokenCredential handing out one fake token."""
+
+    def get_token(self, *scopes: str, **_: Any) -> AccessToken:
+        return AccessToken(TEST_TOKEN, 4102444800)
+
+
+class RecordingTransport(RequestsTransport):
+    """The real requests transport, except that retry waits are recorded instead of slept."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.slept: list[float] = []
+
+    def sleep(self, duration: float) -> None:
+        self.slept.append(duration)
+
+
+@dataclass(frozen=True)
+class ArmEndpoint:
+    url: str
+    ca_file: Path
+    fake: FakeArm
+
+    def transport(self) -> RecordingTransport:
+        return RecordingTransport(connection_verify=str(self.ca_file))
+
+
+@contextmanager
+def serve_arm(directory: Path) -> Iterator[ArmEndpoint]:
+    fake = FakeArm()
+    cert, key = _certificate(directory)
+
+    class Handler(BaseHTTPRequestHandler):
+        def _handle(self) -> None:
+            url = urlsplit(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            fake.requests.append(
+                Recorded(
+                    self.command,
+                    url.path,
+                    parse_qs(url.query),
+                    {k.lower(): v for k, v in self.headers.items()},
+                    json.loads(raw) if raw else None,
+                )
+            )
+            reply = fake.reply(self.command, url.path)
+            payload = b"" if reply.body is None else json.dumps(reply.body).encode()
+            self.send_response(reply.status)
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_PUT = do_DELETE = do_POST = _handle
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, name="fake-arm", daemon=True)
+    thread.start()
+    try:
+        yield ArmEndpoint(f"https://127.0.0.1:{server.server_address[1]}", cert, fake)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "the fake ARM server did not stop"
