@@ -21,14 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.harness.keys import KeyPair
+from training import emulator
 
 ROOT = Path(__file__).resolve().parents[2]
-LOOPBACK = "127.0.0.1"
+LOOPBACK = emulator.LOOPBACK
 STARTUP_SECONDS = 30.0
-
-# Azurite's development account: public, fixed, documented by Microsoft; not a secret.
-AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 _RUNNING: set[Service] = set()
 
@@ -110,7 +107,7 @@ def _spawn(name: str, argv: Sequence[str | os.PathLike[str]]) -> Service:
     return Service(name, process)
 
 
-# --- Azurite -------------------------------------------------------------------------------------
+# --- Azurite ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -121,46 +118,23 @@ class Azurite:
 
     @property
     def blob_endpoint(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}/{AZURITE_ACCOUNT}"
+        return emulator.blob_endpoint(self.port)
 
     @property
     def connection_string(self) -> str:
-        return (
-            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-            f"BlobEndpoint={self.blob_endpoint};"
-        )
+        return emulator.connection_string(self.port)
 
     def stop(self) -> None:
-        # Azurite's graceful stop waits for clients' keep-alive connections to close; its data
-        # is throwaway, so it gets a short grace before the kill.
+        # Azurite's graceful stop waits for clients' keep-alive connections; its data is
+        # throwaway here, so it gets a short grace before the kill.
         self.service.stop(grace_s=1.0)
-
-
-def azurite_binary() -> Path:
-    binary = ROOT / "node_modules" / ".bin" / "azurite-blob"
-    if not binary.exists():
-        raise ServiceError(f"{binary} is missing: run scripts/setup (it installs Azurite from package-lock.json)")
-    return binary
 
 
 def start_azurite(location: Path) -> Azurite:
     """Azurite's blob service on 127.0.0.1 and a port the OS picks, data under `location`."""
     location.mkdir(parents=True, exist_ok=True)
-    service = _spawn(
-        "azurite",
-        [
-            azurite_binary(),
-            "--blobHost",
-            LOOPBACK,
-            "--blobPort",
-            "0",
-            "--location",
-            location,
-            "--silent",
-            "--skipApiVersionCheck",  # the SDK may be newer than the emulator's API version list
-        ],
-    )
-    match = service.wait_for_line(re.compile(rf"listens on http://{re.escape(LOOPBACK)}:(\d+)"))
+    service = _spawn("azurite", emulator.command(location))
+    match = service.wait_for_line(emulator.LISTENING)
     return Azurite(service=service, port=int(match.group(1)), location=location)
 
 

@@ -1,0 +1,252 @@
+"""The training data path against Azurite: staging, cache, atomicity, credentials, the model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import joblib
+import pytest
+from azure.storage.blob import BlobServiceClient, ContainerClient
+
+from tests.harness import services
+from training import local
+from training.src import train
+from training.src.edge_train import credentials, model, staging
+
+
+class HttpLog:
+    """Every request the SDK sends, seen at the transport boundary."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+        self.fail_on: Callable[[str, str], bool] | None = None
+
+    def __call__(self, request: Any) -> None:
+        method, url = request.http_request.method, request.http_request.url
+        self.requests.append((method, url))
+        if self.fail_on is not None and self.fail_on(method, url):
+            raise ConnectionError("simulated network failure mid-download")
+
+    def blob_reads(self) -> list[str]:
+        return [url for method, url in self.requests if method == "GET" and "comp=list" not in url]
+
+
+@pytest.fixture
+def http() -> HttpLog:
+    return HttpLog()
+
+
+@pytest.fixture
+def container(azurite: services.Azurite, http: HttpLog) -> ContainerClient:
+    service = BlobServiceClient.from_connection_string(azurite.connection_string, raw_request_hook=http)
+    client = service.get_container_client(f"t{uuid.uuid4().hex[:12]}")
+    client.create_container()
+    return client
+
+
+def config(tmp_path: Path, container: ContainerClient, prefix: str = "data/") -> train.TrainConfig:
+    return train.TrainConfig(
+        container=container.container_name,
+        prefix=prefix,
+        cache_dir=tmp_path / "cache",
+        output_dir=tmp_path / "outputs",
+        hyperparameters=model.Hyperparameters(seed=3),
+    )
+
+
+def service_of(container: ContainerClient, azurite: services.Azurite, http: HttpLog) -> BlobServiceClient:
+    return BlobServiceClient.from_connection_string(azurite.connection_string, raw_request_hook=http)
+
+
+def upload(container: ContainerClient, rows: int = 2000, seed: int = 3) -> None:
+    for name, data in local.sample_csvs(rows, seed).items():
+        container.upload_blob(f"data/{name}", data, overwrite=True)
+
+
+def test_training_end_to_end_produces_a_sane_model(tmp_path, container, azurite, http) -> None:
+    upload(container)
+    result = train.run(service_of(container, azurite, http), config(tmp_path, container))
+    assert result.metrics.rows == 2000 and result.metrics.features == 8
+    assert result.metrics.accuracy > 0.8  # a learnable dataset: chance is 0.5
+    assert 0.8 < result.metrics.roc_auc <= 1.0
+    metrics = json.loads((tmp_path / "outputs/metrics.json").read_text())
+    assert metrics["accuracy"] == result.metrics.accuracy
+    lineage = json.loads((tmp_path / "outputs/lineage.json").read_text())
+    assert lineage["data_fingerprint"] == result.fingerprint and lineage["blobs"] == 4
+    loaded = joblib.load(result.model_path)
+    x, y, _ = model.load_csvs(sorted((tmp_path / "cache/data").glob("*.csv")))
+    assert (loaded.predict(x) == y).mean() > 0.8
+
+
+def test_a_second_run_downloads_nothing(tmp_path, container, azurite, http) -> None:
+    upload(container)
+    first = train.run(service_of(container, azurite, http), config(tmp_path, container))
+    assert first.staging.downloaded == 4 and first.staging.bytes_downloaded > 0
+    http.requests.clear()
+    second = train.run(service_of(container, azurite, http), config(tmp_path, container))
+    assert (second.staging.downloaded, second.staging.reused, second.staging.bytes_downloaded) == (0, 4, 0)
+    assert http.blob_reads() == []  # not one blob read went over the wire
+    assert second.fingerprint == first.fingerprint
+
+
+def test_a_changed_blob_is_downloaded_again_and_changes_the_fingerprint(tmp_path, container, azurite, http) -> None:
+    upload(container)
+    first = train.run(service_of(container, azurite, http), config(tmp_path, container))
+    container.upload_blob("data/part-001.csv", local.sample_csvs(2000, 99)["part-001.csv"], overwrite=True)
+    second = train.run(service_of(container, azurite, http), config(tmp_path, container))
+    assert (second.staging.downloaded, second.staging.reused) == (1, 3)
+    assert second.fingerprint != first.fingerprint
+
+
+def leftovers(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.rglob("*.partial"))
+
+
+def test_an_interrupted_download_leaves_nothing_that_looks_complete(tmp_path, container, http) -> None:
+    for i in range(6):
+        container.upload_blob(f"data/blob-{i}.bin", bytes([i]) * 50_000)
+    http.fail_on = lambda method, url: method == "GET" and url.split("?")[0].endswith("blob-3.bin")
+    cache = tmp_path / "cache"
+    with pytest.raises(ConnectionError):
+        staging.stage_blobs(container, "data/", cache, workers=2)
+    assert not (cache / "data/blob-3.bin").exists()
+    assert leftovers(cache) == []
+    manifest = json.loads((cache / staging.MANIFEST).read_text())
+    assert "data/blob-3.bin" not in manifest
+    for name in manifest:  # whatever the manifest vouches for is complete
+        assert (cache / name).stat().st_size == 50_000
+
+    http.fail_on = None
+    again = staging.stage_blobs(container, "data/", cache, workers=2)
+    assert again.downloaded == 6 - len(manifest)
+    assert (cache / "data/blob-3.bin").read_bytes() == bytes([3]) * 50_000
+
+
+def test_an_interrupted_large_parallel_download_leaves_no_file(tmp_path, azurite, http, monkeypatch) -> None:
+    monkeypatch.setattr(staging, "LARGE_BLOB_BYTES", 64 * 1024)  # make a 3 MiB blob "large"
+    service = BlobServiceClient.from_connection_string(  # 1 MiB ranges, so it takes several requests
+        azurite.connection_string,
+        raw_request_hook=http,
+        max_single_get_size=1024 * 1024,
+        max_chunk_get_size=1024 * 1024,
+    )
+    container = service.get_container_client(f"t{uuid.uuid4().hex[:12]}")
+    container.create_container()
+    container.upload_blob("data/big.bin", b"x" * (3 * 1024 * 1024))
+    reads: list[str] = []
+
+    def second_range_fails(method: str, url: str) -> bool:
+        if method == "GET" and "big.bin" in url:
+            reads.append(url)
+        return len(reads) == 2
+
+    http.fail_on = second_range_fails
+    with pytest.raises(ConnectionError):
+        staging.stage_blobs(container, "data/", tmp_path / "cache")
+    assert not (tmp_path / "cache/data/big.bin").exists()
+    assert leftovers(tmp_path / "cache") == []
+
+
+def test_blob_names_cannot_escape_the_cache(tmp_path) -> None:
+    assert staging._local_path(tmp_path, "data/a.csv") == (tmp_path / "data/a.csv").resolve()
+    with pytest.raises(staging.StagingError, match="outside"):
+        staging._local_path(tmp_path, "data/../../escape.csv")
+
+
+def test_an_empty_prefix_is_a_clear_error(tmp_path, container) -> None:
+    with pytest.raises(staging.StagingError, match="no blobs under"):
+        staging.stage_blobs(container, "nothing-here/", tmp_path / "cache")
+
+
+# --- credentials ----------------------------------------------------------------------------------
+
+
+CONNECTION = "DefaultEndpointsProtocol=http;AccountName=a;AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:1/a;"
+
+
+def test_credential_order_environment_then_file(tmp_path) -> None:
+    file = tmp_path / "storage-credential"
+    file.write_text("sv=2024-01-01&sig=abc\n")
+    assert (
+        credentials.resolve(str(file), {"AZURE_STORAGE_CONNECTION_STRING": CONNECTION}).connection_string == CONNECTION
+    )
+    sas = credentials.resolve(str(file), {"AZURE_STORAGE_SAS_TOKEN": "?sv=1&sig=env"})
+    assert sas.sas_token == "sv=1&sig=env" and sas.source == "$AZURE_STORAGE_SAS_TOKEN"
+    from_file = credentials.resolve(str(file), {})
+    assert from_file.sas_token == "sv=2024-01-01&sig=abc" and from_file.source == str(file)
+    assert "sig=" not in repr(from_file)
+
+
+def test_no_credential_names_everything_tried(tmp_path) -> None:
+    with pytest.raises(credentials.CredentialNotFound) as caught:
+        credentials.resolve(str(tmp_path / "missing"), {})
+    for tried in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_SAS_TOKEN", str(tmp_path / "missing")):
+        assert tried in str(caught.value)
+
+
+def test_a_file_with_something_else_is_refused(tmp_path) -> None:
+    (tmp_path / "c").write_text("hunter2")
+    with pytest.raises(credentials.CredentialNotFound, match="neither a connection string nor a SAS token"):
+        credentials.resolve(str(tmp_path / "c"), {})
+
+
+def test_the_entrypoint_fails_clearly_without_a_credential(tmp_path, monkeypatch, caplog) -> None:
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    monkeypatch.delenv("AZURE_STORAGE_SAS_TOKEN", raising=False)
+    status = train.main(
+        ["--container", "c", "--credential-file", str(tmp_path / "none"), "--output-dir", str(tmp_path)]
+    )
+    assert status == 2
+    assert "no storage credential" in caplog.text
+
+
+def test_the_entrypoint_runs_as_a_script_the_way_a_job_runs_it(tmp_path, container, azurite) -> None:
+    upload(container)
+    script = Path(train.__file__)
+    env = {"PATH": "/usr/bin:/bin", "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string}
+    out = subprocess.run(
+        [
+            sys.executable,
+            script.name,
+            "--container",
+            container.container_name,
+            "--prefix",
+            "data/",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--output-dir",
+            str(tmp_path / "out"),
+        ],
+        cwd=script.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["metrics"]["accuracy"] > 0.8
+
+
+# --- the local demo --------------------------------------------------------------------------------
+
+
+def test_the_local_demo_runs_twice_with_its_own_emulator_and_leaves_nothing_running(tmp_path, capsys) -> None:
+    parser = argparse.ArgumentParser()
+    local.configure_parser(parser)
+    args = parser.parse_args(["--local", "--workdir", str(tmp_path / "demo"), "--rows", "1000"])
+    assert local.run(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert local.run(args) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert first["downloaded_blobs"] == 4 and first["metrics"]["accuracy"] > 0.8
+    assert second["downloaded_blobs"] == 0 and second["bytes_downloaded"] == 0
+    assert second["data_fingerprint"] == first["data_fingerprint"]
+    running = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
+    assert running.stdout == "", f"left running: {running.stdout}"
