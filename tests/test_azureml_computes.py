@@ -17,6 +17,7 @@ from components.azureml_computes import (
     ComputeRef,
     VirtualMachineAttachment,
 )
+from tests.harness.arm_models import rest_field_problems
 from tests.harness.arm_server import TEST_TOKEN, ArmEndpoint, RecordingTransport, Reply, StaticCredential, serve_arm
 from tests.harness.keys import rsa_key
 
@@ -38,19 +39,8 @@ NESTED: dict[type, dict[str, type]] = {
 }
 
 
-def schema_problems(body: dict[str, Any], model: type = ml.ComputeResource, where: str = "body") -> list[str]:
-    """Fields the model of API_VERSION does not have, or marks read-only."""
-    model()  # the generated models build their field table on first use
-    fields = {f._rest_name: f for f in model._attr_to_rest_field.values()}
-    problems = []
-    for key, value in body.items():
-        if key not in fields:
-            problems.append(f"{where}.{key} is not in {model.__name__}")
-        elif getattr(fields[key], "_visibility", None) == ["read"]:
-            problems.append(f"{where}.{key} is read-only")
-        elif isinstance(value, dict) and key in NESTED[model]:
-            problems += schema_problems(value, NESTED[model][key], f"{where}.{key}")
-    return problems
+def schema_problems(body: dict[str, Any]) -> list[str]:
+    return rest_field_problems(body, ml.ComputeResource, NESTED)
 
 
 def test_the_azure_ai_ml_client_targets_the_same_api_version() -> None:

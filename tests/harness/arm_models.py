@@ -61,3 +61,21 @@ def check_body(model_type: type, body: dict[str, Any]) -> list[str]:
     if model.serialize() != sent:
         problems.append(f"round trip differs: sent {sent}, model kept {model.serialize()}")
     return problems
+
+
+def rest_field_problems(
+    body: dict[str, Any], model: type, nested: dict[type, dict[str, type]], where: str = "body"
+) -> list[str]:
+    """For TypeSpec-generated models (azure-ai-ml's arm_ml_service): fields of `body` the model
+    does not have, or marks read-only; `nested` says which model describes which nested object."""
+    model()  # the generated models build their field table on first use
+    fields = {f._rest_name: f for f in model._attr_to_rest_field.values()}
+    problems = []
+    for key, value in body.items():
+        if key not in fields:
+            problems.append(f"{where}.{key} is not in {model.__name__}")
+        elif getattr(fields[key], "_visibility", None) == ["read"]:
+            problems.append(f"{where}.{key} is read-only")
+        elif isinstance(value, dict) and key in nested.get(model, {}):
+            problems += rest_field_problems(value, nested[model][key], nested, f"{where}.{key}")
+    return problems

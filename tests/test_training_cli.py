@@ -1,0 +1,386 @@
+"""The training CLI: stack outputs, the job and its egress guard, register through the real
+MLClient at the HTTP boundary, the package request, and deploy over real SSH."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from azure.ai.ml import Input
+
+from tests.harness import pulumi_mocks, services
+from tests.harness.arm_models import rest_field_problems
+from tests.harness.arm_server import ArmEndpoint, RecordingTransport, Reply, StaticCredential, serve_arm
+from tests.harness.keys import KeyPair
+from training import cli, deploy, jobs, models, packaging, stack_outputs
+from training.src import train
+from training.workspace import ml_client
+
+
+@pytest.fixture(scope="module")
+def outputs() -> stack_outputs.StackOutputs:
+    """The outputs of the real program under mocks: the CLI's contract with the stack."""
+    from tests.conftest import DEV_SECRET_KEYS, dev_stack_config
+
+    recording = pulumi_mocks.run_program(dev_stack_config(), secret_keys=DEV_SECRET_KEYS)
+    return stack_outputs.StackOutputs.from_mapping({k: v.value for k, v in recording.exports.items()}, "test")
+
+
+# --- stack outputs -----------------------------------------------------------------------------------
+
+
+def test_the_program_exports_everything_the_cli_reads(outputs) -> None:
+    assert outputs.computeName == "edge-vm"
+    assert outputs.hubBlobEndpoint.startswith("https://")
+
+
+def test_missing_outputs_are_named(tmp_path, capsys) -> None:
+    (tmp_path / "out.json").write_text(json.dumps({"workspaceName": "mlw"}))
+    assert cli.main(["submit", "--outputs", str(tmp_path / "out.json"), "--prefix", "x"]) == cli.USAGE
+    error = capsys.readouterr().err
+    assert "computeName" in error and "hubBlobEndpoint" in error and "pulumi up" in error
+
+
+# --- submit ------------------------------------------------------------------------------------------
+
+
+def substituted_command(job: Any) -> list[str]:
+    line = job.command
+    for name, value in job.environment_variables.items():
+        line = line.replace(f"${name}", value)
+    return shlex.split(line)
+
+
+def test_the_job_runs_the_entrypoint_on_the_edge_compute_with_locations_only(outputs) -> None:
+    job = jobs.build_job(outputs, jobs.JobRequest(prefix="churn/", hyperparameters={"c": 0.5, "max_iter": 200}))
+    assert job.compute == "edge-vm"
+    assert job.experiment_name == "edge-training"
+    assert job.environment.image == jobs.BASE_IMAGE
+    pinned = job.environment.conda_file["dependencies"][-1]["pip"]
+    assert "scikit-learn==1.9.1" in pinned and "azure-storage-blob==12.31.1" in pinned
+    assert not job.inputs
+    assert set(job.environment_variables) == {"EDGE_ACCOUNT_URL", "EDGE_CONTAINER", "EDGE_PREFIX"}
+    assert job.resources.docker_args == "-v /etc/edge-training:/etc/edge-training:ro"
+    argv = substituted_command(job)
+    assert argv[:2] == ["python", "train.py"]
+    parsed = train.parser().parse_args(argv[2:])  # the command is one the entrypoint accepts
+    assert (parsed.account_url, parsed.container, parsed.prefix) == (outputs.hubBlobEndpoint, "training-data", "churn/")
+    assert (parsed.c, parsed.max_iter) == (0.5, 200)
+    assert parsed.credential_file == "/etc/edge-training/storage-credential"
+    assert Path(str(job.code)) == jobs.SOURCE
+
+
+def test_the_egress_guard_refuses_a_local_input(outputs) -> None:
+    job = jobs.build_job(outputs, jobs.JobRequest(prefix="x/"))
+    job.inputs["data"] = Input(type="uri_folder", path="./data")
+    with pytest.raises(jobs.EgressRefused, match=re.escape("local path './data'")):
+        jobs.egress_guard(job)
+    job.inputs["data"] = Input(type="uri_folder", path="https://hub.blob.local/training-data/x/")
+    jobs.egress_guard(job)  # a storage location is fine
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("STORAGE_KEY", "abc"),
+        ("AZURE_STORAGE_CONNECTION_STRING", "x"),
+        ("DATA", "DefaultEndpoints;AccountKey=abc"),
+        ("URL", "https://a.blob/c?sv=1&sig=abc"),
+    ],
+)
+def test_the_egress_guard_refuses_secrets_in_the_job(outputs, name: str, value: str) -> None:
+    job = jobs.build_job(outputs, jobs.JobRequest(prefix="x/"))
+    job.environment_variables[name] = value
+    with pytest.raises(jobs.EgressRefused, match=name):
+        jobs.egress_guard(job)
+
+
+def test_the_egress_guard_refuses_data_in_the_code_snapshot(outputs, tmp_path) -> None:
+    code = tmp_path / "src"
+    shutil.copytree(jobs.SOURCE, code, ignore=shutil.ignore_patterns("__pycache__"))
+    job = jobs.build_job(outputs, jobs.JobRequest(prefix="x/"))
+    (code / "edge_train" / "sample.csv").write_text("a,b\n")
+    job.code = str(code)
+    # .amlignore keeps *.csv out of the snapshot, so this one is fine...
+    jobs.egress_guard(job)
+    (code / "edge_train" / "dump.npy").write_bytes(b"\x93NUMPY")
+    with pytest.raises(jobs.EgressRefused, match=r"dump\.npy"):
+        jobs.egress_guard(job)
+
+
+def test_submit_guards_streams_and_reports_the_status(outputs) -> None:
+    class Jobs:
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def create_or_update(self, job: Any) -> Any:
+            self.calls.append("create")
+            return type("J", (), {"name": "job-1", "studio_url": ""})()
+
+        def stream(self, name: str) -> None:
+            self.calls.append(f"stream {name}")
+
+        def get(self, name: str) -> Any:
+            return type("J", (), {"status": "Failed"})()
+
+    client = type("C", (), {"jobs": Jobs()})()
+    job = jobs.build_job(outputs, jobs.JobRequest(prefix="x/"))
+    assert jobs.submit(client, job) == ("job-1", "Failed")
+    assert client.jobs.calls == ["create", "stream job-1"]
+    job.inputs["data"] = Input(type="uri_file", path="local.csv")
+    with pytest.raises(jobs.EgressRefused):
+        jobs.submit(client, job)
+    assert client.jobs.calls == ["create", "stream job-1"]  # nothing sent the second time
+
+
+# --- register at the HTTP boundary ---------------------------------------------------------------------
+
+
+class RedirectingTransport(RecordingTransport):
+    """The real requests transport, with Resource Manager's host replaced by the local endpoint."""
+
+    def __init__(self, endpoint: ArmEndpoint) -> None:
+        super().__init__(connection_verify=str(endpoint.ca_file))
+        self.target = urlsplit(endpoint.url)
+
+    def send(self, request: Any, **kwargs: Any) -> Any:
+        url = urlsplit(request.url)
+        request.url = urlunsplit((self.target.scheme, self.target.netloc, url.path, url.query, url.fragment))
+        return super().send(request, **kwargs)
+
+
+@pytest.fixture
+def arm(tmp_path: Path) -> Iterator[ArmEndpoint]:
+    with serve_arm(tmp_path) as endpoint:
+        yield endpoint
+
+
+def models_path(outputs: stack_outputs.StackOutputs, name: str) -> str:
+    return (
+        f"/subscriptions/{outputs.azureSubscriptionId}/resourceGroups/{outputs.resourceGroupName}/providers/"
+        f"Microsoft.MachineLearningServices/workspaces/{outputs.workspaceName}/models/{name}/versions"
+    )
+
+
+def version_json(outputs: stack_outputs.StackOutputs, name: str, version: str, **properties: Any) -> dict[str, Any]:
+    return {
+        "id": f"{models_path(outputs, name)}/{version}",
+        "name": version,
+        "type": "Microsoft.MachineLearningServices/workspaces/models/versions",
+        # As the service answers: every map present, if empty.
+        "properties": {
+            "modelType": "custom_model",
+            "modelUri": "azureml://x",
+            "flavors": {},
+            "tags": {},
+            "properties": {},
+            "isAnonymous": False,
+            "isArchived": False,
+            **properties,
+        },
+    }
+
+
+def test_register_sends_the_next_version_with_its_lineage(outputs, arm) -> None:
+    base = models_path(outputs, "edge-model")
+    arm.fake.script(
+        "GET",
+        base,
+        Reply(
+            200,
+            {
+                "value": [
+                    version_json(outputs, "edge-model", "1"),
+                    version_json(outputs, "edge-model", "7"),
+                    version_json(outputs, "edge-model", "2"),
+                ]
+            },
+        ),
+    )
+    arm.fake.script("PUT", f"{base}/8", Reply(201, version_json(outputs, "edge-model", "8")))
+    client = ml_client(outputs, credential=StaticCredential(), transport=RedirectingTransport(arm))
+    lineage = models.Lineage("job-42", "f" * 64, {"c": 0.5}, "abc123")
+    registered = models.register(client, outputs, "edge-model", lineage)
+    assert registered.version == "8"
+
+    (put,) = [r for r in arm.fake.requests if r.method == "PUT"]
+    assert put.path == f"{base}/8"
+    assert put.query["api-version"][0].startswith("20")
+    body = put.body["properties"]
+    assert body["modelType"] == "custom_model"
+    assert body["modelUri"] == "azureml://jobs/job-42/outputs/artifacts/paths/outputs/model/"
+    assert body["tags"] == {
+        "data_fingerprint": "f" * 64,
+        "git_commit": "abc123",
+        "job": "job-42",
+        "compute": "edge-vm",
+        "stack": "dev",
+        "hyperparameters": '{"c": 0.5}',
+    }
+    assert "edge-vm" in body["description"]
+    # Every field is one Microsoft's generated model of the model-version resource has, and writable.
+    from azure.ai.ml._restclient.arm_ml_service import models as ml
+
+    nested = {ml.ModelVersion: {"properties": ml.ModelVersionProperties}}
+    assert rest_field_problems(put.body, ml.ModelVersion, nested) == []
+
+
+def test_register_starts_at_version_one(outputs, arm) -> None:
+    base = models_path(outputs, "new-model")
+    arm.fake.script("GET", base, Reply(200, {"value": []}))
+    arm.fake.script("PUT", f"{base}/1", Reply(201, version_json(outputs, "new-model", "1")))
+    client = ml_client(outputs, credential=StaticCredential(), transport=RedirectingTransport(arm))
+    assert models.register(client, outputs, "new-model", models.Lineage("j", "a", {}, "c")).version == "1"
+
+
+def test_git_commit_marks_a_dirty_tree(tmp_path) -> None:
+    assert models.git_commit(tmp_path) == "unknown"
+    head = models.git_commit()
+    assert len(head.removesuffix("-dirty")) == 40
+
+
+# --- package ------------------------------------------------------------------------------------------
+
+
+def test_the_package_request_targets_an_online_server_on_our_base_environment() -> None:
+    request = packaging.package_request("edge-model", "8", "azureml:edge-training-serving:3")
+    rest = request._to_rest_object()
+    assert rest["targetEnvironmentId"] == "edge-model-image"
+    assert rest["inferencingServer"]["serverType"] == "AzureMLOnline"
+    assert rest["inferencingServer"]["codeConfiguration"]["scoringScript"] == "score.py"
+    assert rest["baseEnvironmentSource"] == {
+        "baseEnvironmentSourceType": "EnvironmentAsset",
+        "resourceId": "azureml:edge-training-serving:3",
+    }
+    assert rest["tags"] == {"model": "edge-model:8"}
+
+
+# --- deploy over SSH ------------------------------------------------------------------------------------
+
+DOCKER_SHIM = r"""STATE="{state}"
+echo "docker $*" >> "$STATE/calls"
+mkdir -p "$STATE/containers"
+case "$1" in
+  login) cat > "$STATE/stdin-password"; echo "Login Succeeded" ;;
+  logout|pull) ;;
+  ps) ls "$STATE/containers" ;;
+  inspect)
+    for last; do :; done
+    case "$3" in
+      *Running*) cat "$STATE/containers/$last/running" 2>/dev/null || echo false ;;
+      *Health*) cat "$STATE/health" ;;
+    esac ;;
+  stop) echo false > "$STATE/containers/$2/running" ;;
+  start) echo true > "$STATE/containers/$2/running" ;;
+  rm) for last; do :; done; rm -rf "$STATE/containers/$last" ;;
+  run)
+    prev=""; name=""
+    for arg; do [ "$prev" = "--name" ] && name=$arg; prev=$arg; done
+    mkdir -p "$STATE/containers/$name"
+    echo true > "$STATE/containers/$name/running"
+    echo "$prev" > "$STATE/containers/$name/image"
+    echo "$name" ;;
+  logs) echo "ImportError: no module named sklearn" ;;
+esac
+"""
+
+
+@pytest.fixture
+def vm(ssh_server: services.SshServer, tmp_path: Path) -> Path:
+    state = tmp_path / "docker-state"
+    state.mkdir()
+    (state / "health").write_text("healthy\n")
+    services.write_shim(ssh_server.directory / "shims", "docker", DOCKER_SHIM.format(state=state))
+    return state
+
+
+def target(server: services.SshServer, key: KeyPair) -> deploy.DeployTarget:
+    return deploy.DeployTarget(
+        services.LOOPBACK, server.user, key.private_pem, server.host_key_fingerprint, port=server.port
+    )
+
+
+def release(tag: str) -> deploy.Release:
+    return deploy.Release(
+        image=f"crdev.azurecr.io/edge-model:{tag}",
+        registry="crdev.azurecr.io",
+        token_name="edge-pull",
+        token_password="token-password-123",
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def containers(state: Path) -> dict[str, tuple[str, str]]:
+    root = state / "containers"
+    return {c.name: ((c / "image").read_text().strip(), (c / "running").read_text().strip()) for c in root.iterdir()}
+
+
+def test_deploy_pulls_with_a_token_on_stdin_runs_and_health_checks(ssh_server, ssh_user_key, vm) -> None:
+    name = deploy.deploy(target(ssh_server, ssh_user_key), release("v1"))
+    assert containers(vm) == {name: ("crdev.azurecr.io/edge-model:v1", "true")}
+    calls = (vm / "calls").read_text().splitlines()
+    verbs = [c.split()[1] for c in calls]
+    assert verbs[verbs.index("login") :] == ["login", "pull", "logout", "rm", "run", "inspect"]
+    assert "--password-stdin" in calls[verbs.index("login")]
+    assert (vm / "stdin-password").read_text() == "token-password-123"
+    assert all("token-password-123" not in c for c in calls)
+
+
+def test_a_redeploy_replaces_the_old_container(ssh_server, ssh_user_key, vm) -> None:
+    first = deploy.deploy(target(ssh_server, ssh_user_key), release("v1"))
+    second = deploy.deploy(target(ssh_server, ssh_user_key), release("v2"))
+    assert first != second
+    assert containers(vm) == {second: ("crdev.azurecr.io/edge-model:v2", "true")}
+    assert deploy.deploy(target(ssh_server, ssh_user_key), release("v2")) == second  # the same again: no-op
+    assert (vm / "calls").read_text().count("docker pull") == 2
+
+
+def test_a_failed_health_check_keeps_the_old_container_and_reports(ssh_server, ssh_user_key, vm) -> None:
+    old = deploy.deploy(target(ssh_server, ssh_user_key), release("v1"))
+    (vm / "health").write_text("unhealthy\n")
+    with pytest.raises(deploy.DeployError) as caught:
+        deploy.deploy(target(ssh_server, ssh_user_key), release("v2"))
+    assert "did not become healthy" in str(caught.value) and "ImportError" in str(caught.value)
+    assert containers(vm) == {old: ("crdev.azurecr.io/edge-model:v1", "true")}
+
+
+def test_a_health_check_that_never_settles_times_out(ssh_server, ssh_user_key, vm) -> None:
+    (vm / "health").write_text("starting\n")
+    clock = Clock()
+    with pytest.raises(deploy.DeployError, match="within 30s"):
+        deploy.deploy(target(ssh_server, ssh_user_key), release("v1"), 30, clock=clock, sleep=clock.sleep)
+    assert clock.now >= 30
+
+
+def test_deploy_refuses_an_unexpected_host_key(ssh_server, ssh_user_key, vm) -> None:
+    wrong = deploy.DeployTarget(
+        services.LOOPBACK, ssh_server.user, ssh_user_key.private_pem, "SHA256:" + "Z" * 43, port=ssh_server.port
+    )
+    with pytest.raises(deploy.DeployError, match="not the recorded"):
+        deploy.deploy(wrong, release("v1"))
+    assert not (vm / "calls").exists()
+
+
+# --- run --local through the CLI ---------------------------------------------------------------------------
+
+
+def test_run_local_through_the_cli(tmp_path, capsys) -> None:
+    assert cli.main(["run", "--local", "--workdir", str(tmp_path / "demo"), "--rows", "800"]) == cli.OK
+    assert json.loads(capsys.readouterr().out)["metrics"]["rows"] == 800

@@ -1,0 +1,193 @@
+"""python -m training <command>: the data scientists' side of edge-training.
+
+  run --local   the whole training flow here, against the storage emulator (no Azure needed)
+  submit        a training job on the attached edge compute; the data stays on the Hub
+  register      the job's model as a new, tagged model version
+  package       a container image of a model version, in the workspace's registry
+  deploy        the image on the Hub VM (--target edge) or a managed online endpoint (--target cloud)
+
+Every command but run reads the stack's outputs: `pulumi stack output --json` (--stack), or a
+file of them (--outputs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from training import stack_outputs
+
+log = logging.getLogger("training")
+
+OK, JOB_FAILED, USAGE = 0, 1, 2
+
+
+def _outputs(args: argparse.Namespace) -> stack_outputs.StackOutputs:
+    return stack_outputs.load(stack=args.stack, outputs_file=args.outputs)
+
+
+def _client(args: argparse.Namespace):  # noqa: ANN202 (MLClient; imported lazily, it is slow)
+    from training.workspace import ml_client
+
+    return ml_client(_outputs(args))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from training import local
+
+    return local.run(args)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from training import jobs
+
+    outputs = _outputs(args)
+    request = jobs.JobRequest(
+        prefix=args.prefix,
+        hyperparameters={"c": args.c, "max_iter": args.max_iter, "seed": args.seed},
+        image=args.image,
+    )
+    job = jobs.build_job(outputs, request)
+    from training.workspace import ml_client
+
+    name, status = jobs.submit(ml_client(outputs), job, stream=not args.no_stream)
+    print(json.dumps({"job": name, "status": status}))
+    return OK if status == "Completed" else JOB_FAILED
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from training import models
+
+    outputs = _outputs(args)
+    if args.lineage:
+        lineage = json.loads(args.lineage.read_text())
+        fingerprint, params = lineage["data_fingerprint"], lineage.get("hyperparameters", {})
+    else:
+        fingerprint, params = args.data_fingerprint, {}
+    from training.workspace import ml_client
+
+    model = models.register(
+        ml_client(outputs),
+        outputs,
+        args.name,
+        models.Lineage(
+            job_name=args.job, data_fingerprint=fingerprint, hyperparameters=params, git_commit=models.git_commit()
+        ),
+    )
+    print(json.dumps({"model": model.name, "version": model.version}))
+    return OK
+
+
+def cmd_package(args: argparse.Namespace) -> int:
+    from training import packaging
+
+    print(packaging.package(_client(args), args.model, args.version))
+    return OK
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    outputs = _outputs(args)
+    if args.target == "cloud":
+        from training.cloud_endpoint import deploy_online
+
+        print(deploy_online(_client(args), args.model, args.version))
+        return OK
+    from training import deploy
+
+    if not (args.image and args.token_name and args.token_password_file and args.ssh_key):
+        raise stack_outputs.OutputsError(
+            "--target edge needs --image, --token-name, --token-password-file and --ssh-key"
+        )
+    name = deploy.deploy(
+        deploy.DeployTarget(
+            address=outputs.hubVmPublicIp,
+            username=outputs.hubVmAdminUsername,
+            private_key=args.ssh_key.read_text(),
+            host_key_fingerprint=outputs.sshHostKeyFingerprint,
+        ),
+        deploy.Release(
+            image=args.image,
+            registry=outputs.registryLoginServer,
+            token_name=args.token_name,
+            token_password=args.token_password_file.read_text().strip(),
+        ),
+    )
+    print(json.dumps({"container": name, "image": args.image}))
+    return OK
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = root.add_subparsers(dest="command", required=True)
+
+    def with_stack(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--stack", help="Pulumi stack to read outputs from (default: the selected one)")
+        p.add_argument("--outputs", type=Path, help="a file of `pulumi stack output --json` instead")
+        return p
+
+    from training import local
+
+    run = commands.add_parser("run", help="train here against the storage emulator")
+    local.configure_parser(run)
+    run.set_defaults(handler=cmd_run)
+
+    submit = with_stack(commands.add_parser("submit", help="train on the edge compute"))
+    submit.add_argument("--prefix", required=True, help="blob prefix of the training data in the Hub container")
+    submit.add_argument("--c", type=float, default=1.0)
+    submit.add_argument("--max-iter", type=int, default=500)
+    submit.add_argument("--seed", type=int, default=0)
+    submit.add_argument("--image", default=None, help="base image (default: the pinned one)")
+    submit.add_argument("--no-stream", action="store_true", help="do not follow the job's logs")
+    submit.set_defaults(handler=cmd_submit)
+
+    register = with_stack(commands.add_parser("register", help="register a job's model"))
+    register.add_argument("--job", required=True)
+    register.add_argument("--name", default="edge-model")
+    lineage = register.add_mutually_exclusive_group(required=True)
+    lineage.add_argument("--lineage", type=Path, help="the job's outputs/lineage.json")
+    lineage.add_argument("--data-fingerprint")
+    register.set_defaults(handler=cmd_register)
+
+    package = with_stack(commands.add_parser("package", help="build a model image into the registry"))
+    package.add_argument("--model", required=True)
+    package.add_argument("--version", required=True)
+    package.set_defaults(handler=cmd_package)
+
+    deploy = with_stack(commands.add_parser("deploy", help="run a model image"))
+    deploy.add_argument("--target", choices=["edge", "cloud"], default="edge")
+    deploy.add_argument("--image", help="image reference (from `package`)")
+    deploy.add_argument("--token-name", help="registry token with pull rights on the repository")
+    deploy.add_argument("--token-password-file", type=Path, help="file holding that token's password")
+    deploy.add_argument("--ssh-key", type=Path, help="the VM admin's private key file")
+    deploy.add_argument("--model", help="--target cloud: model name")
+    deploy.add_argument("--version", help="--target cloud: model version")
+    deploy.set_defaults(handler=cmd_deploy)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    args = parser().parse_args(argv)
+    if args.command == "submit" and args.image is None:
+        from training.jobs import BASE_IMAGE
+
+        args.image = BASE_IMAGE
+    try:
+        return int(args.handler(args))
+    except stack_outputs.OutputsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return USAGE
+    except Exception as error:
+        from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
+
+        known = (ClientAuthenticationError, HttpResponseError, ServiceRequestError, RuntimeError, OSError)
+        if not isinstance(error, known):
+            raise
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        return JOB_FAILED
