@@ -1,0 +1,248 @@
+"""edge-training's baseline as CrossGuard policies, for this stack or any other.
+
+Each check is a plain function over one resource's type and properties, wrapped into a
+`ResourceValidationPolicy`; the same rule covers the typed azure-native resource and the generic
+`resources.Resource` bodies the Hub side declares.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from pulumi_policy import (
+    EnforcementLevel,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    Secret,
+)
+
+GENERIC = "azure-native:resources:Resource"
+# Azure Stack Hub profile 2020-09-01-hybrid (the versions components/hub_resource.py uses).
+HUB_API_VERSIONS: Mapping[str, str] = {
+    "Microsoft.Storage": "2019-06-01",
+    "Microsoft.Network": "2018-11-01",
+    "Microsoft.Compute": "2020-06-01",
+    "Microsoft.Resources": "2019-10-01",
+}
+EVERYWHERE = {"*", "0.0.0.0/0", "0.0.0.0", "::/0", "internet", "any"}  # noqa: S104 (what to refuse)
+SECRET_NAMES = {
+    "adminpassword", "password", "clientsecret", "clientcertificatepassword", "privatekey", "privatekeydata",
+    "accountkey", "connectionstring", "sastoken", "sshprivatekey",
+}  # fmt: skip
+
+Check = Callable[[str, Mapping[str, Any]], Iterator[str]]
+
+
+def _raw(props: Any) -> Any:
+    """The properties with `Secret` markers kept (the policy SDK's proxy unwraps them on read)."""
+    try:
+        return props["__target"]
+    except (KeyError, TypeError):
+        return props
+
+
+def _plain(value: Any) -> Any:
+    while isinstance(value, Secret):
+        value = value.value
+    return value
+
+
+def _generic(resource_type: str, props: Mapping[str, Any], namespace: str, kind: str) -> bool:
+    return (
+        resource_type == GENERIC
+        and props.get("resourceProviderNamespace") == namespace
+        and props.get("resourceType") == kind
+    )
+
+
+# --- SSH -----------------------------------------------------------------------------------------
+
+
+def _covers_22(ranges: list[str]) -> bool:
+    for item in ranges:
+        item = str(item).strip()
+        if item == "*":
+            return True
+        low, _, high = item.partition("-")
+        try:
+            if int(low) <= 22 <= int(high or low):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def _everywhere(source: str) -> bool:
+    source = str(source).strip().lower()
+    if source in EVERYWHERE:
+        return True
+    try:
+        return ipaddress.ip_network(source, strict=False).prefixlen == 0
+    except ValueError:
+        return False
+
+
+def _rule_opens_ssh_to_everyone(rule: Mapping[str, Any]) -> bool:
+    if str(rule.get("access", "")).lower() != "allow" or str(rule.get("direction", "")).lower() != "inbound":
+        return False
+    if str(rule.get("protocol", "*")).lower() not in ("tcp", "*"):
+        return False
+    ports = [rule["destinationPortRange"]] if rule.get("destinationPortRange") else []
+    ports += list(rule.get("destinationPortRanges") or [])
+    sources = [rule["sourceAddressPrefix"]] if rule.get("sourceAddressPrefix") else []
+    sources += list(rule.get("sourceAddressPrefixes") or [])
+    return _covers_22(ports) and any(_everywhere(s) for s in sources)
+
+
+def _security_rules(resource_type: str, props: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    if resource_type == "azure-native:network:NetworkSecurityGroup":
+        for rule in props.get("securityRules") or []:
+            yield str(rule.get("name", "?")), rule
+    elif resource_type == "azure-native:network:SecurityRule":
+        yield str(props.get("securityRuleName", "?")), props
+    elif _generic(resource_type, props, "Microsoft.Network", "networkSecurityGroups"):
+        for rule in (props.get("properties") or {}).get("securityRules") or []:
+            yield str(rule.get("name", "?")), rule.get("properties") or {}
+    elif _generic(resource_type, props, "Microsoft.Network", "securityRules"):
+        yield str(props.get("resourceName", "?")), props.get("properties") or {}
+
+
+def no_ssh_from_everywhere(resource_type: str, props: Mapping[str, Any]) -> Iterator[str]:
+    for name, rule in _security_rules(resource_type, props):
+        if _rule_opens_ssh_to_everyone(rule):
+            yield f"security rule {name} allows SSH (22) from everywhere; list the networks that need it"
+
+
+# --- VMs -----------------------------------------------------------------------------------------
+
+
+def vm_password_authentication_disabled(resource_type: str, props: Mapping[str, Any]) -> Iterator[str]:
+    if resource_type == "azure-native:compute:VirtualMachine":
+        os_profile = props.get("osProfile") or {}
+    elif _generic(resource_type, props, "Microsoft.Compute", "virtualMachines"):
+        os_profile = (props.get("properties") or {}).get("osProfile") or {}
+    else:
+        return
+    if os_profile.get("adminPassword"):
+        yield "the VM has an admin password; use SSH keys only"
+    linux = os_profile.get("linuxConfiguration")
+    if linux is not None and linux.get("disablePasswordAuthentication") is not True:
+        yield "linuxConfiguration.disablePasswordAuthentication must be true"
+
+
+# --- storage, registry, key vault, workspace -----------------------------------------------------------
+
+
+def storage_secure(resource_type: str, props: Mapping[str, Any]) -> Iterator[str]:
+    if resource_type == "azure-native:storage:StorageAccount":
+        if props.get("enableHttpsTrafficOnly") is not True:
+            yield "enableHttpsTrafficOnly must be true"
+        if props.get("minimumTlsVersion") != "TLS1_2":
+            yield "minimumTlsVersion must be TLS1_2"
+        if props.get("allowBlobPublicAccess") is not False:
+            yield "allowBlobPublicAccess must be false"
+    elif _generic(resource_type, props, "Microsoft.Storage", "storageAccounts"):
+        if (props.get("properties") or {}).get("supportsHttpsTrafficOnly") is not True:
+            yield "supportsHttpsTrafficOnly must be true"
+    elif _generic(resource_type, props, "Microsoft.Storage", "containers") or resource_type == (
+        "azure-native:storage:BlobContainer"
+    ):
+        access = (props.get("properties") or {}).get("publicAccess", props.get("publicAccess", "None"))
+        if access not in (None, "None"):
+            yield f"blob container public access is {access}; it must be None"
+
+
+def registry_locked_down(resource_type: str, props: Mapping[str, Any]) -> Iterator[str]:
+    if resource_type != "azure-native:containerregistry:Registry":
+        return
+    if props.get("adminUserEnabled") is not False:
+        yield "adminUserEnabled must be false (use tokens or identities)"
+    if props.get("anonymousPullEnabled") is True:
+        yield "anonymousPullEnabled must be false"
+
+
+def key_vault_purge_protection(resource_type: str, props: Mapping[str, Any]) -> Iterator[str]:
+    if (
+        resource_type == "azure-native:keyvault:Vault"
+        and (props.get("properties") or {}).get("enablePurgeProtection") is not True
+    ):
+        yield "properties.enablePurgeProtection must be true"
+
+
+def workspace_uses_our_registry(resource_type: str, props: Mapping[str, Any]) -> Iterator[str]:
+    if resource_type == "azure-native:machinelearningservices:Workspace" and not props.get("containerRegistry"):
+        yield "containerRegistry must name our registry: the one Azure ML creates itself has the admin user on"
+
+
+def hub_api_versions(resource_type: str, props: Mapping[str, Any]) -> Iterator[str]:
+    if resource_type != GENERIC:
+        return
+    namespace, version = props.get("resourceProviderNamespace"), props.get("apiVersion")
+    expected = HUB_API_VERSIONS.get(str(namespace))
+    if expected is None:
+        yield f"{namespace} is not in Azure Stack Hub profile 2020-09-01-hybrid"
+    elif version != expected:
+        yield f"{namespace} at {version}; the Hub profile 2020-09-01-hybrid has {expected}"
+
+
+def _secret_names_in_plain_text(value: Any, path: str) -> Iterator[str]:
+    if isinstance(value, Secret):
+        return
+    if isinstance(value, Mapping):
+        for key, child in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if str(key).lower() in SECRET_NAMES and _plain(child) not in (None, "") and not isinstance(child, Secret):
+                yield where
+            else:
+                yield from _secret_names_in_plain_text(child, where)
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield from _secret_names_in_plain_text(child, f"{path}[{index}]")
+
+
+def no_plaintext_secrets(_resource_type: str, props: Mapping[str, Any]) -> Iterator[str]:
+    for where in _secret_names_in_plain_text(props, ""):
+        yield f"{where} holds a secret in plain text; pass it as a Pulumi secret"
+
+
+def public_network_access_noted(resource_type: str, props: Mapping[str, Any]) -> Iterator[str]:
+    if (
+        resource_type
+        in (
+            "azure-native:machinelearningservices:Workspace",
+            "azure-native:containerregistry:Registry",
+        )
+        and props.get("publicNetworkAccess", "Enabled") == "Enabled"
+    ):
+        yield "reachable from the internet (a documented opt-out in this project; prefer private endpoints)"
+
+
+def _policy(name: str, description: str, check: Check, level: EnforcementLevel) -> ResourceValidationPolicy:
+    def validate(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+        for message in check(args.resource_type, _raw(args.props)):
+            report_violation(message, None)
+
+    return ResourceValidationPolicy(name=name, description=description, validate=validate, enforcement_level=level)
+
+
+MANDATORY, ADVISORY = EnforcementLevel.MANDATORY, EnforcementLevel.ADVISORY
+
+POLICIES: list[ResourceValidationPolicy] = [
+    _policy("no-ssh-from-everywhere", "No NSG rule allows SSH from everywhere (typed or Hub).",
+            no_ssh_from_everywhere, MANDATORY),
+    _policy("vm-password-authentication-disabled", "VMs take SSH keys only.",
+            vm_password_authentication_disabled, MANDATORY),
+    _policy("storage-secure", "Storage: https only, TLS 1.2, no public blob access.", storage_secure, MANDATORY),
+    _policy("registry-locked-down", "Registries: no admin user, no anonymous pull.", registry_locked_down, MANDATORY),
+    _policy("key-vault-purge-protection", "Key vaults have purge protection.", key_vault_purge_protection, MANDATORY),
+    _policy("workspace-uses-our-registry", "The Azure ML workspace names its registry.",
+            workspace_uses_our_registry, MANDATORY),
+    _policy("hub-api-versions", "Generic (Hub) resources only at Hub-profile API versions.",
+            hub_api_versions, MANDATORY),
+    _policy("no-plaintext-secrets", "Secret-named properties are Pulumi secrets.", no_plaintext_secrets, MANDATORY),
+    _policy("public-network-access-noted", "Workspace and registry public network access (advisory).",
+            public_network_access_noted, ADVISORY),
+]  # fmt: skip
