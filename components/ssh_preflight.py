@@ -79,29 +79,41 @@ class _PinnedHostKey(paramiko.MissingHostKeyPolicy):
             )
 
 
+def _until(attempt: Callable[[float], bool], end: float, clock: Clock, sleep: Sleep, first_delay: float) -> bool:
+    """Call `attempt(seconds_left)` until it returns True or `end` passes, backing off
+    exponentially (doubling from `first_delay`, at most 30 s, never past `end`)."""
+    delay = first_delay
+    while True:
+        if attempt(max(0.1, end - clock())):
+            return True
+        remaining = end - clock()
+        if remaining <= 0:
+            return False
+        sleep(min(delay, remaining))
+        delay = min(delay * 2, 30.0)
+
+
 def wait_for_port(
     address: str, port: int, deadline_seconds: float, clock: Clock = time.monotonic, sleep: Sleep = time.sleep
 ) -> None:
     """Until the port accepts TCP, with exponential backoff (1 s doubling to 30 s), up to the deadline."""
-    end = clock() + deadline_seconds
-    delay = 1.0
-    while True:
-        remaining = end - clock()
+    errors: list[OSError] = []
+
+    def connects(seconds_left: float) -> bool:
         try:
-            with socket.create_connection((address, port), timeout=max(0.1, min(10.0, remaining))):
-                return
+            with socket.create_connection((address, port), timeout=min(10.0, seconds_left)):
+                return True
         except OSError as error:
-            last = error
-        remaining = end - clock()
-        if remaining <= 0:
-            raise PreflightError(
-                "ssh-reachable",
-                f"{address}:{port} did not accept connections within {deadline_seconds:.0f}s ({last})",
-                "check that the VM is running, that hubSshSourceCidrs includes where this runs from, "
-                "and that sshPort is right",
-            )
-        sleep(min(delay, remaining))
-        delay = min(delay * 2, 30.0)
+            errors.append(error)
+            return False
+
+    if not _until(connects, clock() + deadline_seconds, clock, sleep, first_delay=1.0):
+        raise PreflightError(
+            "ssh-reachable",
+            f"{address}:{port} did not accept connections within {deadline_seconds:.0f}s ({errors[-1]})",
+            "check that the VM is running, that hubSshSourceCidrs includes where this runs from, "
+            "and that sshPort is right",
+        )
 
 
 class _Session:
@@ -184,21 +196,13 @@ def run_preflight(target: PreflightTarget, clock: Clock = time.monotonic, sleep:
 
 def _wait_for_first_boot(session: _Session, target: PreflightTarget, end: float, clock: Clock, sleep: Sleep) -> None:
     marker = shlex.quote(target.first_boot_marker)
-    delay = 2.0
-    while True:
-        status, _, _ = session.run(f"test -f {marker}")
-        if status == 0:
-            return
-        remaining = end - clock()
-        if remaining <= 0:
-            raise PreflightError(
-                "first-boot",
-                f"{target.first_boot_marker} did not appear within {target.deadline_seconds:.0f}s",
-                "first boot is still running or failed: read /var/log/cloud-init-output.log (cloud-init) or "
-                "/var/lib/waagent/custom-script/download/0/stderr (custom-script) on the VM",
-            )
-        sleep(min(delay, remaining))
-        delay = min(delay * 2, 30.0)
+    if not _until(lambda _left: session.run(f"test -f {marker}")[0] == 0, end, clock, sleep, first_delay=2.0):
+        raise PreflightError(
+            "first-boot",
+            f"{target.first_boot_marker} did not appear within {target.deadline_seconds:.0f}s",
+            "first boot is still running or failed: read /var/log/cloud-init-output.log (cloud-init) or "
+            "/var/lib/waagent/custom-script/download/0/stderr (custom-script) on the VM",
+        )
 
 
 def _check_docker(session: _Session) -> str:

@@ -215,3 +215,11 @@ def test_the_program_with_ssh_open_to_everyone_is_stopped_by_the_pack(run_stack)
         for m in violations("no-ssh-from-everywhere", r.type, _recorded_as_policy_input(r))
     ]
     assert len(found) == 1 and "everywhere" in found[0]
+
+
+def test_the_pack_and_the_program_agree_on_the_hub_api_versions() -> None:
+    # The pack keeps its own copy so that it runs without the program's modules; they must agree.
+    from components.hub_resource import HUB_API_VERSIONS
+    from policy.baseline import HUB_API_VERSIONS as POLICY_VERSIONS
+
+    assert dict(POLICY_VERSIONS) == dict(HUB_API_VERSIONS)
