@@ -262,6 +262,115 @@ def test_the_package_request_targets_an_online_server_on_our_base_environment() 
     assert rest["tags"] == {"model": "edge-model:8"}
 
 
+def test_package_builds_an_image_of_the_model_at_the_http_boundary(outputs, arm) -> None:
+    base = models_path(outputs, "x").removesuffix("/models/x/versions")
+    serving = f"{base}/environments/edge-training-serving"
+    image_env = f"{base}/environments/edge-model-image/versions/1"
+    image = f"{outputs.registryLoginServer}/azureml/edge-model-image@sha256:{'a' * 64}"
+
+    def code(version_id: str) -> dict[str, Any]:
+        return {
+            "id": version_id,
+            "name": "1",
+            "type": "Microsoft.MachineLearningServices/workspaces/codes/versions",
+            "properties": {
+                "codeUri": "https://st.blob.core.windows.net/code/serving",
+                "isAnonymous": True,
+                "isArchived": False,
+                "properties": {},
+                "tags": {},
+            },
+        }
+
+    arm.fake.script("GET", serving, Reply(404, {"error": {"code": "NotFound", "message": "new"}}))
+    arm.fake.script(
+        "PUT",
+        f"{serving}/versions/1",
+        Reply(
+            201,
+            {
+                "id": f"{serving}/versions/1",
+                "name": "1",
+                "properties": {
+                    "image": jobs.BASE_IMAGE,
+                    "isAnonymous": False,
+                    "isArchived": False,
+                    "properties": {},
+                    "tags": {},
+                    "osType": "Linux",
+                },
+            },
+        ),
+    )
+    # The scoring code is already in the workspace (same content hash), so nothing is uploaded.
+    arm.fake.script_matching(
+        "GET",
+        rf"{re.escape(base)}/codes/[^/]+/versions",
+        Reply(200, {"value": [code(f"{base}/codes/serving/versions/1")]}),
+    )
+    arm.fake.script("GET", f"{base}/codes/serving/versions/1", Reply(200, code(f"{base}/codes/serving/versions/1")))
+    arm.fake.script(
+        "GET",
+        base,
+        Reply(
+            200,
+            {
+                "id": base,
+                "name": outputs.workspaceName,
+                "location": "westeurope",
+                "kind": "Default",
+                "type": "Microsoft.MachineLearningServices/workspaces",
+                "properties": {
+                    "workspaceId": "00000000-0000-0000-0000-00000000000a",
+                    "discoveryUrl": "https://westeurope.api.azureml.ms/discovery",
+                },
+            },
+        ),
+    )
+    arm.fake.script(
+        "POST",
+        f"{base}/models/edge-model/versions/3/package",
+        Reply(200, {"targetEnvironmentId": image_env, "buildState": "Succeeded", "buildId": "build-1"}),
+    )
+    arm.fake.script(
+        "GET",
+        image_env,
+        Reply(
+            200,
+            {
+                "id": image_env,
+                "name": "1",
+                "properties": {
+                    "image": image,
+                    "isAnonymous": False,
+                    "isArchived": False,
+                    "properties": {},
+                    "tags": {},
+                    "osType": "Linux",
+                },
+            },
+        ),
+    )
+
+    client = ml_client(outputs, credential=StaticCredential(), transport=RedirectingTransport(arm))
+    assert packaging.package(client, "edge-model", "3") == image
+
+    put = next(r for r in arm.fake.requests if r.method == "PUT")
+    assert put.body["properties"]["image"] == jobs.BASE_IMAGE
+    assert "scikit-learn==1.9.1" in put.body["properties"]["condaFile"]
+    post = next(r for r in arm.fake.requests if r.method == "POST")
+    assert post.path == f"{base}/models/edge-model/versions/3/package"
+    assert post.query["api-version"][0].startswith("20")
+    assert post.body["targetEnvironmentId"].endswith("/environments/edge-model-image")
+    assert post.body["inferencingServer"]["serverType"] == "AzureMLOnline"
+    assert post.body["inferencingServer"]["codeConfiguration"]["scoringScript"] == "score.py"
+    assert post.body["inferencingServer"]["codeConfiguration"]["codeId"].endswith("/codes/serving/versions/1")
+    assert post.body["baseEnvironmentSource"]["baseEnvironmentSourceType"] == "EnvironmentAsset"
+    assert post.body["baseEnvironmentSource"]["resourceId"].endswith("/environments/edge-training-serving/versions/1")
+    assert post.body["tags"] == {"model": "edge-model:3"}
+    assert not any(r.method == "PUT" and "/codes/" in r.path for r in arm.fake.requests)  # no code re-upload
+
+
 # --- deploy over SSH ------------------------------------------------------------------------------------
 
 DOCKER_SHIM = r"""STATE="{state}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import re
 import ssl
 import threading
 from collections.abc import Iterator
@@ -48,14 +49,21 @@ class FakeArm:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
         self._script: dict[tuple[str, str], list[Reply]] = {}
+        self._patterns: list[tuple[str, re.Pattern[str], list[Reply]]] = []
         self._lock = threading.Lock()
 
     def script(self, method: str, path: str, *replies: Reply) -> None:
         self._script[(method, path)] = list(replies)
 
+    def script_matching(self, method: str, pattern: str, *replies: Reply) -> None:
+        """For paths with names the client makes up (content hashes): a regular expression."""
+        self._patterns.append((method, re.compile(pattern), list(replies)))
+
     def reply(self, method: str, path: str) -> Reply:
         with self._lock:
             queue = self._script.get((method, path))
+            if queue is None:
+                queue = next((q for m, rx, q in self._patterns if m == method and rx.fullmatch(path)), None)
             if not queue:
                 return Reply(404, {"error": {"code": "NotScripted", "message": f"{method} {path}"}})
             return queue.pop(0) if len(queue) > 1 else queue[0]
