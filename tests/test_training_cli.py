@@ -115,29 +115,61 @@ def test_the_egress_guard_refuses_data_in_the_code_snapshot(outputs, tmp_path) -
         jobs.egress_guard(job)
 
 
+class StubJobs:
+    """The job operations' control flow only (create, stream, get): the job body itself is checked
+    above; what matters here is how submit reacts to the service's answers."""
+
+    def __init__(self, status: str, stream_error: str | None = None) -> None:
+        self.calls: list[str] = []
+        self.status, self.stream_error = status, stream_error
+
+    def create_or_update(self, job: Any) -> Any:
+        self.calls.append("create")
+        return type("J", (), {"name": "job-1", "studio_url": ""})()
+
+    def stream(self, name: str) -> None:
+        self.calls.append(f"stream {name}")
+        if self.stream_error:
+            from azure.ai.ml.exceptions import JobException
+
+            raise JobException(message=self.stream_error, no_personal_data_message="job failed")
+
+    def get(self, name: str) -> Any:
+        return type("J", (), {"status": self.status, "error": None, "studio_url": "https://ml.azure.com/x"})()
+
+
 def test_submit_guards_streams_and_reports_the_status(outputs) -> None:
-    class Jobs:
-        def __init__(self) -> None:
-            self.calls: list[str] = []
-
-        def create_or_update(self, job: Any) -> Any:
-            self.calls.append("create")
-            return type("J", (), {"name": "job-1", "studio_url": ""})()
-
-        def stream(self, name: str) -> None:
-            self.calls.append(f"stream {name}")
-
-        def get(self, name: str) -> Any:
-            return type("J", (), {"status": "Failed"})()
-
-    client = type("C", (), {"jobs": Jobs()})()
+    client = type("C", (), {"jobs": StubJobs("Completed")})()
     job = jobs.build_job(outputs, jobs.JobRequest(prefix="x/"))
-    assert jobs.submit(client, job) == ("job-1", "Failed")
+    assert jobs.submit(client, job) == jobs.JobOutcome("job-1", "Completed", None)
     assert client.jobs.calls == ["create", "stream job-1"]
     job.inputs["data"] = Input(type="uri_file", path="local.csv")
     with pytest.raises(jobs.EgressRefused):
         jobs.submit(client, job)
     assert client.jobs.calls == ["create", "stream job-1"]  # nothing sent the second time
+
+
+def test_a_failed_job_is_reported_with_the_services_message_not_a_traceback(
+    outputs, tmp_path, monkeypatch, capsys
+) -> None:
+    failing = type("C", (), {"jobs": StubJobs("Failed", "Execution failed: ModuleNotFoundError sklearn\nlog tail")})()
+    outcome = jobs.submit(failing, jobs.build_job(outputs, jobs.JobRequest(prefix="x/")))
+    assert outcome.status == "Failed" and "ModuleNotFoundError sklearn" in (outcome.error or "")
+
+    monkeypatch.setattr("training.workspace.ml_client", lambda _outputs: failing)
+    outputs_file = tmp_path / "outputs.json"
+    outputs_file.write_text(json.dumps(outputs.__dict__))
+    assert cli.main(["submit", "--outputs", str(outputs_file), "--prefix", "x/"]) == cli.JOB_FAILED
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["status"] == "Failed"
+    assert "ended Failed: Execution failed: ModuleNotFoundError sklearn" in captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_a_failed_job_without_streaming_still_says_where_to_look(outputs) -> None:
+    client = type("C", (), {"jobs": StubJobs("Canceled")})()
+    outcome = jobs.submit(client, jobs.build_job(outputs, jobs.JobRequest(prefix="x/")), stream=False)
+    assert outcome.status == "Canceled" and "https://ml.azure.com/x" in (outcome.error or "")
 
 
 # --- register at the HTTP boundary ---------------------------------------------------------------------
@@ -190,6 +222,7 @@ def version_json(outputs: stack_outputs.StackOutputs, name: str, version: str, *
 
 def test_register_sends_the_next_version_with_its_lineage(outputs, arm) -> None:
     base = models_path(outputs, "edge-model")
+    # Version 7 is archived: its number stays taken, so only a listing of all versions is right.
     arm.fake.script(
         "GET",
         base,
@@ -198,7 +231,7 @@ def test_register_sends_the_next_version_with_its_lineage(outputs, arm) -> None:
             {
                 "value": [
                     version_json(outputs, "edge-model", "1"),
-                    version_json(outputs, "edge-model", "7"),
+                    version_json(outputs, "edge-model", "7", isArchived=True),
                     version_json(outputs, "edge-model", "2"),
                 ]
             },
@@ -210,6 +243,8 @@ def test_register_sends_the_next_version_with_its_lineage(outputs, arm) -> None:
     registered = models.register(client, outputs, "edge-model", lineage)
     assert registered.version == "8"
 
+    listing = next(r for r in arm.fake.requests if r.method == "GET" and "listViewType" in r.query)
+    assert listing.query["listViewType"] == ["All"]
     (put,) = [r for r in arm.fake.requests if r.method == "PUT"]
     assert put.path == f"{base}/8"
     assert put.query["api-version"][0].startswith("20")
@@ -384,7 +419,12 @@ case "$1" in
     for last; do :; done
     case "$3" in
       *Running*) cat "$STATE/containers/$last/running" 2>/dev/null || echo false ;;
-      *Health*) cat "$STATE/health" ;;
+      *Health*)
+        # An image without HEALTHCHECK: real docker fails the template with this message.
+        if [ "$(cat "$STATE/health")" = none ]; then
+          echo 'template parsing error: map has no entry for key "Health"' >&2; exit 1
+        fi
+        cat "$STATE/health" ;;
     esac ;;
   stop) echo false > "$STATE/containers/$2/running" ;;
   start) echo true > "$STATE/containers/$2/running" ;;
@@ -407,6 +447,11 @@ def vm(ssh_server: services.SshServer, tmp_path: Path) -> Path:
     state.mkdir()
     (state / "health").write_text("healthy\n")
     services.write_shim(ssh_server.directory / "shims", "docker", DOCKER_SHIM.format(state=state))
+    services.write_shim(
+        ssh_server.directory / "shims",
+        "curl",
+        f'echo "curl $*" >> "{state}/calls"\n[ -f "{state}/serving" ] || exit 7\n',
+    )
     return state
 
 
@@ -476,6 +521,25 @@ def test_a_health_check_that_never_settles_times_out(ssh_server, ssh_user_key, v
     with pytest.raises(deploy.DeployError, match="within 30s"):
         deploy.deploy(target(ssh_server, ssh_user_key), release("v1"), 30, clock=clock, sleep=clock.sleep)
     assert clock.now >= 30
+
+
+def test_an_image_without_healthcheck_is_probed_over_http(ssh_server, ssh_user_key, vm) -> None:
+    (vm / "health").write_text("none\n")
+    (vm / "serving").touch()
+    name = deploy.deploy(target(ssh_server, ssh_user_key), release("v1"))
+    assert containers(vm) == {name: ("crdev.azurecr.io/edge-model:v1", "true")}
+    assert "curl -fsS -o /dev/null --max-time 5 http://127.0.0.1:8080/" in (vm / "calls").read_text()
+
+
+def test_an_image_without_healthcheck_that_never_answers_is_rolled_back(ssh_server, ssh_user_key, vm) -> None:
+    (vm / "serving").touch()
+    old = deploy.deploy(target(ssh_server, ssh_user_key), release("v1"))
+    (vm / "health").write_text("none\n")
+    (vm / "serving").unlink()
+    clock = Clock()
+    with pytest.raises(deploy.DeployError, match=re.escape("no answer on http://127.0.0.1:8080/")):
+        deploy.deploy(target(ssh_server, ssh_user_key), release("v2"), 30, clock=clock, sleep=clock.sleep)
+    assert containers(vm) == {old: ("crdev.azurecr.io/edge-model:v1", "true")}
 
 
 def test_deploy_refuses_an_unexpected_host_key(ssh_server, ssh_user_key, vm) -> None:

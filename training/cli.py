@@ -53,9 +53,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     job = jobs.build_job(outputs, request)
     from training.workspace import ml_client
 
-    name, status = jobs.submit(ml_client(outputs), job, stream=not args.no_stream)
-    print(json.dumps({"job": name, "status": status}))
-    return OK if status == "Completed" else JOB_FAILED
+    outcome = jobs.submit(ml_client(outputs), job, stream=not args.no_stream)
+    print(json.dumps({"job": outcome.name, "status": outcome.status}))
+    if outcome.status != "Completed":
+        print(f"error: job {outcome.name} ended {outcome.status}: {outcome.error}", file=sys.stderr)
+        return JOB_FAILED
+    return OK
 
 
 def cmd_register(args: argparse.Namespace) -> int:

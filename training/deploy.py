@@ -83,6 +83,12 @@ class _Remote:
             raise DeployError(f"`{argv[0]} {argv[1] if len(argv) > 1 else ''}` failed on the VM: {error or output}")
         return output
 
+    def succeeds(self, *argv: str) -> bool:
+        """Whether the command exits 0 on the VM."""
+        line = " ".join(shlex.quote(a) for a in argv)
+        _, out, _ = self.client.exec_command(line, timeout=60)
+        return out.channel.recv_exit_status() == 0
+
     def close(self) -> None:
         self.client.close()
 
@@ -138,7 +144,7 @@ def deploy(
             f"{release.host_port}:{release.container_port}",
             release.image,
         )
-        status = _wait_healthy(remote, new, health_deadline_seconds, clock, sleep)
+        status = _wait_healthy(remote, new, release.host_port, health_deadline_seconds, clock, sleep)
         if status != "healthy":
             logs = remote.run("docker", "logs", "--tail", "20", new, check=False)
             remote.run("docker", "rm", "-f", new, check=False)
@@ -155,13 +161,35 @@ def deploy(
         remote.close()
 
 
+# What `docker inspect` prints on stderr for an image built without a HEALTHCHECK: the template
+# has no State.Health to read. Such a container is judged by the server's own liveness route.
+_NO_HEALTHCHECK = 'map has no entry for key "Health"'
+
+
 def _wait_healthy(
-    remote: _Remote, name: str, deadline: float, clock: Callable[[], float], sleep: Callable[[float], None]
+    remote: _Remote,
+    name: str,
+    host_port: int,
+    deadline: float,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
 ) -> str:
+    """'healthy', 'unhealthy', or the last status seen when the deadline passed.
+
+    The liveness route is GET / on the published port: azureml-inference-server-http answers it
+    with 200 once the scoring script has initialised."""
     end = clock() + deadline
     delay = 1.0
+    url = f"http://127.0.0.1:{host_port}/"
     while True:
-        status = remote.run("docker", "inspect", "--format", "{{.State.Health.Status}}", name, check=False)
+        try:
+            status = remote.run("docker", "inspect", "--format", "{{.State.Health.Status}}", name)
+        except DeployError as error:
+            if _NO_HEALTHCHECK not in str(error):
+                status = "unknown"
+            else:
+                answered = remote.succeeds("curl", "-fsS", "-o", "/dev/null", "--max-time", "5", url)
+                status = "healthy" if answered else f"no answer on {url}"
         if status in ("healthy", "unhealthy") or clock() >= end:
             return status
         sleep(min(delay, max(0.0, end - clock())))

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from azure.ai.ml import command
 from azure.ai.ml.entities import Command, Environment
+from azure.ai.ml.exceptions import JobException
 
 from training.src.edge_train.credentials import CREDENTIAL_DIRECTORY, DEFAULT_CREDENTIAL_FILE
 from training.stack_outputs import StackOutputs
@@ -99,12 +100,27 @@ def build_job(outputs: StackOutputs, request: JobRequest) -> Command:
     return job
 
 
-def submit(ml_client: Any, job: Command, stream: bool = True) -> tuple[str, str]:
+@dataclass(frozen=True)
+class JobOutcome:
+    name: str
+    status: str
+    error: str | None = None
+    """For a job that did not complete: the service's error, with the log lines it returns."""
+
+
+def submit(ml_client: Any, job: Command, stream: bool = True) -> JobOutcome:
     """Create the job (after the guard), stream its logs, return its name and final status."""
     egress_guard(job)
     created = ml_client.jobs.create_or_update(job)
     log.info("submitted %s: %s", created.name, getattr(created, "studio_url", ""))
+    error = None
     if stream:
-        ml_client.jobs.stream(created.name)
+        try:
+            ml_client.jobs.stream(created.name)
+        except JobException as failed:  # raised by stream when the job fails
+            error = str(failed)
     final = ml_client.jobs.get(created.name)
-    return created.name, str(final.status)
+    status = str(final.status)
+    if status != "Completed" and error is None:
+        error = str(getattr(final, "error", None) or f"job ended {status}; see {getattr(final, 'studio_url', '')}")
+    return JobOutcome(created.name, status, error)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from azure.ai.ml.constants import AssetTypes
+from azure.ai.ml.constants import AssetTypes, ListViewType
 from azure.ai.ml.entities import Model
 
 from training.stack_outputs import StackOutputs
@@ -38,8 +38,10 @@ def git_commit(repository: Path = REPOSITORY) -> str:
 
 
 def next_version(ml_client: Any, name: str) -> str:
-    """One more than the highest numeric version of `name` (1 for a new model)."""
-    versions = [int(m.version) for m in ml_client.models.list(name=name) if str(m.version).isdigit()]
+    """One more than the highest numeric version of `name` (1 for a new model), archived versions
+    included: the service keeps their numbers taken."""
+    listed = ml_client.models.list(name=name, list_view_type=ListViewType.ALL)
+    versions = [int(m.version) for m in listed if str(m.version).isdigit()]
     return str(max(versions, default=0) + 1)
 
 
