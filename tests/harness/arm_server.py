@@ -121,6 +121,18 @@ class ArmEndpoint:
         return RecordingTransport(connection_verify=str(self.ca_file))
 
 
+def _body(raw: bytes, content_type: str) -> Any:
+    """JSON bodies parsed; a form (a token request) as its fields; anything else as text."""
+    if not raw:
+        return None
+    if "application/x-www-form-urlencoded" in content_type:
+        return {k: v[0] for k, v in parse_qs(raw.decode()).items()}
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode(errors="replace")
+
+
 @contextmanager
 def serve_arm(directory: Path) -> Iterator[ArmEndpoint]:
     fake = FakeArm()
@@ -137,7 +149,7 @@ def serve_arm(directory: Path) -> Iterator[ArmEndpoint]:
                     url.path,
                     parse_qs(url.query),
                     {k.lower(): v for k, v in self.headers.items()},
-                    json.loads(raw) if raw else None,
+                    _body(raw, self.headers.get("Content-Type", "")),
                 )
             )
             reply = fake.reply(self.command, url.path)
