@@ -14,6 +14,7 @@ from pulumi_azure_native import (
     containerregistry,
     keyvault,
     machinelearningservices,
+    managedidentity,
     operationalinsights,
     resources,
     storage,
@@ -24,19 +25,25 @@ from components.config import AzureSettings
 # Built-in role definition ids (Microsoft Learn, "Azure built-in roles"); the same in every tenant.
 CONTRIBUTOR = "b24988ac-6180-42a0-ab88-20f7382dd24c"
 STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
-STORAGE_FILE_DATA_PRIVILEGED_CONTRIBUTOR = "69566ab7-960f-475b-8e7c-b3118f30c6bd"
 KEY_VAULT_ADMINISTRATOR = "00482a5a-887f-4fb3-b363-3b7fe8e74483"
 
-# What the workspace's identity needs on the resources we bring, instead of relying on the
-# service to grant itself roles at creation (it can only when the deployer may assign roles, and
-# then silently). Contributor on the registry, not AcrPush: Azure ML builds environment images
-# with ACR Tasks, which need registries/scheduleRun/action. Contributor on the storage account:
-# the workspace reads the account keys for its default datastores (listKeys).
+# The workspace signs in as a user-assigned identity that this stack declares. Microsoft
+# documents two workspace identity types (learn.microsoft.com/azure/machine-learning/
+# how-to-identity-based-service-authentication, "Workspace identity types"): with a system-assigned
+# identity, role assignment creation is "Managed by Microsoft", so assignments of our own for it
+# duplicate the service's (409 RoleAssignmentExists) and what it grants is invisible here; with a
+# user-assigned identity it is "Managed by you", and the same article lists the roles it needs.
+# These are exactly that table's roles (Key Vault with the RBAC permission model, which ours uses):
 WORKSPACE_ROLES: Mapping[str, tuple[str, ...]] = {
+    "storage": (CONTRIBUTOR, STORAGE_BLOB_DATA_CONTRIBUTOR),
+    "key-vault": (CONTRIBUTOR, KEY_VAULT_ADMINISTRATOR),
     "registry": (CONTRIBUTOR,),
-    "storage": (CONTRIBUTOR, STORAGE_BLOB_DATA_CONTRIBUTOR, STORAGE_FILE_DATA_PRIVILEGED_CONTRIBUTOR),
-    "key-vault": (KEY_VAULT_ADMINISTRATOR,),
+    "app-insights": (CONTRIBUTOR,),
+    "workspace": (CONTRIBUTOR,),
 }
+# Granted before the workspace exists, so it never starts without access to its dependencies;
+# the workspace-scoped role can only follow the workspace.
+BEFORE_WORKSPACE = ("storage", "key-vault", "registry", "app-insights")
 
 
 def _enabled(flag: bool) -> str:
@@ -68,6 +75,10 @@ class MlWorkspace(pulumi.ComponentResource):
     registry_login_server: pulumi.Output[str]
     registry_id: pulumi.Output[str]
     storage_account_id: pulumi.Output[str]
+    identity_id: pulumi.Output[str]
+    """The workspace's user-assigned identity; other components grant roles to its principal."""
+    identity_principal_id: pulumi.Output[str]
+    identity_client_id: pulumi.Output[str]
 
     def __init__(self, name: str, args: MlWorkspaceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("edge-training:cloud:MlWorkspace", name, None, opts)
@@ -155,14 +166,48 @@ class MlWorkspace(pulumi.ComponentResource):
             tags=tags,
             opts=child,
         )
+        identity = managedidentity.UserAssignedIdentity(
+            f"{name}-id",
+            resource_name_=f"id-{s.workspace_name}",
+            resource_group_name=group_name,
+            location=s.location,
+            tags=tags,
+            opts=child,
+        )
+        scopes = {"storage": account.id, "key-vault": vault.id, "registry": registry.id, "app-insights": insights.id}
+
+        def grant(target: str, scope: pulumi.Input[str]) -> list[authorization.RoleAssignment]:
+            return [
+                authorization.RoleAssignment(
+                    f"{name}-{target}-{role[:8]}",
+                    # Deterministic, so a rerun finds its own assignment instead of adding another.
+                    role_assignment_name=pulumi.Output.all(scope, identity.principal_id).apply(
+                        lambda parts, role=role: str(uuid.uuid5(uuid.NAMESPACE_URL, f"{parts[0]}|{role}|{parts[1]}"))
+                    ),
+                    scope=scope,
+                    role_definition_id=client.subscription_id.apply(
+                        lambda sub, role=role: (
+                            f"/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/{role}"
+                        )
+                    ),
+                    principal_id=identity.principal_id,
+                    principal_type=authorization.PrincipalType.SERVICE_PRINCIPAL,
+                    opts=child,
+                )
+                for role in WORKSPACE_ROLES[target]
+            ]
+
+        before = [assignment for target in BEFORE_WORKSPACE for assignment in grant(target, scopes[target])]
         workspace = machinelearningservices.Workspace(
             f"{name}-mlw",
             workspace_name=s.workspace_name,
             resource_group_name=group_name,
             location=s.location,
             identity=machinelearningservices.ManagedServiceIdentityArgs(
-                type=machinelearningservices.ManagedServiceIdentityType.SYSTEM_ASSIGNED
+                type=machinelearningservices.ManagedServiceIdentityType.USER_ASSIGNED,
+                user_assigned_identities=[identity.id],
             ),
+            primary_user_assigned_identity=identity.id,
             sku=machinelearningservices.SkuArgs(name="Basic", tier=machinelearningservices.SkuTier.BASIC),
             storage_account=account.id,
             key_vault=vault.id,
@@ -170,28 +215,9 @@ class MlWorkspace(pulumi.ComponentResource):
             container_registry=registry.id,
             public_network_access=_enabled(s.workspace_public_network_access),
             tags=tags,
-            opts=child,
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=before)),
         )
-
-        principal_id = workspace.identity.apply(lambda identity: identity.principal_id if identity else None)
-        scopes = {"registry": registry.id, "storage": account.id, "key-vault": vault.id}
-        for target, roles in WORKSPACE_ROLES.items():
-            for role in roles:
-                authorization.RoleAssignment(
-                    f"{name}-{target}-{role[:8]}",
-                    role_assignment_name=pulumi.Output.all(scopes[target], principal_id).apply(
-                        lambda parts, role=role: str(uuid.uuid5(uuid.NAMESPACE_URL, f"{parts[0]}|{role}|{parts[1]}"))
-                    ),
-                    scope=scopes[target],
-                    role_definition_id=client.subscription_id.apply(
-                        lambda sub, role=role: (
-                            f"/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/{role}"
-                        )
-                    ),
-                    principal_id=principal_id,
-                    principal_type=authorization.PrincipalType.SERVICE_PRINCIPAL,
-                    opts=child,
-                )
+        grant("workspace", workspace.id)
 
         self.workspace_name = workspace.name
         self.workspace_id = workspace.id
@@ -202,6 +228,9 @@ class MlWorkspace(pulumi.ComponentResource):
         self.registry_login_server = registry.login_server
         self.registry_id = registry.id
         self.storage_account_id = account.id
+        self.identity_id = identity.id
+        self.identity_principal_id = identity.principal_id
+        self.identity_client_id = identity.client_id
         self.register_outputs(
             {
                 "workspaceName": self.workspace_name,
@@ -213,5 +242,8 @@ class MlWorkspace(pulumi.ComponentResource):
                 "registryLoginServer": self.registry_login_server,
                 "registryId": self.registry_id,
                 "storageAccountId": self.storage_account_id,
+                "identityId": self.identity_id,
+                "identityPrincipalId": self.identity_principal_id,
+                "identityClientId": self.identity_client_id,
             }
         )

@@ -7,14 +7,20 @@ from typing import Any
 import pytest
 
 from components import naming
-from components.ml_workspace import WORKSPACE_ROLES
-from tests.harness.pulumi_mocks import FAKE_PRINCIPAL, Recording
+from components.ml_workspace import (
+    CONTRIBUTOR,
+    KEY_VAULT_ADMINISTRATOR,
+    STORAGE_BLOB_DATA_CONTRIBUTOR,
+)
+from tests.harness.pulumi_mocks import FAKE_IDENTITY_PRINCIPAL, Recording
 
 STORAGE = "azure-native:storage:StorageAccount"
 VAULT = "azure-native:keyvault:Vault"
 REGISTRY = "azure-native:containerregistry:Registry"
 WORKSPACE = "azure-native:machinelearningservices:Workspace"
 ROLE = "azure-native:authorization:RoleAssignment"
+IDENTITY = "azure-native:managedidentity:UserAssignedIdentity"
+INSIGHTS = "azure-native:applicationinsights:Component"
 COMPONENT = "edge-training:cloud:MlWorkspace"
 
 
@@ -56,7 +62,9 @@ def test_our_registry_has_no_admin_user_and_no_anonymous_pull(recording: Recordi
 def test_workspace_links_everything_explicitly(recording: Recording) -> None:
     workspace = recording.one(WORKSPACE)
     inputs = workspace.inputs
-    assert inputs["identity"] == {"type": "SystemAssigned"}
+    identity = recording.one(IDENTITY)
+    assert inputs["identity"] == {"type": "UserAssigned", "userAssignedIdentities": [identity.id]}
+    assert inputs["primaryUserAssignedIdentity"] == identity.id
     assert inputs["containerRegistry"] == recording.one(REGISTRY).id
     assert inputs["storageAccount"] == recording.one(STORAGE).id
     assert inputs["keyVault"] == recording.one(VAULT).id
@@ -66,20 +74,45 @@ def test_workspace_links_everything_explicitly(recording: Recording) -> None:
     assert insights["ingestionMode"] == "LogAnalytics"
 
 
-def test_workspace_identity_gets_its_roles_explicitly(recording: Recording) -> None:
-    assignments = recording.of_type(ROLE)
+def granted(recording: Recording) -> set[tuple[str, str]]:
     scopes = {
         recording.one(REGISTRY).id: "registry",
         recording.one(STORAGE).id: "storage",
         recording.one(VAULT).id: "key-vault",
+        recording.one(INSIGHTS).id: "app-insights",
+        recording.one(WORKSPACE).id: "workspace",
     }
-    granted = {(scopes[a.inputs["scope"]], a.inputs["roleDefinitionId"].rsplit("/", 1)[1]) for a in assignments}
-    expected = {(target, role) for target, roles in WORKSPACE_ROLES.items() for role in roles}
-    assert granted == expected
-    for assignment in assignments:
-        assert assignment.inputs["principalId"] == FAKE_PRINCIPAL
+    return {
+        (scopes[a.inputs["scope"]], a.inputs["roleDefinitionId"].rsplit("/", 1)[1]) for a in recording.of_type(ROLE)
+    }
+
+
+def test_the_workspace_identity_has_exactly_the_roles_microsoft_documents(recording: Recording) -> None:
+    # how-to-identity-based-service-authentication, "User-assigned managed identity": the table of
+    # roles a user-assigned workspace identity needs (Key Vault with the RBAC permission model).
+    assert granted(recording) == {
+        ("workspace", CONTRIBUTOR),
+        ("storage", CONTRIBUTOR),
+        ("storage", STORAGE_BLOB_DATA_CONTRIBUTOR),
+        ("key-vault", CONTRIBUTOR),
+        ("key-vault", KEY_VAULT_ADMINISTRATOR),
+        ("registry", CONTRIBUTOR),
+        ("app-insights", CONTRIBUTOR),
+    }
+    for assignment in recording.of_type(ROLE):
+        # The identity we declare, never the workspace's own: no assignment the service also makes.
+        assert assignment.inputs["principalId"] == FAKE_IDENTITY_PRINCIPAL
         assert assignment.inputs["principalType"] == "ServicePrincipal"
         assert assignment.inputs["roleDefinitionId"].startswith("/subscriptions/")
+
+
+def test_the_workspace_waits_for_its_dependencies_roles(recording: Recording) -> None:
+    workspace = recording.one(WORKSPACE)
+    before = {a.urn for a in recording.of_type(ROLE) if a.inputs["scope"] != workspace.id}
+    assert len(before) == 6
+    assert before <= set(workspace.dependencies)
+    (after,) = [a for a in recording.of_type(ROLE) if a.inputs["scope"] == workspace.id]
+    assert after.urn not in workspace.dependencies
 
 
 def test_role_assignment_names_are_stable_across_runs(run_stack) -> None:
@@ -95,7 +128,7 @@ def test_every_child_has_the_component_as_parent_and_the_explicit_provider(recor
     component = recording.one(COMPONENT)
     provider = cloud_provider(recording)
     children = recording.children_of(component)
-    assert {c.type for c in children} >= {STORAGE, VAULT, REGISTRY, WORKSPACE, ROLE}
+    assert {c.type for c in children} >= {STORAGE, VAULT, REGISTRY, WORKSPACE, ROLE, IDENTITY}
     for child in children:
         assert child.provider_urn == provider.urn, child.name
     # Nothing anywhere uses a default provider, except the attach step: a dynamic resource is

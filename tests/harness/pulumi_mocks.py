@@ -27,6 +27,9 @@ SECRET_SIG = (rpc._special_sig_key, rpc._special_secret_sig)
 FAKE_SUBSCRIPTION = "11111111-1111-1111-1111-111111111111"
 FAKE_TENANT = "22222222-2222-2222-2222-222222222222"
 FAKE_PRINCIPAL = "33333333-3333-3333-3333-333333333333"
+# The workspace's user-assigned identity: a principal of its own, so a test can tell whose it is.
+FAKE_IDENTITY_PRINCIPAL = "55555555-5555-5555-5555-555555555555"
+FAKE_IDENTITY_CLIENT = "66666666-6666-6666-6666-666666666666"
 
 # Outputs the cloud would compute, by resource type, for resources whose outputs the program
 # reads. Inputs are echoed back for everything; these add what Azure would fill in.
@@ -36,7 +39,12 @@ OUTPUT_FAKES: dict[str, OutputFake] = {
         "loginServer": f"{inputs['registryName'].lower()}.azurecr.io"
     },
     "azure-native:machinelearningservices:Workspace": lambda name, inputs: {
-        "identity": {**inputs.get("identity", {}), "principalId": FAKE_PRINCIPAL, "tenantId": FAKE_TENANT}
+        "identity": _identity_outputs(inputs.get("identity") or {})
+    },
+    "azure-native:managedidentity:UserAssignedIdentity": lambda name, inputs: {
+        "principalId": FAKE_IDENTITY_PRINCIPAL,
+        "clientId": FAKE_IDENTITY_CLIENT,
+        "tenantId": FAKE_TENANT,
     },
     "azure-native:resources:Resource": lambda name, inputs: _hub_resource_outputs(inputs),
     # What the attach provider's create returns.
@@ -49,6 +57,19 @@ OUTPUT_FAKES: dict[str, OutputFake] = {
         "provisioningState": "Succeeded",
     },
 }
+def _identity_outputs(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """What Resource Manager answers for a managed identity: user-assigned identities come back as
+    a map from resource id to the identity's principal and client ids, not the list sent."""
+    out: dict[str, Any] = {**identity, "tenantId": FAKE_TENANT}
+    if "SystemAssigned" in str(identity.get("type", "")):
+        out["principalId"] = FAKE_PRINCIPAL
+    if ids := identity.get("userAssignedIdentities"):
+        out["userAssignedIdentities"] = {
+            i: {"principalId": FAKE_IDENTITY_PRINCIPAL, "clientId": FAKE_IDENTITY_CLIENT} for i in ids
+        }
+    return out
+
+
 # The input that carries an azure-native resource's own name, which Azure echoes as `name`.
 NAME_INPUTS = (
     "accountName",
