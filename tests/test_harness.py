@@ -69,10 +69,33 @@ def test_sshd_refuses_an_unknown_key(ssh_server: services.SshServer) -> None:
         _connect(ssh_server, rsa_key("stranger"))
 
 
-def test_sshd_listens_on_loopback_only(ssh_server: services.SshServer) -> None:
-    config = (ssh_server.directory / "sshd_config").read_text()
-    assert f"ListenAddress {services.LOOPBACK}" in config
-    assert "PasswordAuthentication no" in config
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses of the sockets listening on `port`, read from the kernel's tables."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: TCP_LISTEN
+                raw = bytes.fromhex(address)
+                # The kernel prints each 32-bit word in host (little-endian) order.
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add(socket.inet_ntop(socket.AF_INET if width == 8 else socket.AF_INET6, words))
+    return found
+
+
+def test_the_services_listen_on_loopback_only(ssh_server: services.SshServer, azurite: services.Azurite) -> None:
+    assert listening_addresses(ssh_server.port) == {services.LOOPBACK}
+    azurite_port = int(azurite.blob_endpoint.split(":")[2].split("/")[0])
+    assert listening_addresses(azurite_port) == {services.LOOPBACK}
+
+
+def test_sshd_offers_no_password_login(ssh_server: services.SshServer) -> None:
+    with paramiko.Transport((services.LOOPBACK, ssh_server.port)) as transport:
+        transport.start_client(timeout=10)
+        with pytest.raises(paramiko.BadAuthenticationType) as caught:
+            transport.auth_password(ssh_server.user, "guess")
+    assert "password" not in caught.value.allowed_types
 
 
 def test_a_restricted_path_leaves_commands_out(start_ssh_server, ssh_user_key: KeyPair, tmp_path: Path) -> None:
