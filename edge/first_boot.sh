@@ -182,14 +182,19 @@ install_arc_agents() {
 }
 
 install_instance_types_unit() {
-  local unit="$ROOT/etc/systemd/system/$INSTANCE_TYPES_UNIT" changed=false
+  local unit="$ROOT/etc/systemd/system/$INSTANCE_TYPES_UNIT" changed=false wanted
+  local requested="$STATE_DIR/instance-types.sha256"
   if write_instance_types_script "$INSTANCE_TYPES_SCRIPT"; then changed=true; fi
   if write_instance_types_unit "$unit"; then changed=true; fi
   if [ "$changed" = true ]; then
     systemctl daemon-reload
-    # Restarted so a changed instance type list is applied; on first boot it just starts.
     systemctl enable "$INSTANCE_TYPES_UNIT"
+  fi
+  # (Re)started for each new list of instance types; on first boot it just starts, and waits.
+  wanted=$(sha256_of "$MANIFESTS/instance-types.yaml")
+  if [ "$changed" = true ] || [ "$(cat "$requested" 2>/dev/null)" != "$wanted" ]; then
     systemctl restart --no-block "$INSTANCE_TYPES_UNIT"
+    echo "$wanted" > "$requested"
   fi
 }
 
