@@ -59,8 +59,10 @@ ARC_CHART_VERSION = "1.31.3"
 _HEREDOC_END = "EDGE_TRAINING_EOF"
 _SECRET_BEARING = "# This script holds secrets: root-only (0700), never logged.\n"  # noqa: S105 (a comment line)
 _LOCATION = re.compile(r"[a-z0-9]+")
-_RESOURCE_GROUP = re.compile(r"[-\w._()]{1,89}[-\w_()]")
-_CLUSTER_NAME = re.compile(r"[A-Za-z0-9][-_.A-Za-z0-9]{0,62}")
+_RESOURCE_GROUP = re.compile(r"[-\w._()]{0,89}[-\w()]")  # 1-90, not ending in "."
+# Kubernetes cluster resource names as Azure validates them (1-63; letters, digits, "-", "_";
+# alphanumeric at both ends), e.g. the AKS managedClusters resourceName pattern.
+_CLUSTER_NAME = re.compile(r"[A-Za-z0-9]([-_A-Za-z0-9]{0,61}[A-Za-z0-9])?")
 _SERVER_URL = re.compile(r"https://[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}")
 _JOIN_TOKEN = re.compile(r"[!-~]{16,256}")  # printable ASCII, no spaces: K3s reads it verbatim
 _AZURE_ENVIRONMENTS = ("AZUREPUBLICCLOUD", "AZUREUSGOVERNMENTCLOUD", "AZURECHINACLOUD")
