@@ -565,3 +565,9 @@ def test_pinned_versions_are_what_the_script_installs() -> None:
         assert line in script.splitlines()
     assert json.dumps(first_boot.arc_helm_values(ARC)) in script  # one line: no heredoc line can end it
     assert Path(first_boot.ARC_VALUES_PATH_ON_VM).name in script
+
+
+@pytest.mark.parametrize(("resource_group", "cluster_name"), [("a", "b"), ("rg.edge_(dev)-1", "edge_k3s-01")])
+def test_short_and_punctuated_azure_names_are_accepted(resource_group: str, cluster_name: str) -> None:
+    server = _bad(resource_group=resource_group, cluster_name=cluster_name)
+    assert f'"resourceGroupName": "{resource_group}"' in first_boot.render_script("azureuser", "27.5.1", server=server)
