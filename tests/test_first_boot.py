@@ -2,7 +2,9 @@
 
 The system commands it calls (apt-get, dpkg-query, curl, gpg, usermod, systemctl, ...) are stubs
 that keep the state a real system would (installed packages, group membership, services) in a
-state directory and log every call; everything else (bash, coreutils, awk) is the real thing.
+state directory and log every call; everything else (bash, coreutils, awk, sha256sum, tar) is the
+real thing. Every stub also records its environment, and whether the first-boot or cluster-ready
+marker already existed when it ran (tests/test_k3s_first_boot.py reuses all of this).
 """
 
 from __future__ import annotations
@@ -12,12 +14,22 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from components import first_boot
+from edge import first_boot
 from tests.harness.services import write_shim
 
 DOCKER_KEY_FINGERPRINT = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88"
 PACKAGE_VERSION = "5:27.5.1-1~ubuntu.22.04~jammy"
+
+# Run first by every stub: its environment, and any call made once a marker exists (a marker must
+# be the last thing the script writes, after all the work it vouches for).
+PRELUDE = r"""{ echo "== $(basename "$0") $*"; env; } >> "$STATE/env"
+for marker in first-boot-done cluster-ready; do
+  [ ! -e "$EDGE_BOOTSTRAP_ROOT/var/lib/edge-training/$marker" ] ||
+    echo "after $marker: $(basename "$0") $*" >> "$STATE/order"
+done
+"""
 
 STUBS = {
     "dpkg": "echo amd64\n",
@@ -43,8 +55,17 @@ echo " docker-ce | 5:28.0.0-1~ubuntu.22.04~jammy | https://download.docker.com/l
 echo " docker-ce | {PACKAGE_VERSION} | https://download.docker.com/linux/ubuntu jammy/stable amd64"
 """,
     "apt-mark": 'echo "apt-mark $*" >> "$STATE/calls"\n',
+    # Serves $FIXTURES/<last path segment of the URL> when there is one (the K3s and Helm
+    # downloads), else Docker's key.
     "curl": r"""echo "curl $*" >> "$STATE/calls"
-while [ $# -gt 0 ]; do [ "$1" = -o ] && { echo "docker release key" > "$2"; }; shift; done
+for url; do :; done
+while [ $# -gt 0 ]; do
+  if [ "$1" = -o ]; then
+    fixture="$FIXTURES/${url##*/}"
+    if [ -f "$fixture" ]; then cp "$fixture" "$2"; else echo "docker release key" > "$2"; fi
+  fi
+  shift
+done
 """,
     "gpg": 'echo "fpr:::::::::${FAKE_KEY_FINGERPRINT}:"\n',
     "id": 'cat "$STATE/groups" 2>/dev/null || echo "$2"\n',
@@ -53,30 +74,37 @@ for last; do :; done
 echo "$last docker" > "$STATE/groups"
 """,
     "systemctl": r"""echo "systemctl $*" >> "$STATE/calls"
+for unit; do :; done
 case "$1" in
-  is-enabled) [ -f "$STATE/enabled" ] ;;
-  is-active) [ -f "$STATE/active" ] ;;
-  enable) touch "$STATE/enabled" ;;
-  start) touch "$STATE/active" ;;
+  is-enabled) [ -f "$STATE/enabled.$unit" ] ;;
+  is-active) [ -f "$STATE/active.$unit" ] ;;
+  enable) touch "$STATE/enabled.$unit" ;;
+  start|restart) touch "$STATE/active.$unit" ;;
 esac
 """,
 }
 
 
-@pytest.fixture
-def system(tmp_path: Path) -> dict[str, Path]:
-    root, state, stubs = tmp_path / "root", tmp_path / "state", tmp_path / "stubs"
+def make_system(tmp_path: Path, stubs: dict[str, str] = STUBS) -> dict[str, Path]:
+    root, state, stub_dir, fixtures = (tmp_path / n for n in ("root", "state", "stubs", "fixtures"))
     (root / "etc").mkdir(parents=True)
     (root / "etc" / "os-release").write_text("ID=ubuntu\nVERSION_CODENAME=jammy\n")
     state.mkdir()
-    (state / "calls").touch()
-    for name, body in STUBS.items():
-        write_shim(stubs, name, body)
-    return {"root": root, "state": state, "stubs": stubs}
+    fixtures.mkdir()
+    for name in ("calls", "env", "order"):
+        (state / name).touch()
+    for name, body in stubs.items():
+        write_shim(stub_dir, name, PRELUDE + body)
+    return {"root": root, "state": state, "stubs": stub_dir, "fixtures": fixtures}
+
+
+@pytest.fixture
+def system(tmp_path: Path) -> dict[str, Path]:
+    return make_system(tmp_path)
 
 
 def run(
-    system: dict[str, Path], script: str, fingerprint: str = DOCKER_KEY_FINGERPRINT
+    system: dict[str, Path], script: str, fingerprint: str = DOCKER_KEY_FINGERPRINT, **extra_env: str
 ) -> subprocess.CompletedProcess[str]:
     path = system["root"].parent / "first-boot.sh"
     path.write_text(script)
@@ -84,8 +112,10 @@ def run(
         "PATH": f"{system['stubs']}:/usr/bin:/bin",
         "EDGE_BOOTSTRAP_ROOT": str(system["root"]),
         "STATE": str(system["state"]),
+        "FIXTURES": str(system["fixtures"]),
         "FAKE_KEY_FINGERPRINT": fingerprint,
         "HOME": str(system["root"]),
+        **extra_env,
     }
     return subprocess.run(["bash", str(path)], env=env, capture_output=True, text=True, timeout=60)
 
@@ -98,7 +128,7 @@ def snapshot(directory: Path) -> dict[str, tuple[str, int]]:
     return {
         str(p.relative_to(directory)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
         for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name != "calls"
+        if p.is_file() and p.name not in ("calls", "env", "order")
     }
 
 
@@ -168,3 +198,35 @@ def test_a_version_missing_from_the_repository_is_a_clear_error(system) -> None:
     result = run(system, first_boot.render_script("azureuser", "1.2.3"))
     assert result.returncode != 0
     assert "Docker 1.2.3 is not in Docker's repository for jammy" in result.stderr
+
+
+def test_no_command_runs_after_the_marker_is_written(system) -> None:
+    """The attach step trusts the marker: nothing of the work may still be running or failing
+    after it exists (issue 12: the marker written before the work is done)."""
+    result = run(system, SCRIPT)
+    assert result.returncode == 0, result.stderr
+    assert (system["root"] / first_boot.MARKER_PATH_ON_VM.lstrip("/")).exists()
+    assert (system["state"] / "order").read_text() == ""
+
+
+def test_a_failing_last_step_leaves_no_marker(system) -> None:
+    (system["stubs"] / "systemctl").write_text(
+        "#!/bin/sh\n" + PRELUDE + 'echo "systemctl $*" >> "$STATE/calls"\ncase "$1" in is-*|start) exit 1 ;; esac\n'
+    )
+    result = run(system, SCRIPT)
+    assert result.returncode != 0
+    assert "systemctl start docker" in calls(system)
+    assert not (system["root"] / first_boot.MARKER_PATH_ON_VM.lstrip("/")).exists()
+
+
+def test_the_docker_only_script_holds_no_secrets_and_stays_0755() -> None:
+    assert not first_boot.holds_secrets(SCRIPT)
+    document = yaml.safe_load(first_boot.cloud_init(SCRIPT))
+    assert document["write_files"][0]["permissions"] == "0755"
+
+
+def test_the_old_import_path_still_works() -> None:
+    from components import first_boot as shim
+
+    assert shim.render_script is first_boot.render_script
+    assert shim.MARKER_PATH_ON_VM == first_boot.MARKER_PATH_ON_VM

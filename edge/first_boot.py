@@ -1,0 +1,363 @@
+"""The edge VM's first-boot script, and the two ways of running it (cloud-init or CustomScript).
+
+Docker-only (the virtual-machine compute mode) or, for the Kubernetes mode, also K3s: a server
+that onboards the cluster to Azure Arc and applies the compute namespace's manifests, or an agent
+that joins it. Pinned versions below, each with where its checksum comes from.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from edge import cluster_manifests
+
+SCRIPT = Path(__file__).with_name("first_boot.sh")
+SCRIPT_PATH_ON_VM = "/opt/edge-training/first-boot.sh"
+MARKER_PATH_ON_VM = "/var/lib/edge-training/first-boot-done"
+"""Written last by the script; the attach step waits for it."""
+CLUSTER_READY_MARKER = "/var/lib/edge-training/cluster-ready"
+"""Written by a K3s server once K3s runs, the namespace and volumes exist and the Arc agents run."""
+K3S_CONFIG_PATH_ON_VM = "/etc/rancher/k3s/config.yaml"
+ARC_VALUES_PATH_ON_VM = "/run/edge-training/arc-onboarding-values.json"
+"""Exists only while Helm installs the Arc agents (tmpfs, 0600)."""
+INSTANCE_TYPES_UNIT = "edge-training-instance-types.service"
+
+# K3s v1.36 (Kubernetes 1.36, within Azure ML's supported window and kubernetes-validate's schemas).
+# K3S_SHA256 is the `k3s` line of the release asset
+# https://github.com/k3s-io/k3s/releases/download/v1.36.2%2Bk3s1/sha256sum-amd64.txt; the script
+# also downloads that file and refuses a binary whose hash differs from it or from this constant.
+# K3S_INSTALLER_SHA256 is install.sh at the same tag (raw.githubusercontent.com/k3s-io/k3s/<tag>/),
+# not get.k3s.io, which changes under you. The installer runs with INSTALL_K3S_SKIP_DOWNLOAD=true,
+# k3s's documented way to install a binary you placed yourself (docs.k3s.io, air-gap install).
+K3S_VERSION = "v1.36.2+k3s1"
+K3S_SHA256 = "65a55ec56c24eab44383086166ec620a491952b7e23941a49ddca6e8a4c4b4de"
+K3S_INSTALLER_SHA256 = "46177d4c99440b4c0311b67233823a8e8a2fc09693f6c89af1a7161e152fbfad"
+K3S_KUBERNETES_MINOR = "1.36"
+"""What manifests are validated against (kubernetes-validate's schemas for this minor)."""
+# Helm 3.18.6 linux-amd64: the SHA-256 of helm-v3.18.6-linux-amd64.tar.gz, as published next to it
+# (https://get.helm.sh/helm-v3.18.6-linux-amd64.tar.gz.sha256sum, linked from the GitHub release).
+HELM_VERSION = "v3.18.6"
+HELM_SHA256 = "3f43c0aa57243852dd542493a0f54f1396c0bc8ec7296bbb2c01e802010819ce"
+# The chart `az connectedk8s connect` installs. The CLI asks the Arc data plane for the latest
+# (`GetLatestHelmPackagePath`, azext_connectedk8s/_utils.py `get_helm_registry`) and pulls it from
+# this OCI path; we pin the version it returned in December 2025 ("Pulling HelmChart:
+# mcr.microsoft.com/azurearck8s/batch1/stable/v2/azure-arc-k8sagents, Version: 1.31.3" in the CLI's
+# log) and turn the agents' self-upgrade off, so the cluster runs what was tested.
+ARC_CHART = "oci://mcr.microsoft.com/azurearck8s/batch1/stable/v2/azure-arc-k8sagents"
+ARC_CHART_VERSION = "1.31.3"
+
+_HEREDOC_END = "EDGE_TRAINING_EOF"
+_SECRET_BEARING = "# This script holds secrets: root-only (0700), never logged.\n"  # noqa: S105 (a comment line)
+_LOCATION = re.compile(r"[a-z0-9]+")
+_RESOURCE_GROUP = re.compile(r"[-\w._()]{0,89}[-\w()]")  # 1-90, not ending in "."
+# Kubernetes cluster resource names as Azure validates them (1-63; letters, digits, "-", "_";
+# alphanumeric at both ends), e.g. the AKS managedClusters resourceName pattern.
+_CLUSTER_NAME = re.compile(r"[A-Za-z0-9]([-_A-Za-z0-9]{0,61}[A-Za-z0-9])?")
+_SERVER_URL = re.compile(r"https://[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}")
+_JOIN_TOKEN = re.compile(r"[!-~]{16,256}")  # printable ASCII, no spaces: K3s reads it verbatim
+_AZURE_ENVIRONMENTS = ("AZUREPUBLICCLOUD", "AZUREUSGOVERNMENTCLOUD", "AZURECHINACLOUD")
+
+
+class FirstBootError(ValueError):
+    """A first-boot input the VM would fail on; the message names it (never a secret's value)."""
+
+
+@dataclass(frozen=True)
+class ArcOnboarding:
+    subscription_id: str
+    tenant_id: str
+    resource_group: str
+    cluster_name: str
+    location: str
+    private_key_pem: str = field(repr=False)
+    """PKCS#1 "BEGIN RSA PRIVATE KEY": the chart's global.onboardingPrivateKey, whose public half
+    is the ConnectedCluster's agentPublicKeyCertificate."""
+    azure_environment: str = "AZUREPUBLICCLOUD"
+
+
+@dataclass(frozen=True)
+class K3sServer:
+    join_token: str = field(repr=False)
+    arc: ArcOnboarding
+    manifests_yaml: str
+    """Applied at first boot, except InstanceTypes, applied once the amlarc CRDs
+    (instancetypes.amlarc.azureml.com) exist, and the Secret, created once and never overwritten."""
+
+
+@dataclass(frozen=True)
+class K3sAgent:
+    server_url: str
+    """https://<server private IP>:6443"""
+    join_token: str = field(repr=False)
+
+
+def _check_guid(what: str, value: str) -> None:
+    try:
+        uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        raise FirstBootError(f"{what} {value!r} is not a GUID") from None
+
+
+def _check_arc(arc: ArcOnboarding) -> None:
+    _check_guid("arc.subscription_id", arc.subscription_id)
+    _check_guid("arc.tenant_id", arc.tenant_id)
+    if not _RESOURCE_GROUP.fullmatch(arc.resource_group or ""):
+        raise FirstBootError(f"arc.resource_group {arc.resource_group!r} is not a resource group name")
+    if not _CLUSTER_NAME.fullmatch(arc.cluster_name or ""):
+        raise FirstBootError(f"arc.cluster_name {arc.cluster_name!r} is not a connected cluster name")
+    if not _LOCATION.fullmatch(arc.location or ""):
+        raise FirstBootError(f"arc.location {arc.location!r} is not a region name such as 'westeurope'")
+    if arc.azure_environment not in _AZURE_ENVIRONMENTS:
+        raise FirstBootError(f"arc.azure_environment {arc.azure_environment!r} is not one of {_AZURE_ENVIRONMENTS}")
+    pem = arc.private_key_pem or ""
+    if not pem.startswith("-----BEGIN RSA PRIVATE KEY-----"):
+        # The message says what the value is not, never what it is.
+        raise FirstBootError('arc.private_key_pem is not a PKCS#1 PEM ("-----BEGIN RSA PRIVATE KEY-----")')
+    try:
+        key = serialization.load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError):
+        raise FirstBootError("arc.private_key_pem does not parse as an unencrypted RSA private key") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise FirstBootError("arc.private_key_pem is not an RSA key")
+
+
+def _check_token(what: str, token: str) -> None:
+    if not isinstance(token, str) or not _JOIN_TOKEN.fullmatch(token):
+        raise FirstBootError(f"{what} must be 16 to 256 printable ASCII characters without spaces")
+
+
+def arc_helm_values(arc: ArcOnboarding) -> dict[str, Any]:
+    """The values `az connectedk8s connect` gives the azure-arc-k8sagents chart.
+
+    From azure-cli-extensions src/connectedk8s/azext_connectedk8s/_utils.py `helm_install_release`
+    (global.subscriptionId, resourceGroupName, resourceName, location, tenantId in the versions
+    that set them on the command line; kubernetesDistro, kubernetesInfra, onboardingPrivateKey,
+    azureEnvironment; systemDefaultValues.spnOnboarding=false and clusterconnect-agent.enabled=true;
+    `--disable-auto-upgrade` sets systemDefaultValues.azureArcAgents.autoUpdate=false), and Microsoft's
+    edge-ai arc-agents module (helm_release "arc_agent"), which installs the chart without the CLI.
+    """
+    return {
+        "global": {
+            "subscriptionId": arc.subscription_id,
+            "tenantId": arc.tenant_id,
+            "resourceGroupName": arc.resource_group,
+            "resourceName": arc.cluster_name,
+            "location": arc.location,
+            "kubernetesDistro": "k3s",
+            "kubernetesInfra": "azure_stack_hub",
+            "azureEnvironment": arc.azure_environment,
+            "onboardingPrivateKey": arc.private_key_pem,
+        },
+        "systemDefaultValues": {
+            "spnOnboarding": False,
+            "clusterconnect-agent": {"enabled": True},
+            "azureArcAgents": {"autoUpdate": False},
+        },
+    }
+
+
+def k3s_config(join_token: str, server_url: str | None = None) -> str:
+    """/etc/rancher/k3s/config.yaml (keys are the K3s flags without dashes, docs.k3s.io/installation/configuration)."""
+    config: dict[str, Any] = {"token": join_token}
+    if server_url is None:
+        config["write-kubeconfig-mode"] = "0600"
+        # Not needed to train: the ingress and the service load balancer cost memory a job can use.
+        config["disable"] = ["traefik", "servicelb"]
+    else:
+        config["server"] = server_url
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def _split_manifests(manifests_yaml: str) -> dict[str, str]:
+    """cluster.yaml (applied), create-once.yaml (Secrets), instance-types.yaml (after the CRD)."""
+    try:
+        documents = [d for d in yaml.safe_load_all(manifests_yaml) if d is not None]
+    except yaml.YAMLError as error:
+        raise FirstBootError(f"server.manifests_yaml is not YAML: {error}") from None
+    groups: dict[str, list[dict[str, Any]]] = {"cluster.yaml": [], "create-once.yaml": [], "instance-types.yaml": []}
+    for index, document in enumerate(documents):
+        if not isinstance(document, dict) or not document.get("apiVersion") or not document.get("kind"):
+            raise FirstBootError(f"server.manifests_yaml document {index} is not a Kubernetes object")
+        if document["apiVersion"].startswith("amlarc.azureml.com/"):
+            groups["instance-types.yaml"].append(document)
+        elif document["kind"] == "Secret":
+            if document.get("data") or document.get("stringData"):
+                raise FirstBootError(
+                    f"server.manifests_yaml Secret {document.get('metadata', {}).get('name')!r} carries data: "
+                    "credentials are filled in the cluster, never shipped in custom data"
+                )
+            groups["create-once.yaml"].append(document)
+        else:
+            groups["cluster.yaml"].append(document)
+    if not groups["cluster.yaml"]:
+        raise FirstBootError("server.manifests_yaml has nothing to apply (no namespace or volumes)")
+    return {name: cluster_manifests.to_yaml(docs) if docs else "" for name, docs in groups.items()}
+
+
+_INSTANCE_TYPES_SCRIPT = f"""#!/usr/bin/env bash
+# Applies the Azure ML InstanceTypes once the Azure ML extension has installed their CRD, which
+# happens after Arc reports the cluster Connected. Until then it fails, and systemd runs it again
+# a minute later ({INSTANCE_TYPES_UNIT}: Restart=on-failure, no start limit).
+set -euo pipefail
+ROOT="${{EDGE_BOOTSTRAP_ROOT:-}}"
+export PATH="$PATH:/usr/local/bin"
+export KUBECONFIG="$ROOT/etc/rancher/k3s/k3s.yaml"
+crd={cluster_manifests.INSTANCE_TYPE_CRD}
+if ! kubectl get crd "$crd" -o name > /dev/null 2>&1; then
+  echo "edge-instance-types: waiting for the Azure ML extension to install $crd" >&2
+  exit 1
+fi
+kubectl wait --for=condition=Established "crd/$crd" --timeout=60s
+kubectl apply -f "$ROOT/etc/edge-training/manifests/instance-types.yaml"
+echo "edge-instance-types: applied"
+"""
+
+_INSTANCE_TYPES_UNIT = """[Unit]
+Description=Apply the edge-training InstanceTypes once the Azure ML extension's CRD exists
+Wants=k3s.service
+After=k3s.service
+StartLimitIntervalSec=0
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/bash /opt/edge-training/apply-instance-types.sh
+Restart=on-failure
+RestartSec=60
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _writer(function: str, path_expression: str, content: str) -> str:
+    """A shell function that writes `content` to a 0600 file through a quoted heredoc."""
+    if any(line == _HEREDOC_END for line in content.splitlines()):
+        raise FirstBootError(f"{function}: content contains the line {_HEREDOC_END}")
+    if not content.endswith("\n"):
+        content += "\n"
+    return f"{function}() {{\n  write_private {path_expression} <<'{_HEREDOC_END}'\n{content}{_HEREDOC_END}\n}}\n"
+
+
+def _manifest_writers(manifests: dict[str, str]) -> str:
+    body = "".join(
+        f"  write_private \"$1/{name}\" <<'{_HEREDOC_END}' || true\n{content or chr(10)}{_HEREDOC_END}\n"
+        for name, content in manifests.items()
+    )
+    if any(line == _HEREDOC_END for content in manifests.values() for line in content.splitlines()):
+        raise FirstBootError(f"server.manifests_yaml contains the line {_HEREDOC_END}")
+    return f"write_manifests() {{\n{body}}}\n"
+
+
+def render_script(
+    admin_username: str,
+    docker_version: str,
+    server: K3sServer | None = None,
+    agent: K3sAgent | None = None,
+) -> str:
+    """The script with its values filled in (admin_username and docker_version are validated by
+    components.config). None/None: the Docker-only script of the virtual-machine mode."""
+    if server is not None and agent is not None:
+        raise FirstBootError("a VM is either the K3s server or a K3s agent, not both")
+    secrets = ""
+    role = "none"
+    if server is not None:
+        role = "server"
+        _check_token("server.join_token", server.join_token)
+        _check_arc(server.arc)
+        manifests = _split_manifests(server.manifests_yaml)
+        secrets = "\n".join(
+            [
+                _writer("write_k3s_config", '"$1"', k3s_config(server.join_token)),
+                # One line of JSON (which is YAML): the PEM's newlines are escaped inside it.
+                _writer("write_arc_values", '"$1"', json.dumps(arc_helm_values(server.arc))),
+                _manifest_writers(manifests),
+                _writer("write_instance_types_script", '"$1"', _INSTANCE_TYPES_SCRIPT),
+                _writer("write_instance_types_unit", '"$1"', _INSTANCE_TYPES_UNIT),
+            ]
+        )
+    elif agent is not None:
+        role = "agent"
+        _check_token("agent.join_token", agent.join_token)
+        if not isinstance(agent.server_url, str) or not _SERVER_URL.fullmatch(agent.server_url):
+            raise FirstBootError(f"agent.server_url {agent.server_url!r} is not https://<host>:<port>")
+        secrets = _writer("write_k3s_config", '"$1"', k3s_config(agent.join_token, agent.server_url))
+    values = {
+        "@ADMIN_USER@": admin_username,
+        "@DOCKER_VERSION@": docker_version,
+        "@K3S_ROLE@": role,
+        "@K3S_VERSION@": K3S_VERSION,
+        "@K3S_SHA256@": K3S_SHA256,
+        "@K3S_INSTALLER_SHA256@": K3S_INSTALLER_SHA256,
+        "@HELM_VERSION@": HELM_VERSION,
+        "@HELM_SHA256@": HELM_SHA256,
+        "@ARC_CHART@": ARC_CHART,
+        "@ARC_CHART_VERSION@": ARC_CHART_VERSION,
+    }
+    script = SCRIPT.read_text()
+    for placeholder, value in values.items():
+        script = script.replace(placeholder, value)
+    # Last, so no placeholder replacement ever runs over a secret.
+    script = script.replace("@SECRETS@\n", secrets)
+    if secrets:
+        shebang, rest = script.split("\n", 1)
+        script = f"{shebang}\n{_SECRET_BEARING}{rest}"
+    return script
+
+
+def holds_secrets(script: str) -> bool:
+    return _SECRET_BEARING in script
+
+
+CUSTOM_DATA_MAX_BYTES = 65535
+"""osProfile.customData: "The maximum length of the binary array is 65535 bytes" (Compute API,
+OSProfile.customData; the same in the Hub's 2020-06-01)."""
+
+
+def cloud_init(script: str) -> str:
+    """#cloud-config that writes the script and runs it once, at first boot.
+
+    A script that holds secrets is written root-only (0700); cloud-init keeps its own copy of the
+    user data root-only as well (/var/lib/cloud/instance/user-data.txt, 0600).
+    """
+    document = {
+        "write_files": [
+            {
+                "path": SCRIPT_PATH_ON_VM,
+                "permissions": "0700" if holds_secrets(script) else "0755",
+                "owner": "root:root",
+                "encoding": "b64",
+                "content": base64.b64encode(script.encode()).decode(),
+            }
+        ],
+        "runcmd": [["bash", SCRIPT_PATH_ON_VM]],
+    }
+    return "#cloud-config\n" + yaml.safe_dump(document, sort_keys=False)
+
+
+def custom_data(script: str) -> str:
+    """The VM's osProfile.customData: base64 of the cloud-config."""
+    document = cloud_init(script).encode()
+    if len(document) > CUSTOM_DATA_MAX_BYTES:
+        raise FirstBootError(
+            f"the first-boot cloud-config is {len(document)} bytes; customData takes at most {CUSTOM_DATA_MAX_BYTES}"
+        )
+    return base64.b64encode(document).decode()
+
+
+def custom_script_settings(script: str) -> dict[str, str]:
+    """protectedSettings of the CustomScript extension (Microsoft.Azure.Extensions 2.x) running it.
+
+    `script` takes the base64 script itself, so nothing is downloaded from storage.
+    """
+    return {"script": base64.b64encode(script.encode()).decode()}

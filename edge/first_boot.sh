@@ -1,0 +1,285 @@
+#!/usr/bin/env bash
+# First boot of an edge VM. Always: Docker Engine from Docker's apt repository at a pinned version
+# (on-premises serving), the admin user in the docker group, Docker running. With a K3s role:
+# - server: K3s at a pinned, checksum-verified version; Helm, pinned and verified; the Azure Arc
+#   agents (chart azure-arc-k8sagents, pinned) onboarded with a key that only ever sits in a 0600
+#   file on tmpfs and is deleted once the agents run; the compute namespace, credential and cache
+#   volumes applied; a systemd unit that applies the InstanceTypes once the Azure ML extension has
+#   installed their CRD; a marker when the cluster is ready.
+# - agent: K3s at the same version, joining the server.
+# Then a marker the attach step waits for, written last.
+# Idempotent: every step checks before it changes anything, so a second run changes nothing.
+# Run by cloud-init (runcmd) or by the CustomScript extension; edge/first_boot.py fills in the
+# values below (all validated there or in components/config.py). Secrets (the K3s join token, the
+# Arc onboarding key) are only in the heredocs of the write_* functions, which write them to 0600
+# files from within this shell: never in a command line, an environment or a log line.
+set -euo pipefail
+
+ADMIN_USER="@ADMIN_USER@"
+DOCKER_VERSION="@DOCKER_VERSION@"
+# Docker's release signing key, as published in Docker's install guide for Ubuntu.
+DOCKER_KEY_FINGERPRINT="9DC858229FC7DD38854AE2D88D81803C0EBFCD88"
+# Tests run the script against a throwaway root; on the VM it is /.
+ROOT="${EDGE_BOOTSTRAP_ROOT:-}"
+KEYRING="$ROOT/etc/apt/keyrings/docker.asc"
+SOURCES="$ROOT/etc/apt/sources.list.d/docker.list"
+MARKER="$ROOT/var/lib/edge-training/first-boot-done"
+
+# K3s: "none" keeps the VM Docker-only (the virtual-machine compute mode).
+K3S_ROLE="@K3S_ROLE@"
+K3S_VERSION="@K3S_VERSION@"
+K3S_SHA256="@K3S_SHA256@"
+K3S_INSTALLER_SHA256="@K3S_INSTALLER_SHA256@"
+HELM_VERSION="@HELM_VERSION@"
+HELM_SHA256="@HELM_SHA256@"
+ARC_CHART="@ARC_CHART@"
+ARC_CHART_VERSION="@ARC_CHART_VERSION@"
+ARC_NAMESPACE="azure-arc-release"
+K3S_BIN="$ROOT/usr/local/bin/k3s"
+K3S_CONFIG="$ROOT/etc/rancher/k3s/config.yaml"
+HELM_BIN="$ROOT/usr/local/bin/helm"
+MANIFESTS="$ROOT/etc/edge-training/manifests"
+STATE_DIR="$ROOT/var/lib/edge-training"
+CLUSTER_READY="$STATE_DIR/cluster-ready"
+# On tmpfs: the onboarding key never reaches a disk through this script.
+ARC_VALUES_DIR="$ROOT/run/edge-training"
+ARC_VALUES=""
+INSTANCE_TYPES_UNIT="edge-training-instance-types.service"
+INSTANCE_TYPES_SCRIPT="$ROOT/opt/edge-training/apply-instance-types.sh"
+# K3s installs kubectl there; appended so nothing earlier on PATH is shadowed.
+export PATH="$PATH:/usr/local/bin"
+export KUBECONFIG="$ROOT/etc/rancher/k3s/k3s.yaml"
+export HOME="${HOME:-/root}"  # Helm keeps its cache under $HOME; runcmd may not set it.
+
+work=""
+cleanup() {
+  # Whatever happened, the onboarding key does not outlive the script.
+  if [ -n "$ARC_VALUES" ]; then rm -f "$ARC_VALUES"; fi
+  if [ -n "$work" ]; then rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+log() { echo "edge-first-boot: $*"; }
+fail() { echo "edge-first-boot: $*" >&2; exit 1; }
+is_installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
+
+sha256_of() { sha256sum "$1" | awk '{ print $1 }'; }
+fetch() { curl -fsSL --proto '=https' --retry 5 --retry-connrefused -o "$2" "$1"; }
+verify_sha256() {  # file expected description
+  local actual
+  actual=$(sha256_of "$1")
+  [ "$actual" = "$2" ] || fail "$3 has SHA-256 $actual, expected $2"
+}
+
+# Writes stdin to a root-only file, unless it already holds exactly that. Everything runs in
+# this shell (read, printf are builtins): the content reaches no command line and no environment.
+write_private() {  # path
+  local content
+  IFS= read -r -d '' content || true
+  if [ -f "$1" ] && [ "$(< "$1")" = "${content%$'\n'}" ]; then
+    [ "$(stat -c %a "$1")" = 600 ] || chmod 0600 "$1"
+    return 1  # unchanged
+  fi
+  mkdir -p "$(dirname "$1")"
+  (umask 077 && printf '%s' "$content" > "$1.new")
+  mv -f "$1.new" "$1"
+}
+
+@SECRETS@
+
+k3s_version() { if [ -x "$K3S_BIN" ]; then "$K3S_BIN" --version 2>/dev/null | awk 'NR == 1 { print $3 }'; fi; }
+helm_version() { if [ -x "$HELM_BIN" ]; then "$HELM_BIN" version --template '{{.Version}}' 2>/dev/null; fi; }
+
+install_k3s() {
+  local service=k3s config_changed=false
+  [ "$K3S_ROLE" = server ] || service=k3s-agent
+  # The token lives in K3s's own config file (0600), not in the installer's environment, which
+  # the installer would copy into the unit's environment file.
+  if write_k3s_config "$K3S_CONFIG"; then config_changed=true; log "wrote $K3S_CONFIG"; fi
+  if [ "$(k3s_version)" != "$K3S_VERSION" ]; then
+    log "installing K3s $K3S_VERSION ($K3S_ROLE; found '$(k3s_version)')"
+    work=$(mktemp -d)
+    local release="https://github.com/k3s-io/k3s/releases/download/${K3S_VERSION//+/%2B}"
+    fetch "$release/k3s" "$work/k3s"
+    fetch "$release/sha256sum-amd64.txt" "$work/sha256sum-amd64.txt"
+    fetch "https://raw.githubusercontent.com/k3s-io/k3s/${K3S_VERSION//+/%2B}/install.sh" "$work/install.sh"
+    local published
+    published=$(awk '$2 == "k3s" { print $1 }' "$work/sha256sum-amd64.txt")
+    [ "$published" = "$K3S_SHA256" ] ||
+      fail "the release's sha256sum-amd64.txt lists '$published' for k3s, pinned $K3S_SHA256"
+    verify_sha256 "$work/k3s" "$K3S_SHA256" "K3s $K3S_VERSION"
+    verify_sha256 "$work/install.sh" "$K3S_INSTALLER_SHA256" "K3s's install.sh at $K3S_VERSION"
+    install -D -m 0755 "$work/k3s" "$K3S_BIN"
+    # The installer at the same tag writes the systemd unit and the kubectl/crictl links, and
+    # starts K3s; it uses the verified binary instead of downloading one.
+    INSTALL_K3S_SKIP_DOWNLOAD=true sh "$work/install.sh" "$K3S_ROLE"
+    rm -rf "$work"
+    work=""
+  elif [ "$config_changed" = true ]; then
+    systemctl restart "$service"
+  fi
+  systemctl is-enabled --quiet "$service" || systemctl enable "$service"
+  systemctl is-active --quiet "$service" || systemctl start "$service"
+}
+
+wait_for_node() {
+  local deadline=$((SECONDS + 600))
+  # `kubectl wait` fails at once while the node has not registered yet, so retry until the deadline.
+  until kubectl wait --for=condition=Ready node --all --timeout=60s > /dev/null; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "the K3s node was not Ready within 600s (see: journalctl -u k3s)"
+    sleep 5
+  done
+}
+
+apply_manifests() {
+  local applied="$STATE_DIR/manifests.sha256" wanted
+  write_manifests "$MANIFESTS" || true
+  wanted=$(cat "$MANIFESTS"/*.yaml | sha256sum | awk '{ print $1 }')
+  [ "$(cat "$applied" 2>/dev/null)" != "$wanted" ] || return 0
+  log "applying the compute namespace and its volumes"
+  kubectl apply -f "$MANIFESTS/cluster.yaml"
+  # Created once and never applied again: the operator fills the Secret in the cluster, and a
+  # later apply of the empty one would wipe the credential.
+  if grep -q '^kind:' "$MANIFESTS/create-once.yaml"; then
+    kubectl get -f "$MANIFESTS/create-once.yaml" -o name > /dev/null 2>&1 ||
+      kubectl create -f "$MANIFESTS/create-once.yaml"
+  fi
+  mkdir -p "$STATE_DIR"
+  echo "$wanted" > "$applied"
+}
+
+install_helm() {
+  [ "$(helm_version)" != "$HELM_VERSION" ] || return 0
+  log "installing Helm $HELM_VERSION (found '$(helm_version)')"
+  work=$(mktemp -d)
+  fetch "https://get.helm.sh/helm-$HELM_VERSION-linux-amd64.tar.gz" "$work/helm.tar.gz"
+  verify_sha256 "$work/helm.tar.gz" "$HELM_SHA256" "Helm $HELM_VERSION"
+  tar -xzf "$work/helm.tar.gz" -C "$work" linux-amd64/helm
+  install -D -m 0755 "$work/linux-amd64/helm" "$HELM_BIN"
+  rm -rf "$work"
+  work=""
+}
+
+arc_agents_deployed() {
+  # Helm's JSON is compact; no `grep -q`, whose early exit would fail the pipe under pipefail.
+  "$HELM_BIN" list --namespace "$ARC_NAMESPACE" --filter '^azure-arc$' --deployed --output json 2> /dev/null |
+    grep -F "\"chart\":\"azure-arc-k8sagents-$ARC_CHART_VERSION\"" > /dev/null
+}
+
+install_arc_agents() {
+  if arc_agents_deployed; then return 0; fi
+  log "installing the Azure Arc agents (chart azure-arc-k8sagents $ARC_CHART_VERSION)"
+  mkdir -p "$ARC_VALUES_DIR"
+  chmod 0700 "$ARC_VALUES_DIR"
+  ARC_VALUES="$ARC_VALUES_DIR/arc-onboarding-values.json"
+  write_arc_values "$ARC_VALUES" || true
+  # The values az connectedk8s connect sets, from a file: the onboarding key is in no argument.
+  # --wait: the agents are running when this returns, so the key is no longer needed.
+  "$HELM_BIN" upgrade --install azure-arc "$ARC_CHART" --version "$ARC_CHART_VERSION" \
+    --namespace "$ARC_NAMESPACE" --create-namespace --values "$ARC_VALUES" --wait --timeout 600s
+  rm -f "$ARC_VALUES"
+  ARC_VALUES=""
+}
+
+install_instance_types_unit() {
+  local unit="$ROOT/etc/systemd/system/$INSTANCE_TYPES_UNIT" changed=false wanted
+  local requested="$STATE_DIR/instance-types.sha256"
+  if write_instance_types_script "$INSTANCE_TYPES_SCRIPT"; then changed=true; fi
+  if write_instance_types_unit "$unit"; then changed=true; fi
+  if [ "$changed" = true ]; then
+    systemctl daemon-reload
+    systemctl enable "$INSTANCE_TYPES_UNIT"
+  fi
+  # (Re)started for each new list of instance types; on first boot it just starts, and waits.
+  wanted=$(sha256_of "$MANIFESTS/instance-types.yaml")
+  if [ "$changed" = true ] || [ "$(cat "$requested" 2>/dev/null)" != "$wanted" ]; then
+    systemctl restart --no-block "$INSTANCE_TYPES_UNIT"
+    echo "$wanted" > "$requested"
+  fi
+}
+
+# shellcheck source=/dev/null
+. "$ROOT/etc/os-release"
+arch=$(dpkg --print-architecture)
+export DEBIAN_FRONTEND=noninteractive
+
+missing=()
+for pkg in ca-certificates curl gnupg; do
+  is_installed "$pkg" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  apt-get update -q
+  apt-get install -y -q "${missing[@]}"
+fi
+
+if [ ! -s "$KEYRING" ]; then
+  log "fetching Docker's signing key"
+  key=$(mktemp)
+  curl -fsSL https://download.docker.com/linux/ubuntu/gpg -o "$key"
+  fingerprint=$(gpg --show-keys --with-colons "$key" | awk -F: '$1 == "fpr" { print $10; exit }')
+  if [ "$fingerprint" != "$DOCKER_KEY_FINGERPRINT" ]; then
+    echo "edge-first-boot: Docker's key has fingerprint '$fingerprint', expected $DOCKER_KEY_FINGERPRINT" >&2
+    rm -f "$key"
+    exit 1
+  fi
+  install -D -m 0644 "$key" "$KEYRING"
+  rm -f "$key"
+fi
+
+source_line="deb [arch=$arch signed-by=/etc/apt/keyrings/docker.asc] https://download.docker.com/linux/ubuntu $VERSION_CODENAME stable"
+if [ "$(cat "$SOURCES" 2>/dev/null)" != "$source_line" ]; then
+  log "adding Docker's apt repository"
+  mkdir -p "$(dirname "$SOURCES")"
+  echo "$source_line" > "$SOURCES"
+fi
+
+installed=$(dpkg-query -W -f='${Version}' docker-ce 2>/dev/null || true)
+case "$installed" in
+  "5:$DOCKER_VERSION-"*) ;;
+  *)
+    log "installing Docker $DOCKER_VERSION (found '${installed:-none}')"
+    apt-get update -q
+    package_version=$(apt-cache madison docker-ce | awk -v want="5:$DOCKER_VERSION-" 'index($3, want) == 1 { print $3; exit }')
+    if [ -z "$package_version" ]; then
+      echo "edge-first-boot: Docker $DOCKER_VERSION is not in Docker's repository for $VERSION_CODENAME" >&2
+      exit 1
+    fi
+    apt-mark unhold docker-ce docker-ce-cli >/dev/null
+    apt-get install -y -q --allow-downgrades "docker-ce=$package_version" "docker-ce-cli=$package_version" \
+      containerd.io docker-buildx-plugin
+    # Held, so unattended upgrades don't move the engine under running jobs.
+    apt-mark hold docker-ce docker-ce-cli >/dev/null
+    ;;
+esac
+
+if ! id -nG "$ADMIN_USER" | tr ' ' '\n' | grep -qx docker; then
+  log "adding $ADMIN_USER to the docker group"
+  usermod -aG docker "$ADMIN_USER"
+fi
+systemctl is-enabled --quiet docker || systemctl enable docker
+systemctl is-active --quiet docker || systemctl start docker
+
+if [ "$K3S_ROLE" != none ]; then
+  install_k3s
+fi
+if [ "$K3S_ROLE" = server ]; then
+  wait_for_node
+  apply_manifests
+  install_helm
+  install_arc_agents
+  install_instance_types_unit
+  ready_line="k3s=$K3S_VERSION arc=$ARC_CHART_VERSION"
+  if [ "$(cat "$CLUSTER_READY" 2>/dev/null)" != "$ready_line" ]; then
+    echo "$ready_line" > "$CLUSTER_READY"
+  fi
+fi
+
+# Last, after every step above succeeded: the marker the attach step waits for.
+done_line="docker=$DOCKER_VERSION user=$ADMIN_USER"
+if [ "$K3S_ROLE" != none ]; then done_line="$done_line k3s=$K3S_VERSION role=$K3S_ROLE"; fi
+if [ "$(cat "$MARKER" 2>/dev/null)" != "$done_line" ]; then
+  mkdir -p "$(dirname "$MARKER")"
+  echo "$done_line" > "$MARKER"
+fi
+log "done"
