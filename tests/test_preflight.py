@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from components.ssh_preflight import PreflightError, PreflightTarget, run_preflight, wait_for_port
+from clients.deadline import Deadline
+from components.ssh_preflight import PreflightError, PreflightTarget, connect, run_preflight
 from tests.harness import services
 from tests.harness.keys import KeyPair, rsa_key
 
@@ -99,7 +100,10 @@ def test_a_closed_port_fails_within_its_deadline_with_backoff(tmp_path: Path, bo
         closed_port = sock.getsockname()[1]
     clock = FakeClock()
     with pytest.raises(PreflightError) as caught:
-        wait_for_port(services.LOOPBACK, closed_port, deadline_seconds=20, clock=clock, sleep=clock.sleep)
+        t = PreflightTarget(
+            services.LOOPBACK, closed_port, "azureuser", rsa_key("ssh-user").private_pem, None, 20, 0, ""
+        )
+        connect(t, Deadline(20, clock), sleep=clock.sleep)
     assert caught.value.check == "ssh-reachable"
     assert clock.sleeps == [1, 2, 4, 8, 5]  # doubling, the last cut to what is left of the deadline
     assert clock.now == 20
