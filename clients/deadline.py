@@ -88,19 +88,19 @@ class DeadlineRetryPolicy(RetryPolicy):
 
     def __init__(self, deadline: Deadline, connect_timeout: float, read_timeout: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._deadline = deadline
+        self.deadline = deadline
         self._connect, self._read = connect_timeout, read_timeout
 
     def _configure_timeout(
         self, request: PipelineRequest[Any], absolute_timeout: float, is_response_error: bool
     ) -> None:
-        if self._deadline.expired():
+        if self.deadline.expired():
             raise DeadlineExceeded(
-                f"the {self._deadline.seconds:g}s deadline passed before {request.http_request.method} could be sent"
+                f"the {self.deadline.seconds:g}s deadline passed before {request.http_request.method} could be sent"
             )
         options = request.context.options
-        options["connection_timeout"] = self._deadline.cap(self._connect)
-        options["read_timeout"] = self._deadline.cap(self._read)
+        options["connection_timeout"] = self.deadline.cap(self._connect)
+        options["read_timeout"] = self.deadline.cap(self._read)
         super()._configure_timeout(request, absolute_timeout, is_response_error)
 
     def sleep(
@@ -111,7 +111,7 @@ class DeadlineRetryPolicy(RetryPolicy):
     ) -> None:
         retry_after = self.get_retry_after(response) if response is not None else None
         wait = retry_after if retry_after is not None else self.get_backoff_time(settings)
-        left = self._deadline.remaining()
+        left = self.deadline.remaining()
         if wait >= left:
             what = f"Retry-After: {retry_after:g}s" if retry_after is not None else f"a {wait:g}s backoff"
             status = f"HTTP {response.http_response.status_code} with " if response is not None else ""

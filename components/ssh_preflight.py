@@ -127,9 +127,15 @@ def host_key_fingerprints(address: str, port: int, deadline_seconds: float = 30.
         raise ssh.SshUnreachable(address, port, f"could not read the host keys of {address}:{port} ({error})") from None
 
 
-def run_preflight(target: PreflightTarget, clock: Clock = time.monotonic, sleep: Sleep = time.sleep) -> PreflightResult:
-    """Every check in order, all within `target.deadline_seconds`; the first to fail raises `PreflightError`."""
-    deadline = Deadline(target.deadline_seconds, clock)
+def run_preflight(
+    target: PreflightTarget,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = time.sleep,
+    deadline: Deadline | None = None,
+) -> PreflightResult:
+    """Every check in order, all within `deadline` (by default `target.deadline_seconds` from now);
+    the first to fail raises `PreflightError`."""
+    deadline = deadline or Deadline(target.deadline_seconds, clock)
     with connect(target, deadline, sleep) as session:
         remote = _Session(session, deadline)
         _wait_for_first_boot(remote, target, deadline, sleep)

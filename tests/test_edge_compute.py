@@ -4,6 +4,7 @@ a local HTTPS Resource Manager, and what Pulumi stores of it."""
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,11 @@ import pytest
 from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime import rpc
 
-from components.azureml_computes import API_VERSION, ComputeRef
+from components.azureml_computes import API_VERSION, ComputeApiError, ComputeRef
 from components.edge_compute import REPLACE_ON, EdgeComputeProvider, _key_digest
 from components.ssh_preflight import PreflightError
 from tests.harness import services
-from tests.harness.arm_server import TEST_TOKEN, ArmEndpoint, Reply, StaticCredential, serve_arm
+from tests.harness.arm_server import TEST_TOKEN, ArmEndpoint, Recorded, Reply, serve_arm
 from tests.harness.keys import rsa_key
 from tests.harness.pulumi_mocks import Recording
 
@@ -130,14 +131,39 @@ def test_every_identifying_property_is_covered() -> None:
 # --- end to end: real sshd, local HTTPS Resource Manager ---------------------------------------
 
 
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+SOVEREIGN_AUDIENCE = "https://management.core.usgovcloudapi.net/"
+
+
 @pytest.fixture
 def arm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ArmEndpoint]:
-    """The real provider's own client, pointed at the local endpoint: trust its certificate and
-    hand out a test token instead of DefaultAzureCredential's."""
+    """The real provider's own clients, pointed at the local endpoint, which also serves the cloud
+    metadata (a sovereign cloud's audience) and the token endpoint: the real credential code signs
+    in with the ARM_* variables of the deploy workflow (OIDC, a federated token), as in a pipeline."""
     with serve_arm(tmp_path) as endpoint:
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(endpoint.ca_file))
-        monkeypatch.setattr("azure.identity.DefaultAzureCredential", StaticCredential)
+        for name in [n for n in os.environ if n.startswith(("ARM_", "AZURE_"))]:
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("ARM_CLIENT_ID", "0c1b5c5e-4a4d-4f8e-9d6b-111111111111")
+        monkeypatch.setenv("ARM_TENANT_ID", TENANT)
+        monkeypatch.setenv("ARM_USE_OIDC", "true")
+        monkeypatch.setenv("ARM_OIDC_TOKEN", "github-federated-jwt")
+        endpoint.fake.script(
+            "GET",
+            "/metadata/endpoints",
+            Reply(200, {"authentication": {"loginEndpoint": endpoint.url + "/", "audiences": [SOVEREIGN_AUDIENCE]}}),
+        )
+        endpoint.fake.script(
+            "POST",
+            f"/{TENANT}/oauth2/v2.0/token",
+            Reply(200, {"token_type": "Bearer", "expires_in": 3600, "access_token": TEST_TOKEN}),
+        )
         yield endpoint
+
+
+def compute_requests(arm: ArmEndpoint) -> list[Recorded]:
+    """The requests to the compute API (not the metadata or the sign-in)."""
+    return [r for r in arm.fake.requests if "/computes/" in r.path]
 
 
 @pytest.fixture
@@ -170,7 +196,15 @@ def test_create_preflights_attaches_and_records_the_host_key(arm, vm, ssh_server
     assert result.outs["hostKeyFingerprint"] == ssh_server.host_key_fingerprint
     assert result.outs["provisioningState"] == "Succeeded"
     assert "privateKey" not in result.outs
-    (put,) = arm.fake.requests
+    get, put = compute_requests(arm)
+    # GET before the PUT: the PUT would overwrite a compute of that name.
+    assert (get.method, put.method) == ("GET", "PUT")
+    assert put.headers["authorization"] == f"Bearer {TEST_TOKEN}"
+    # Signed in with the pipeline's ARM_* variables, for the audience the cloud's metadata names.
+    (token,) = [r for r in arm.fake.requests if r.method == "POST"]
+    assert token.body["client_id"] == os.environ["ARM_CLIENT_ID"]
+    assert token.body["client_assertion"] == "github-federated-jwt"
+    assert token.body["scope"] == SOVEREIGN_AUDIENCE + ".default"
     assert put.query == {"api-version": [API_VERSION]}
     assert put.body["properties"]["properties"]["address"] == services.LOOPBACK
     assert put.body["properties"]["properties"]["sshPort"] == ssh_server.port
@@ -185,7 +219,7 @@ def test_an_openssh_format_key_is_sent_to_azure_ml_as_pem(arm, vm) -> None:
     p = props(**vm, armEndpoint=arm.url, privateKey=KEY.private_openssh)
     arm.fake.script("PUT", compute_path(p), Reply(201, succeeded(p)))
     EdgeComputeProvider().create(p)
-    sent = arm.fake.requests[0].body["properties"]["properties"]["administratorAccount"]["privateKeyData"]
+    sent = compute_requests(arm)[1].body["properties"]["properties"]["administratorAccount"]["privateKeyData"]
     assert sent.startswith("-----BEGIN RSA PRIVATE KEY-----")
 
 
@@ -206,10 +240,11 @@ def test_a_failed_provisioning_is_cleaned_up_and_reported(arm, vm) -> None:
     }
     arm.fake.script("PUT", compute_path(p), Reply(201, failed))
     arm.fake.script("DELETE", compute_path(p), Reply(200))
-    with pytest.raises(Exception, match="SshFailed: auth failed"):
+    with pytest.raises(ComputeApiError, match="SshFailed: auth failed"):
         EdgeComputeProvider().create(p)
-    assert [r.method for r in arm.fake.requests] == ["PUT", "DELETE"]
-    assert arm.fake.requests[1].query["underlyingResourceAction"] == ["Detach"]
+    requests = compute_requests(arm)
+    assert [r.method for r in requests] == ["GET", "PUT", "DELETE"]
+    assert requests[-1].query["underlyingResourceAction"] == ["Detach"]
 
 
 def test_read_sees_a_compute_detached_by_hand(arm) -> None:
@@ -232,7 +267,7 @@ def test_delete_detaches_and_tolerates_a_compute_already_gone(arm) -> None:
     p = state(armEndpoint=arm.url)
     arm.fake.script("DELETE", compute_path(p), Reply(404, {"error": {"code": "NotFound"}}))
     EdgeComputeProvider().delete("id", p)
-    (request,) = arm.fake.requests
+    (request,) = compute_requests(arm)
     assert request.method == "DELETE"
     assert request.query["underlyingResourceAction"] == ["Detach"]
 
