@@ -109,6 +109,10 @@ def test_identical_inputs_are_no_change() -> None:
         ("adminUsername", "otheradmin"),
         ("privateKey", rsa_key("rotated").private_pem),
         ("resourceId", "/subscriptions/x/resourceGroups/y/providers/Microsoft.Compute/virtualMachines/z"),
+        # An attached compute's location cannot be changed in place, nor can the Resource Manager
+        # it lives in: both mean a new attachment.
+        ("location", "northeurope"),
+        ("armEndpoint", "https://management.usgovcloudapi.net"),
     ],
 )
 def test_changes_to_what_identifies_the_attachment_replace_it_deleting_first(prop: str, value: Any) -> None:
@@ -124,8 +128,30 @@ def test_preflight_settings_change_without_replacement() -> None:
     assert diff.replaces == []
 
 
-def test_every_identifying_property_is_covered() -> None:
-    assert set(REPLACE_ON) >= {"workspaceName", "computeName", "address", "sshPort", "adminUsername", "privateKey"}
+def test_exactly_the_identifying_properties_replace() -> None:
+    """Written out, not derived from REPLACE_ON: dropping one from it must fail here (a test
+    parametrized from the tuple itself would lose the case with the property)."""
+    assert sorted(REPLACE_ON) == sorted(
+        [
+            "subscriptionId",
+            "resourceGroupName",
+            "workspaceName",
+            "location",
+            "computeName",
+            "address",
+            "sshPort",
+            "adminUsername",
+            "privateKey",
+            "resourceId",
+            "armEndpoint",
+        ]
+    )
+
+
+def test_a_new_owner_or_expected_key_is_an_update_not_a_replacement() -> None:
+    diff = EdgeComputeProvider().diff("id", state(), props(owner="org/other", expectedHostKeyFingerprint="SHA256:x"))
+    assert diff.changes is True
+    assert diff.replaces == []
 
 
 # --- end to end: real sshd, local HTTPS Resource Manager ---------------------------------------
@@ -261,6 +287,46 @@ def test_read_verifies_the_recorded_host_key(arm, vm, ssh_server) -> None:
     with pytest.raises(PreflightError) as caught:
         EdgeComputeProvider().read("id", good | {"hostKeyFingerprint": "SHA256:" + "D" * 43})
     assert caught.value.check == "host-key"
+
+
+# --- update: a newly expected host key is checked against the VM ----------------------------------
+
+
+@pytest.fixture
+def two_key_vm(start_ssh_server, ssh_user_key, tmp_path: Path) -> services.SshServer:
+    """sshd offering an ed25519 and an RSA host key; clients negotiate ed25519 first."""
+    return start_ssh_server([ssh_user_key], name="two-keys", host_key_types=("ed25519", "rsa"))
+
+
+def updated(server: services.SshServer, expected: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    where = {"address": services.LOOPBACK, "sshPort": float(server.port)}
+    olds = state(**where) | {"hostKeyFingerprint": server.host_key_fingerprints["ed25519"]}
+    return olds, props(**where, expectedHostKeyFingerprint=expected)
+
+
+def test_update_records_a_newly_expected_key_only_if_the_vm_offers_it(two_key_vm) -> None:
+    rsa_fingerprint = two_key_vm.host_key_fingerprints["rsa"]
+    result = EdgeComputeProvider().update("id", *updated(two_key_vm, rsa_fingerprint))
+    assert result.outs["hostKeyFingerprint"] == rsa_fingerprint
+    # Outputs are stored in the state in plain text: never the key, in any field.
+    assert "privateKey" not in result.outs
+    assert not any(KEY.private_pem.splitlines()[1] in str(v) for v in result.outs.values())
+
+
+def test_update_refuses_a_newly_expected_key_the_vm_does_not_offer(two_key_vm) -> None:
+    wrong = "SHA256:" + "E" * 43
+    with pytest.raises(PreflightError) as caught:
+        EdgeComputeProvider().update("id", *updated(two_key_vm, wrong))
+    assert caught.value.check == "host-key"
+    message = str(caught.value)
+    assert wrong in message and two_key_vm.host_key_fingerprints["rsa"] in message
+
+
+def test_update_refuses_a_new_key_when_the_vm_cannot_be_asked(two_key_vm) -> None:
+    olds, news = updated(two_key_vm, two_key_vm.host_key_fingerprints["rsa"])
+    two_key_vm.stop()
+    with pytest.raises(PreflightError, match="cannot check the new sshHostKeyFingerprint"):
+        EdgeComputeProvider().update("id", olds, news)
 
 
 def test_delete_detaches_and_tolerates_a_compute_already_gone(arm) -> None:
