@@ -275,11 +275,11 @@ def test_a_correct_rsa_fingerprint_is_accepted_when_the_vm_also_offers_ed25519(
     }
 
 
-@pytest.mark.timeout(20)
+@pytest.mark.timeout(10)
 @pytest.mark.parametrize("behaviour", ["silent", "hangup"])
 def test_a_listener_that_never_speaks_ssh_costs_the_deadline_not_more(behaviour: str) -> None:
     """Real time: a port that accepts TCP and never sends a banner (or hangs up). paramiko's own
-    15 s banner timeout per attempt would blow the test's 20 s timeout; the deadline is 1 s."""
+    15 s banner timeout per attempt would blow the test's 10 s timeout; the deadline is 1 s."""
     with Listener(behaviour) as port_only, pytest.raises(PreflightError) as caught:
         connect(preflight_target(port_only.port, deadline_seconds=1.0), Deadline(1.0), first_delay=0.2)
     assert caught.value.check == "ssh-reachable"
@@ -502,7 +502,7 @@ def test_bodies_no_stand_in_sends_are_clear_errors(tmp_path: Path, arm: ArmEndpo
     assert_clean(str(caught.value))
 
 
-@pytest.mark.timeout(20)
+@pytest.mark.timeout(10)
 @pytest.mark.parametrize("tls", [True, False], ids=["silent after TLS", "silent before TLS"])
 def test_a_silent_server_costs_the_deadline_not_more(tmp_path: Path, arm: ArmEndpoint, tls: bool) -> None:
     """Real time: the server accepts and never answers. Without transport timeouts the call would

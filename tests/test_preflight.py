@@ -90,8 +90,11 @@ def test_an_unexpected_host_key_is_refused(ssh_server, ssh_user_key, booted, doc
     assert ssh_server.host_key_fingerprint in str(error) and other in str(error)
 
 
-def test_a_wrong_user_key_is_refused(ssh_server, booted, docker_ok) -> None:
-    expect_failure("ssh-auth", target(ssh_server, rsa_key("stranger"), booted))
+def test_a_wrong_user_key_is_refused_at_the_deadline(ssh_server, booted, docker_ok) -> None:
+    """Sign-in is retried (the key may not be installed yet), so the refusal comes at the deadline."""
+    clock = FakeClock()
+    expect_failure("ssh-auth", target(ssh_server, rsa_key("stranger"), booted), clock)
+    assert clock.now == 5.0
 
 
 def test_a_closed_port_fails_within_its_deadline_with_backoff(tmp_path: Path, booted: Path) -> None:
