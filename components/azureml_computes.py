@@ -300,6 +300,7 @@ class ComputeClient:
                 )
         except ComputeApiError as error:
             raise self._undo(ref, error, Deadline(CLEANUP_SECONDS, deadline.clock)) from None
+        log.debug("compute %s attached: %s", ref.name, redact(compute))
         return compute
 
     def _undo(self, ref: ComputeRef, error: ComputeApiError, deadline: Deadline) -> ComputeApiError:

@@ -519,3 +519,25 @@ def test_a_silent_server_costs_the_deadline_not_more(tmp_path: Path, arm: ArmEnd
         client.get(REF, Deadline(1.0))
     assert "'edge-vm'" in str(caught.value) and "'mlw-dev'" in str(caught.value)
     assert_clean(str(caught.value))
+
+
+def test_what_is_logged_of_a_compute_holds_no_credentials(arm: ArmEndpoint, caplog: pytest.LogCaptureFixture) -> None:
+    """A GET or PUT answer can carry administratorAccount back; the debug log shows the compute
+    with every credential field replaced."""
+    answer = compute("Succeeded")
+    answer["properties"]["properties"]["administratorAccount"] |= {
+        "password": "hunter2",
+        "publicKeyData": "ssh-rsa AAAA",
+    }
+    arm.fake.script("GET", REF.path, GONE)
+    arm.fake.script("PUT", REF.path, Reply(200, answer))
+    clock = FakeClock()
+    with (
+        caplog.at_level("DEBUG", logger="components.azureml_computes"),
+        client_for(arm.url, arm.transport(), clock) as c,
+    ):
+        c.attach(REF, ATTACHMENT, Deadline(30, clock))
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name == "components.azureml_computes")
+    assert "'username': 'azureuser'" in logged  # the compute is there...
+    for secret in ("hunter2", "ssh-rsa AAAA", *SECRETS):  # ...its credentials are not
+        assert secret not in logged
