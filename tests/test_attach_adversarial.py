@@ -38,6 +38,8 @@ from tests.harness import services
 from tests.harness.arm_server import TEST_TOKEN, ArmEndpoint, RecordingTransport, Reply, StaticCredential, serve_arm
 from tests.harness.keys import KeyPair, rsa_key
 
+pytestmark = pytest.mark.timeout(60)  # no row may hang; rows that wait in real time set less
+
 USER_KEY = rsa_key("ssh-user")
 VM_KEY = rsa_key("vm-admin")
 SECRETS = (USER_KEY.private_pem.splitlines()[1], VM_KEY.private_pem.splitlines()[1], TEST_TOKEN, "PRIVATE KEY")
@@ -541,3 +543,34 @@ def test_what_is_logged_of_a_compute_holds_no_credentials(arm: ArmEndpoint, capl
     assert "'username': 'azureuser'" in logged  # the compute is there...
     for secret in ("hunter2", "ssh-rsa AAAA", *SECRETS):  # ...its credentials are not
         assert secret not in logged
+
+
+def test_a_failed_handshake_prints_no_traceback_of_paramikos(tmp_path: Path) -> None:
+    """paramiko logs a failed handshake with its traceback at ERROR; in a process that configures
+    no logging (Pulumi's dynamic provider host), Python's last-resort handler would print that to
+    stderr under our one-line error. Run as such a process would."""
+    import subprocess
+    import sys
+
+    with Listener("hangup") as not_ssh:
+        program = (
+            "from clients import ssh\n"
+            "from clients.deadline import Deadline\n"
+            "from components.ssh_preflight import load_private_key\n"
+            "import sys\n"
+            "key = load_private_key(sys.stdin.read())\n"
+            f"try: ssh.connect('127.0.0.1', {not_ssh.port}, 'u', key, None, Deadline(0.5), first_delay=0.1)\n"
+            "except ssh.SshUnreachable as error: print(error)\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", program],
+            input=USER_KEY.private_pem,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=Path(__file__).resolve().parent.parent,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    assert f"no SSH session with 127.0.0.1:{not_ssh.port}" in done.stdout
+    assert done.stderr == ""
