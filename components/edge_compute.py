@@ -159,31 +159,32 @@ class EdgeComputeProvider(ResourceProvider):
     def create(self, props: dict[str, Any]) -> CreateResult:
         # One deadline end to end: preflight, the GET, the PUT and the wait for Succeeded.
         deadline = Deadline(float(props["deadlineSeconds"]))
-        expected = props.get("expectedHostKeyFingerprint") or None
-        result = self._preflight(
-            PreflightTarget(
-                address=props["address"],
-                port=int(props["sshPort"]),
-                username=props["adminUsername"],
-                private_key=props["privateKey"],
-                expected_fingerprint=expected,
-                deadline_seconds=float(props["deadlineSeconds"]),
-                min_free_disk_gb=float(props["minFreeDiskGb"]),
-                first_boot_marker=props["firstBootMarker"],
-            ),
-            deadline,
-        )
-        ref = self._ref(props)
-        attachment = VirtualMachineAttachment(
-            location=props["location"],
-            address=props["address"],
-            ssh_port=int(props["sshPort"]),
-            username=props["adminUsername"],
-            private_key_pem=to_traditional_pem(props["privateKey"]),
-            resource_id=props.get("resourceId") or None,
-            owner=str(props.get("owner") or ""),
-        )
+        # The client first: a wrong endpoint or incomplete ARM_* variables fail now, not after
+        # waiting out the VM's first boot.
         with self._client(props) as client:
+            result = self._preflight(
+                PreflightTarget(
+                    address=props["address"],
+                    port=int(props["sshPort"]),
+                    username=props["adminUsername"],
+                    private_key=props["privateKey"],
+                    expected_fingerprint=props.get("expectedHostKeyFingerprint") or None,
+                    deadline_seconds=float(props["deadlineSeconds"]),
+                    min_free_disk_gb=float(props["minFreeDiskGb"]),
+                    first_boot_marker=props["firstBootMarker"],
+                ),
+                deadline,
+            )
+            ref = self._ref(props)
+            attachment = VirtualMachineAttachment(
+                location=props["location"],
+                address=props["address"],
+                ssh_port=int(props["sshPort"]),
+                username=props["adminUsername"],
+                private_key_pem=to_traditional_pem(props["privateKey"]),
+                resource_id=props.get("resourceId") or None,
+                owner=str(props.get("owner") or ""),
+            )
             compute = client.attach(ref, attachment, deadline)
         return CreateResult(
             id_=compute.get("id") or ref.path, outs=self._outs(props, compute, result.host_key_fingerprint)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ import pytest
 from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime import rpc
 
+from clients.cloud import CloudDiscoveryError
+from clients.credentials import CredentialConfigError
 from components.azureml_computes import API_VERSION, ComputeApiError, ComputeRef
 from components.edge_compute import REPLACE_ON, EdgeComputeProvider, _key_digest
 from components.ssh_preflight import PreflightError
@@ -253,7 +256,28 @@ def test_a_failed_preflight_sends_nothing_to_azure(arm, vm) -> None:
     p = props(**vm, armEndpoint=arm.url, expectedHostKeyFingerprint="SHA256:" + "C" * 43)
     with pytest.raises(PreflightError):
         EdgeComputeProvider().create(p)
-    assert arm.fake.requests == []
+    assert compute_requests(arm) == []  # only the cloud's metadata was read
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("unset", "said"), [("ARM_TENANT_ID", "ARM_TENANT_ID"), ("armEndpoint", "is not an https URL")]
+)
+def test_bad_sign_in_settings_fail_before_waiting_for_the_vm(
+    arm, monkeypatch: pytest.MonkeyPatch, unset: str, said: str
+) -> None:
+    """The VM address is a closed port with 900 s to wait: sign-in problems must not wait it out."""
+    with socket.socket() as sock:
+        sock.bind((services.LOOPBACK, 0))
+        closed = float(sock.getsockname()[1])
+    p = props(armEndpoint=arm.url, address=services.LOOPBACK, sshPort=closed, deadlineSeconds=900.0)
+    if unset == "armEndpoint":
+        p["armEndpoint"] = arm.url.replace("https://", "http://")
+    else:
+        monkeypatch.delenv(unset)
+    with pytest.raises((CredentialConfigError, CloudDiscoveryError), match=said):
+        EdgeComputeProvider().create(p)
+    assert compute_requests(arm) == []
 
 
 def test_a_failed_provisioning_is_cleaned_up_and_reported(arm, vm) -> None:
