@@ -7,13 +7,15 @@ TCP, handshake and sign-in until then; every remote command here gets at most wh
 
 from __future__ import annotations
 
-import io
 import logging
 import shlex
 import time
 from dataclasses import dataclass, field
 
 import paramiko
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from clients import ssh
 from clients.deadline import Clock, Deadline, Sleep, retry_until
@@ -53,15 +55,30 @@ class PreflightResult:
 
 
 def load_private_key(text: str) -> paramiko.PKey:
-    """An RSA key in PEM or OpenSSH format (config only admits RSA: Azure ML attaches with RSA)."""
+    """An unencrypted RSA key in any of the formats ssh-keygen and openssl write (OpenSSH,
+    traditional PEM, PKCS#8); Azure ML attaches with RSA only. Read by `cryptography`, because
+    paramiko's own PEM reader refuses PKCS#8 ("BEGIN PRIVATE KEY").
+
+    Helper "config"'s clients/ssh_keys.py `parse_private_key` is meant to become the one place
+    that parses keys; this then calls it."""
+    data = text.encode()
     try:
-        return paramiko.RSAKey.from_private_key(io.StringIO(text))
-    except (paramiko.SSHException, ValueError) as error:
+        key = (
+            serialization.load_ssh_private_key(data, password=None)
+            if b"OPENSSH PRIVATE KEY" in data
+            else serialization.load_pem_private_key(data, password=None)
+        )
+    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
         raise PreflightError(
             "ssh-key",
-            f"sshPrivateKey is not an unencrypted RSA private key ({type(error).__name__})",
-            "set sshPrivateKey to the private half of hubSshPublicKey, PEM or OpenSSH format, without a passphrase",
+            f"sshPrivateKey is not an unencrypted private key ({type(error).__name__})",
+            "set sshPrivateKey to the private half of hubSshPublicKey (OpenSSH or PEM format, no passphrase)",
         ) from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise PreflightError(
+            "ssh-key", "sshPrivateKey is not an RSA key", "Azure ML attaches with RSA keys: ssh-keygen -t rsa -b 4096"
+        )
+    return paramiko.RSAKey(key=key)
 
 
 HOST_KEY_FIX = (

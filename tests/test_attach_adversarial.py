@@ -308,6 +308,32 @@ def test_a_docker_that_hangs_is_abandoned_at_the_deadline(
     assert_clean(str(caught.value))
 
 
+@pytest.mark.parametrize("form", ["traditional PEM", "PKCS#8", "OpenSSH"])
+def test_every_format_of_the_rsa_key_signs_in(start_sshd: Callable[..., services.SshServer], form: str) -> None:
+    """paramiko's own reader refuses PKCS#8 ("BEGIN PRIVATE KEY"), which openssl writes by default."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(USER_KEY.private_pem.encode(), password=None)
+    formats = {
+        "traditional PEM": USER_KEY.private_pem,
+        "PKCS#8": key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode(),
+        "OpenSSH": USER_KEY.private_openssh,
+    }
+    server = start_sshd()
+    with connect(preflight_target(server.port, private_key=formats[form]), Deadline(30)) as session:
+        assert session.host_key_fingerprint == server.host_key_fingerprint
+
+
+def test_an_ed25519_key_is_refused_as_not_rsa() -> None:
+    from tests.harness.keys import ed25519_key
+
+    with pytest.raises(PreflightError, match="not an RSA key") as caught:
+        load_private_key(ed25519_key().private_openssh)
+    assert caught.value.check == "ssh-key"
+
+
 def test_a_private_key_that_is_not_one_is_named_without_echoing_it() -> None:
     garbage = "-----BEGIN RSA PRIVATE KEY-----\nAAAAnotakey\n-----END RSA PRIVATE KEY-----\n"
     with pytest.raises(PreflightError) as caught:
