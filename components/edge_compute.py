@@ -13,6 +13,7 @@ import logging
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import pulumi
 from cryptography.hazmat.primitives import serialization
@@ -151,6 +152,9 @@ class EdgeComputeProvider(ResourceProvider):
         key = news.get("privateKey")
         if _known(key) and (reason := _check_private_key(key)):
             fail("privateKey", reason)
+        endpoint = news.get("armEndpoint")
+        if _known(endpoint) and (urlsplit(str(endpoint)).scheme != "https" or not urlsplit(str(endpoint)).hostname):
+            fail("armEndpoint", f"{endpoint!r} is not an https URL")
         for required in ("subscriptionId", "resourceGroupName", "workspaceName", "location"):
             if required in news and news[required] in ("", None):
                 fail(required, "is required")

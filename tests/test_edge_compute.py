@@ -65,6 +65,8 @@ def props(**overrides: Any) -> dict[str, Any]:
         ("privateKey", "-----BEGIN RSA PRIVATE KEY-----\nnope\n-----END RSA PRIVATE KEY-----\n"),
         ("privateKey", __import__("tests.harness.keys", fromlist=["x"]).ed25519_key().private_openssh),
         ("workspaceName", ""),
+        ("armEndpoint", "http://management.azure.com"),
+        ("armEndpoint", "management.azure.com"),
     ],
 )
 def test_check_names_the_bad_property(prop: str, value: Any) -> None:
