@@ -3,12 +3,17 @@
 azure-ai-ml 1.35's VirtualMachineCompute never sends `address` and requires a resource id, which
 a Hub VM does not have in Azure, so the request is built here and sent through azure-core's
 pipeline (bearer token, retries) like any Azure SDK call.
+
+Bounded: every call runs inside a `Deadline`; connect and read timeouts and any `Retry-After` are
+cut to what is left of it (clients/deadline.py). Never echoes a body that can hold a key: the
+request carries `privateKeyData`, and a compute's GET can carry it back, so errors quote only the
+service's error code and message, scrubbed of key material.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,14 +21,13 @@ from typing import Any
 
 from azure.core import PipelineClient
 from azure.core.credentials import TokenCredential
-from azure.core.pipeline.policies import (
-    BearerTokenCredentialPolicy,
-    HeadersPolicy,
-    RetryPolicy,
-    UserAgentPolicy,
-)
+from azure.core.exceptions import AzureError
+from azure.core.pipeline.policies import BearerTokenCredentialPolicy, HeadersPolicy, UserAgentPolicy
 from azure.core.pipeline.transport import HttpTransport
 from azure.core.rest import HttpRequest, HttpResponse
+
+from clients.cloud import PUBLIC, Cloud
+from clients.deadline import Deadline, DeadlineExceeded, DeadlineRetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +35,44 @@ log = logging.getLogger(__name__)
 # ARM client targets (azure/ai/ml/_restclient/arm_ml_service, specification/machinelearningservices
 # stable/2025-12-01 in Azure/azure-rest-api-specs).
 API_VERSION = "2025-12-01"
-PUBLIC_ARM_ENDPOINT = "https://management.azure.com"
-ARM_SCOPE = "https://management.azure.com/.default"
 TERMINAL_STATES = ("Succeeded", "Failed", "Canceled")
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 60.0
+SECRET_FIELDS = frozenset({"privatekeydata", "password", "publickeydata"})
+"""Fields of VirtualMachineSshCredentials (2025-12-01) that hold credentials; never shown."""
+_PEM = re.compile(r"-----BEGIN [A-Z0-9 ]*-----.*?(-----END [A-Z0-9 ]*-----|$)", re.DOTALL)
+MESSAGE_LIMIT = 500
+CLEANUP_SECONDS = 120.0
+"""Time to detach a compute that failed or outlived the deadline, after the deadline itself."""
+
+
+def redact(value: Any) -> Any:
+    """`value` with every credential field replaced, at any depth (for logs and errors)."""
+    if isinstance(value, dict):
+        return {k: "[redacted]" if str(k).lower() in SECRET_FIELDS else redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def scrub(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """A service message fit for an error: key material (PEM blocks) cut out, length bounded."""
+    text = _PEM.sub("[redacted key]", text)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class ComputeApiError(RuntimeError):
-    """Resource Manager refused a request; carries the service's own code and message."""
+    """Resource Manager refused a request, or gave no usable answer; carries the service's own code
+    and message, never a request or response body."""
 
     def __init__(self, action: str, status: int, code: str, message: str) -> None:
-        self.status, self.code = status, code
-        super().__init__(f"{action} failed: HTTP {status} {code}: {message}")
+        self.action, self.status, self.code, self.message = action, status, code, scrub(message, 4 * MESSAGE_LIMIT)
+        where = f"HTTP {status} " if status else ""
+        super().__init__(f"{action} failed: {where}{code}: {self.message}")
+
+
+class ComputeExistsError(ComputeApiError):
+    """A compute of that name exists and this stack did not attach it; nothing was sent."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +100,13 @@ class VirtualMachineAttachment:
     username: str
     private_key_pem: str = field(repr=False)
     resource_id: str | None = None
-    description: str = "Azure Stack Hub VM attached by edge-training"
+    owner: str = ""
+    """The stack that attaches (`project/stack`): written into the description, so a later GET can
+    tell our own compute (a retried create) from someone else's of the same name."""
+
+    @property
+    def description(self) -> str:
+        return f"Azure Stack Hub VM attached by edge-training stack {self.owner}".rstrip()
 
     def body(self) -> dict[str, Any]:
         compute: dict[str, Any] = {
@@ -86,37 +123,94 @@ class VirtualMachineAttachment:
         return {"location": self.location, "properties": compute}
 
 
-def _error(action: str, response: HttpResponse) -> ComputeApiError:
+def _json(action: str, response: HttpResponse) -> dict[str, Any]:
+    """The body as a JSON object, or a ComputeApiError that says so (without the body)."""
     try:
-        error = response.json().get("error", {})
-    except (ValueError, AttributeError):
-        error = {}
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise ComputeApiError(
+            action,
+            response.status_code,
+            "MalformedResponse",
+            f"the answer is not a JSON object ({len(response.content or b'')} bytes, "
+            f"Content-Type {response.headers.get('Content-Type', 'none')!r})",
+        )
+    return body
+
+
+def _error(action: str, response: HttpResponse) -> ComputeApiError:
+    """ARM's `{"error": {"code", "message"}}`; only those two fields are ever quoted."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    error = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(error, dict):
+        return ComputeApiError(action, response.status_code, "Unknown", "the answer carries no ARM error object")
     return ComputeApiError(
-        action, response.status_code, error.get("code", "Unknown"), error.get("message", response.text()[:500])
+        action,
+        response.status_code,
+        scrub(str(error.get("code") or "Unknown"), 100),
+        scrub(str(error.get("message") or "")),
     )
 
 
+def _state(compute: dict[str, Any]) -> str:
+    properties = compute.get("properties")
+    return str(properties.get("provisioningState", "Unknown")) if isinstance(properties, dict) else "Unknown"
+
+
+def _description(compute: dict[str, Any]) -> str:
+    properties = compute.get("properties")
+    return str(properties.get("description") or "") if isinstance(properties, dict) else ""
+
+
+def _provisioning_errors(compute: dict[str, Any]) -> str:
+    properties = compute.get("properties")
+    errors = properties.get("provisioningErrors") if isinstance(properties, dict) else None
+    parts = []
+    for entry in errors if isinstance(errors, list) else []:
+        error = entry.get("error") if isinstance(entry, dict) else None
+        if isinstance(error, dict):
+            parts.append(f"{error.get('code', '')}: {error.get('message', '')}")
+    return scrub("; ".join(parts))
+
+
 class ComputeClient:
-    """Attach, read and detach computes of one Resource Manager endpoint."""
+    """Attach, read and detach computes of one Resource Manager endpoint. Every call takes the
+    `Deadline` it must finish within."""
 
     def __init__(
         self,
         credential: TokenCredential,
-        endpoint: str = PUBLIC_ARM_ENDPOINT,
+        cloud: Cloud = PUBLIC,
         transport: HttpTransport | None = None,
         retry_total: int = 6,
         poll_seconds: float = 10.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        # 408, 429, 5xx and connection errors are retried with exponential backoff; Resource
+        # Manager's Retry-After takes precedence, unless it would end past the deadline.
+        self._retry = DeadlineRetryPolicy(
+            Deadline(0),
+            CONNECT_TIMEOUT,
+            READ_TIMEOUT,
+            retry_total=retry_total,
+            retry_backoff_factor=1.0,
+            retry_backoff_max=60,
+        )
         policies = [
             HeadersPolicy(),
             UserAgentPolicy(base_user_agent="edge-training"),
-            # 408, 429 and 5xx are retried with exponential backoff; a Retry-After (or
-            # retry-after-ms) header from Resource Manager takes precedence over the backoff.
-            RetryPolicy(retry_total=retry_total, retry_backoff_factor=1.0, retry_backoff_max=60),
-            BearerTokenCredentialPolicy(credential, ARM_SCOPE),
+            self._retry,
+            # The token audience is the cloud's own, from its metadata (clients/cloud.py), never
+            # public Azure's hard-coded.
+            BearerTokenCredentialPolicy(credential, cloud.arm_scope),
         ]
-        self._client = PipelineClient(base_url=endpoint, policies=policies, transport=transport)
+        self._endpoint = cloud.resource_manager.rstrip("/")
+        self._client = PipelineClient(base_url=self._endpoint, policies=policies, transport=transport)
         self._poll_seconds = poll_seconds
         self._sleep = sleep
 
@@ -129,7 +223,16 @@ class ComputeClient:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def _send(self, method: str, ref: ComputeRef, body: dict[str, Any] | None = None, **query: str) -> HttpResponse:
+    def _send(
+        self,
+        action: str,
+        method: str,
+        ref: ComputeRef,
+        deadline: Deadline,
+        body: dict[str, Any] | None = None,
+        **query: str,
+    ) -> HttpResponse:
+        self._retry.deadline = deadline
         request = HttpRequest(
             method,
             self._client.format_url(ref.path),
@@ -137,54 +240,89 @@ class ComputeClient:
             json=body,
             headers={"Accept": "application/json"},
         )
-        return self._client.send_request(request)
+        try:
+            return self._client.send_request(request)
+        except DeadlineExceeded as error:
+            raise ComputeApiError(action, 0, "Timeout", str(error)) from None
+        except AzureError as error:
+            # azure-core's messages name the URL and the transport's error, never the body.
+            raise ComputeApiError(action, 0, type(error).__name__, f"{self._endpoint}: {error.message}") from None
 
-    def get(self, ref: ComputeRef) -> dict[str, Any] | None:
+    def get(self, ref: ComputeRef, deadline: Deadline) -> dict[str, Any] | None:
         """The compute, or None when the workspace has none by that name."""
-        response = self._send("GET", ref)
+        action = f"GET compute {ref.name!r} of workspace {ref.workspace!r}"
+        response = self._send(action, "GET", ref, deadline)
         if response.status_code == 404:
             return None
         if response.status_code != 200:
-            raise _error(f"GET compute {ref.name}", response)
-        return response.json()
+            raise _error(action, response)
+        return _json(action, response)
 
-    def attach(self, ref: ComputeRef, attachment: VirtualMachineAttachment, deadline_seconds: float) -> dict[str, Any]:
-        """PUT the compute and wait until it is provisioned; on Failed, raise the service's errors."""
-        response = self._send("PUT", ref, attachment.body())
+    def attach(self, ref: ComputeRef, attachment: VirtualMachineAttachment, deadline: Deadline) -> dict[str, Any]:
+        """GET, then PUT the compute and wait until it is provisioned; on Failed, raise the service's
+        errors; at the deadline, a ComputeApiError with code "Timeout".
+
+        The PUT replaces a compute of the same name (Compute_CreateOrUpdate at 2025-12-01: "This
+        call will overwrite a compute if it exists. [...] If your intent is to create a new
+        compute, do a GET first to verify that it does not exist yet"), so a compute this stack
+        did not attach is refused before anything is sent.
+
+        A compute that the PUT created and that then fails, or is still provisioning at the
+        deadline, is detached again (within `CLEANUP_SECONDS` of its own): left behind, it would
+        block the next attach under this name."""
+        action = f"attach compute {ref.name!r} to workspace {ref.workspace!r}"
+        existing = self.get(ref, deadline)
+        if existing is not None and _description(existing) != attachment.description:
+            raise ComputeExistsError(
+                action,
+                0,
+                "ComputeExists",
+                f"workspace {ref.workspace!r} already has a compute named {ref.name!r} that this stack did not "
+                f"attach (state {_state(existing)}); nothing was changed. Choose another name (config computeName), "
+                f"or, if it is a leftover of this stack, detach it first: az ml compute detach --name {ref.name} "
+                f"--workspace-name {ref.workspace} --resource-group {ref.resource_group}",
+            )
+        response = self._send(action, "PUT", ref, deadline, attachment.body())
         if response.status_code not in (200, 201):
-            raise _error(f"attach compute {ref.name}", response)
-        compute = response.json()
-        end = time.monotonic() + deadline_seconds
-        while (state := _state(compute)) not in TERMINAL_STATES:
-            if time.monotonic() > end:
+            raise _error(action, response)
+        try:
+            compute = _json(action, response)
+            while (state := _state(compute)) not in TERMINAL_STATES:
+                left = deadline.remaining()
+                if left > 0:
+                    self._sleep(min(self._poll_seconds, left))
+                if deadline.expired():
+                    raise ComputeApiError(action, 0, "Timeout", f"still {state} after {deadline.seconds:g}s")
+                compute = self.get(ref, deadline) or {}
+            if state != "Succeeded":
                 raise ComputeApiError(
-                    f"attach compute {ref.name}", 0, "Timeout", f"still {state} after {deadline_seconds:.0f}s"
+                    action, 200, f"Provisioning{state}", _provisioning_errors(compute) or "the service gave no reason"
                 )
-            self._sleep(self._poll_seconds)
-            compute = self.get(ref) or {}
-        if state != "Succeeded":
-            errors = compute.get("properties", {}).get("provisioningErrors") or []
-            messages = "; ".join(
-                f"{e.get('error', {}).get('code', '')}: {e.get('error', {}).get('message', '')}" for e in errors
-            )
-            raise ComputeApiError(
-                f"attach compute {ref.name}", 200, f"Provisioning{state}", messages or json.dumps(compute)
-            )
+        except ComputeApiError as error:
+            raise self._undo(ref, error, Deadline(CLEANUP_SECONDS, deadline.clock)) from None
+        log.debug("compute %s attached: %s", ref.name, redact(compute))
         return compute
 
-    def detach(self, ref: ComputeRef, deadline_seconds: float = 600.0) -> None:
+    def _undo(self, ref: ComputeRef, error: ComputeApiError, deadline: Deadline) -> ComputeApiError:
+        """Detach what the PUT created; `error` again, saying whether that worked."""
+        try:
+            self.detach(ref, deadline)
+        except ComputeApiError as cleanup:
+            note = f"; detaching it again failed too ({cleanup}): detach it by hand before the next attempt"
+        else:
+            note = "; it was detached again"
+        return ComputeApiError(error.action, error.status, error.code, error.message + note)
+
+    def detach(self, ref: ComputeRef, deadline: Deadline) -> None:
         """Detach (never delete the machine); a compute that is already gone is fine."""
-        response = self._send("DELETE", ref, underlyingResourceAction="Detach")
+        action = f"detach compute {ref.name!r} from workspace {ref.workspace!r}"
+        response = self._send(action, "DELETE", ref, deadline, underlyingResourceAction="Detach")
         if response.status_code == 404:
             return
         if response.status_code not in (200, 202, 204):
-            raise _error(f"detach compute {ref.name}", response)
-        end = time.monotonic() + deadline_seconds
-        while response.status_code == 202 and self.get(ref) is not None:
-            if time.monotonic() > end:
-                raise ComputeApiError(f"detach compute {ref.name}", 202, "Timeout", "still present")
-            self._sleep(self._poll_seconds)
-
-
-def _state(compute: dict[str, Any]) -> str:
-    return str(compute.get("properties", {}).get("provisioningState", "Unknown"))
+            raise _error(action, response)
+        while response.status_code == 202 and self.get(ref, deadline) is not None:
+            left = deadline.remaining()
+            if left <= 0:
+                raise ComputeApiError(action, 202, "Timeout", f"still present after {deadline.seconds:g}s")
+            self._sleep(min(self._poll_seconds, left))

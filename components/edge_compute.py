@@ -13,6 +13,7 @@ import logging
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import pulumi
 from cryptography.hazmat.primitives import serialization
@@ -28,17 +29,25 @@ from pulumi.dynamic import (
 )
 from pulumi.runtime import rpc
 
+from clients import ssh
+from clients.cloud import PUBLIC, discover
+from clients.credentials import credential_from_environment
+from clients.deadline import Deadline
 from components import naming
-from components.azureml_computes import (
-    PUBLIC_ARM_ENDPOINT,
-    ComputeApiError,
-    ComputeClient,
-    ComputeRef,
-    VirtualMachineAttachment,
+from components.azureml_computes import ComputeClient, ComputeRef, VirtualMachineAttachment
+from components.ssh_preflight import (
+    HOST_KEY_FIX,
+    PreflightError,
+    PreflightTarget,
+    host_key_fingerprints,
+    run_preflight,
 )
-from components.ssh_preflight import PreflightError, PreflightTarget, host_key_fingerprint, run_preflight
 
 log = logging.getLogger(__name__)
+
+PUBLIC_ARM_ENDPOINT = PUBLIC.resource_manager.rstrip("/")
+HOST_KEY_SECONDS = 30.0
+"""How long refresh and update wait for the VM's host keys."""
 
 # An attached compute cannot be updated in place: any of these means detach and attach again,
 # under the same name, so the old one must go first.
@@ -100,15 +109,17 @@ class EdgeComputeProvider(ResourceProvider):
     """check, create (preflight + attach), diff, read (refresh), update, delete (detach)."""
 
     def _client(self, props: dict[str, Any]) -> ComputeClient:
-        from azure.identity import DefaultAzureCredential
+        """Signed in the way the azure-native provider is (ARM_* variables, clients/credentials.py),
+        for the audience the endpoint's own metadata names (clients/cloud.py): nothing per cloud
+        is hard-coded."""
+        cloud = discover(props.get("armEndpoint") or PUBLIC_ARM_ENDPOINT)
+        return ComputeClient(credential_from_environment(cloud=cloud), cloud)
 
-        return ComputeClient(DefaultAzureCredential(), endpoint=props.get("armEndpoint") or PUBLIC_ARM_ENDPOINT)
+    def _preflight(self, target: PreflightTarget, deadline: Deadline) -> Any:
+        return run_preflight(target, deadline=deadline)
 
-    def _preflight(self, target: PreflightTarget) -> Any:
-        return run_preflight(target)
-
-    def _host_key(self, address: str, port: int) -> str:
-        return host_key_fingerprint(address, port)
+    def _host_keys(self, address: str, port: int) -> dict[str, str]:
+        return host_key_fingerprints(address, port, HOST_KEY_SECONDS)
 
     @staticmethod
     def _ref(props: dict[str, Any]) -> ComputeRef:
@@ -141,42 +152,44 @@ class EdgeComputeProvider(ResourceProvider):
         key = news.get("privateKey")
         if _known(key) and (reason := _check_private_key(key)):
             fail("privateKey", reason)
+        endpoint = news.get("armEndpoint")
+        if _known(endpoint) and (urlsplit(str(endpoint)).scheme != "https" or not urlsplit(str(endpoint)).hostname):
+            fail("armEndpoint", f"{endpoint!r} is not an https URL")
         for required in ("subscriptionId", "resourceGroupName", "workspaceName", "location"):
             if required in news and news[required] in ("", None):
                 fail(required, "is required")
         return CheckResult(news, failures)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        expected = props.get("expectedHostKeyFingerprint") or None
-        result = self._preflight(
-            PreflightTarget(
-                address=props["address"],
-                port=int(props["sshPort"]),
-                username=props["adminUsername"],
-                private_key=props["privateKey"],
-                expected_fingerprint=expected,
-                deadline_seconds=float(props["deadlineSeconds"]),
-                min_free_disk_gb=float(props["minFreeDiskGb"]),
-                first_boot_marker=props["firstBootMarker"],
-            )
-        )
-        ref = self._ref(props)
-        attachment = VirtualMachineAttachment(
-            location=props["location"],
-            address=props["address"],
-            ssh_port=int(props["sshPort"]),
-            username=props["adminUsername"],
-            private_key_pem=to_traditional_pem(props["privateKey"]),
-            resource_id=props.get("resourceId") or None,
-        )
+        # One deadline end to end: preflight, the GET, the PUT and the wait for Succeeded.
+        deadline = Deadline(float(props["deadlineSeconds"]))
+        # The client first: a wrong endpoint or incomplete ARM_* variables fail now, not after
+        # waiting out the VM's first boot.
         with self._client(props) as client:
-            try:
-                compute = client.attach(ref, attachment, float(props["deadlineSeconds"]))
-            except ComputeApiError as error:
-                if error.code.startswith("Provisioning"):
-                    # A compute left in Failed state would block the next attach under this name.
-                    client.detach(ref)
-                raise
+            result = self._preflight(
+                PreflightTarget(
+                    address=props["address"],
+                    port=int(props["sshPort"]),
+                    username=props["adminUsername"],
+                    private_key=props["privateKey"],
+                    expected_fingerprint=props.get("expectedHostKeyFingerprint") or None,
+                    deadline_seconds=float(props["deadlineSeconds"]),
+                    min_free_disk_gb=float(props["minFreeDiskGb"]),
+                    first_boot_marker=props["firstBootMarker"],
+                ),
+                deadline,
+            )
+            ref = self._ref(props)
+            attachment = VirtualMachineAttachment(
+                location=props["location"],
+                address=props["address"],
+                ssh_port=int(props["sshPort"]),
+                username=props["adminUsername"],
+                private_key_pem=to_traditional_pem(props["privateKey"]),
+                resource_id=props.get("resourceId") or None,
+                owner=str(props.get("owner") or ""),
+            )
+            compute = client.attach(ref, attachment, deadline)
         return CreateResult(
             id_=compute.get("id") or ref.path, outs=self._outs(props, compute, result.host_key_fingerprint)
         )
@@ -209,16 +222,22 @@ class EdgeComputeProvider(ResourceProvider):
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         # Only preflight settings changed (deadline, disk threshold, marker, expected key). A newly
-        # expected host key must match the VM now, before it is accepted into state.
+        # expected host key must be one the VM offers now, before it is accepted into state.
         fingerprint = olds.get("hostKeyFingerprint", "")
         expected = news.get("expectedHostKeyFingerprint") or None
         if expected and expected != fingerprint:
-            seen = self._host_key(news["address"], int(news["sshPort"]))
-            if seen != expected:
+            address, port = news["address"], int(news["sshPort"])
+            try:
+                offered = self._host_keys(address, port)
+            except ssh.SshError as error:
                 raise PreflightError(
-                    "host-key", f"the VM presents {seen}, not {expected}", "check sshHostKeyFingerprint"
+                    "host-key", f"cannot check the new sshHostKeyFingerprint: {error}", "retry when the VM is up"
+                ) from None
+            if expected not in offered.values():
+                raise PreflightError(
+                    "host-key", str(ssh.HostKeyMismatch(address, port, expected, offered)), HOST_KEY_FIX
                 )
-            fingerprint = seen
+            fingerprint = expected
         outs = {k: v for k, v in news.items() if k != "privateKey"}
         outs.update({k: olds.get(k) for k in OUTPUTS})
         outs["hostKeyFingerprint"] = fingerprint
@@ -226,7 +245,7 @@ class EdgeComputeProvider(ResourceProvider):
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         with self._client(props) as client:
-            compute = client.get(self._ref(props))
+            compute = client.get(self._ref(props), Deadline(float(props.get("deadlineSeconds") or 900)))
         if compute is None:
             log.warning(
                 "compute %s is no longer attached to workspace %s", props["computeName"], props["workspaceName"]
@@ -234,15 +253,16 @@ class EdgeComputeProvider(ResourceProvider):
             return ReadResult(id_=None, outs={})
         recorded = props.get("hostKeyFingerprint")
         if recorded:
+            address, port = props["address"], int(props["sshPort"])
             try:
-                seen = self._host_key(props["address"], int(props["sshPort"]))
-            except OSError as error:
-                log.warning("could not reach %s to verify its host key (%s)", props["address"], error)
+                offered = self._host_keys(address, port)
+            except ssh.SshError as error:
+                log.warning("could not reach %s to verify its host key (%s)", address, error)
             else:
-                if seen != recorded:
+                if recorded not in offered.values():
                     raise PreflightError(
                         "host-key",
-                        f"{props['address']} now presents host key {seen}; {recorded} was recorded at attach",
+                        f"{ssh.HostKeyMismatch(address, port, recorded, offered)} (recorded at attach)",
                         "if the VM was rebuilt on purpose, replace the compute; otherwise investigate",
                     )
         outs = dict(props)
@@ -251,7 +271,7 @@ class EdgeComputeProvider(ResourceProvider):
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
         with self._client(props) as client:
-            client.detach(self._ref(props))
+            client.detach(self._ref(props), Deadline(float(props.get("deadlineSeconds") or 900)))
 
 
 @dataclass(frozen=True)
@@ -272,6 +292,8 @@ class EdgeComputeArgs:
     min_free_disk_gb: int = 20
     resource_id: str | None = None
     arm_endpoint: str = PUBLIC_ARM_ENDPOINT
+    owner: str | None = None
+    """`project/stack` written into the compute's description; defaults to this stack."""
 
 
 class EdgeCompute(pulumi.dynamic.Resource, module="edge-training", name="EdgeCompute"):
@@ -300,6 +322,7 @@ class EdgeCompute(pulumi.dynamic.Resource, module="edge-training", name="EdgeCom
             "minFreeDiskGb": args.min_free_disk_gb,
             "resourceId": args.resource_id,
             "armEndpoint": args.arm_endpoint,
+            "owner": args.owner or f"{pulumi.get_project()}/{pulumi.get_stack()}",
             **dict.fromkeys(OUTPUTS),
         }
         super().__init__(

@@ -1,24 +1,29 @@
 """Check the edge VM over SSH before it is attached: reachable, the key works, the host key is the
-expected one, first boot is done, Docker works without sudo, and there is room on disk."""
+expected one, first boot is done, Docker works without sudo, and there is room on disk.
+
+All of it within one deadline (`deadlineSeconds`): SSH itself is `clients/ssh.py`, which retries
+TCP, handshake and sign-in until then; every remote command here gets at most what is left.
+"""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import io
 import logging
 import shlex
-import socket
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import paramiko
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from clients import ssh
+from clients.deadline import Clock, Deadline, Sleep, retry_until
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
-Sleep = Callable[[float], None]
+COMMAND_TIMEOUT = 60.0
+"""At most this per remote command, less when the deadline is nearer."""
 
 
 class PreflightError(RuntimeError):
@@ -49,154 +54,122 @@ class PreflightResult:
     free_disk_gb: float
 
 
-def fingerprint(key: paramiko.PKey) -> str:
-    """SHA256 fingerprint as `ssh-keygen -lf` prints it."""
-    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
-
-
 def load_private_key(text: str) -> paramiko.PKey:
-    """An RSA key in PEM or OpenSSH format (config only admits RSA: Azure ML attaches with RSA)."""
-    return paramiko.RSAKey.from_private_key(io.StringIO(text))
+    """An unencrypted RSA key in any of the formats ssh-keygen and openssl write (OpenSSH,
+    traditional PEM, PKCS#8); Azure ML attaches with RSA only. Read by `cryptography`, because
+    paramiko's own PEM reader refuses PKCS#8 ("BEGIN PRIVATE KEY").
+
+    Helper "config"'s clients/ssh_keys.py `parse_private_key` is meant to become the one place
+    that parses keys; this then calls it."""
+    data = text.encode()
+    try:
+        key = (
+            serialization.load_ssh_private_key(data, password=None)
+            if b"OPENSSH PRIVATE KEY" in data
+            else serialization.load_pem_private_key(data, password=None)
+        )
+    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
+        raise PreflightError(
+            "ssh-key",
+            f"sshPrivateKey is not an unencrypted private key ({type(error).__name__})",
+            "set sshPrivateKey to the private half of hubSshPublicKey (OpenSSH or PEM format, no passphrase)",
+        ) from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise PreflightError(
+            "ssh-key", "sshPrivateKey is not an RSA key", "Azure ML attaches with RSA keys: ssh-keygen -t rsa -b 4096"
+        )
+    return paramiko.RSAKey(key=key)
 
 
-class _PinnedHostKey(paramiko.MissingHostKeyPolicy):
-    """Accept the server's key only if it matches the expected fingerprint; with none expected
-    (first use), accept and remember it. No known_hosts is loaded, so every connection comes here."""
-
-    def __init__(self, expected: str | None) -> None:
-        self.expected = expected
-        self.seen: str | None = None
-
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        self.seen = fingerprint(key)
-        if self.expected is not None and self.seen != self.expected:
-            raise PreflightError(
-                "host-key",
-                f"{hostname} presented host key {self.seen}, expected {self.expected}",
-                "if the VM was rebuilt on purpose, set sshHostKeyFingerprint to the new key "
-                "(ssh-keygen -lf on the VM's /etc/ssh/ssh_host_*_key.pub); otherwise do not connect: "
-                "something else answers at this address",
-            )
+HOST_KEY_FIX = (
+    "if the VM was rebuilt on purpose, set sshHostKeyFingerprint to its new key (ssh-keygen -lf on the VM's "
+    "/etc/ssh/ssh_host_*_key.pub); otherwise do not connect: something else answers at this address"
+)
 
 
-def _until(attempt: Callable[[float], bool], end: float, clock: Clock, sleep: Sleep, first_delay: float) -> bool:
-    """Call `attempt(seconds_left)` until it returns True or `end` passes, backing off
-    exponentially (doubling from `first_delay`, at most 30 s, never past `end`)."""
-    delay = first_delay
-    while True:
-        if attempt(max(0.1, end - clock())):
-            return True
-        remaining = end - clock()
-        if remaining <= 0:
-            return False
-        sleep(min(delay, remaining))
-        delay = min(delay * 2, 30.0)
-
-
-def wait_for_port(
-    address: str, port: int, deadline_seconds: float, clock: Clock = time.monotonic, sleep: Sleep = time.sleep
-) -> None:
-    """Until the port accepts TCP, with exponential backoff (1 s doubling to 30 s), up to the deadline."""
-    errors: list[OSError] = []
-
-    def connects(seconds_left: float) -> bool:
-        try:
-            with socket.create_connection((address, port), timeout=min(10.0, seconds_left)):
-                return True
-        except OSError as error:
-            errors.append(error)
-            return False
-
-    if not _until(connects, clock() + deadline_seconds, clock, sleep, first_delay=1.0):
+def connect(
+    target: PreflightTarget, deadline: Deadline, sleep: Sleep = time.sleep, first_delay: float = 1.0
+) -> ssh.SshSession:
+    """An authenticated session whose host key was verified, waiting for sshd until the deadline."""
+    key = load_private_key(target.private_key)
+    try:
+        return ssh.connect(
+            target.address, target.port, target.username, key, target.expected_fingerprint, deadline, sleep, first_delay
+        )
+    except ssh.HostKeyMismatch as error:
+        raise PreflightError("host-key", str(error), HOST_KEY_FIX) from None
+    except ssh.SshAuthRefused as error:
+        raise PreflightError(
+            "ssh-auth",
+            str(error),
+            "the VM's admin key (hubSshPublicKey) must be the public half of sshPrivateKey, "
+            "and hubAdminUsername the VM's admin user",
+        ) from None
+    except ssh.SshUnreachable as error:
         raise PreflightError(
             "ssh-reachable",
-            f"{address}:{port} did not accept connections within {deadline_seconds:.0f}s ({errors[-1]})",
-            "check that the VM is running, that hubSshSourceCidrs includes where this runs from, "
-            "and that sshPort is right",
-        )
+            str(error),
+            "check that the VM is running and sshd started, that hubSshSourceCidrs includes where this runs "
+            "from, and that sshPort is right",
+        ) from None
 
 
 class _Session:
-    def __init__(self, client: paramiko.SSHClient) -> None:
-        self.client = client
+    """Remote commands within the preflight's deadline, each failing as the check that ran it."""
 
-    def run(self, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
-        _, stdout, stderr = self.client.exec_command(command, timeout=timeout)
-        out, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
-        return stdout.channel.recv_exit_status(), out.strip(), err.strip()
+    def __init__(self, session: ssh.SshSession, deadline: Deadline) -> None:
+        self.session, self.deadline = session, deadline
 
-
-def connect(target: PreflightTarget, timeout: float = 15.0) -> tuple[paramiko.SSHClient, str]:
-    """An authenticated SSH client whose host key was verified, and that key's fingerprint."""
-    policy = _PinnedHostKey(target.expected_fingerprint)
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(policy)
-    try:
-        client.connect(
-            target.address,
-            port=target.port,
-            username=target.username,
-            pkey=load_private_key(target.private_key),
-            look_for_keys=False,
-            allow_agent=False,
-            timeout=timeout,
-            banner_timeout=timeout,
-            auth_timeout=timeout,
-        )
-    except PreflightError:
-        client.close()
-        raise
-    except paramiko.AuthenticationException as error:
-        client.close()
-        raise PreflightError(
-            "ssh-auth",
-            f"{target.username}@{target.address} refused the key ({error})",
-            "the VM's admin key (hubSshPublicKey) must be the public half of sshPrivateKey, "
-            "and hubAdminUsername the VM's admin user",
-        ) from error
-    except (paramiko.SSHException, OSError) as error:
-        client.close()
-        raise PreflightError(
-            "ssh-connect", f"SSH to {target.address}:{target.port} failed ({error})", "check that sshd runs on the VM"
-        ) from error
-    if policy.seen is None:  # cannot happen with no known_hosts loaded; never trust an unseen key
-        client.close()
-        raise PreflightError("host-key", "the server's host key was never checked", "report this as a bug")
-    return client, policy.seen
-
-
-def host_key_fingerprint(address: str, port: int, timeout: float = 15.0) -> str:
-    """The server's host key fingerprint, without authenticating."""
-    with socket.create_connection((address, port), timeout=timeout) as sock:
-        transport = paramiko.Transport(sock)
+    def run(self, check: str, command: str) -> tuple[int, str, str]:
+        if self.deadline.expired():
+            raise PreflightError(
+                check,
+                f"no time left of the {self.deadline.seconds:g}s deadline to run `{command}`",
+                "raise attachDeadlineSeconds",
+            )
         try:
-            transport.start_client(timeout=timeout)
-            return fingerprint(transport.get_remote_server_key())
-        finally:
-            transport.close()
+            result = self.session.run(command, timeout=self.deadline.cap(COMMAND_TIMEOUT))
+        except ssh.CommandTimedOut as error:
+            raise PreflightError(check, str(error), f"run `{command}` on the VM by hand to see why it hangs") from None
+        except ssh.SshError as error:
+            raise PreflightError(check, str(error), "check that the VM is still running") from None
+        return result.status, result.stdout, result.stderr
 
 
-def run_preflight(target: PreflightTarget, clock: Clock = time.monotonic, sleep: Sleep = time.sleep) -> PreflightResult:
-    """Every check in order; the first to fail raises `PreflightError`."""
-    end = clock() + target.deadline_seconds
-    wait_for_port(target.address, target.port, target.deadline_seconds, clock, sleep)
-    client, seen = connect(target)
+def host_key_fingerprints(address: str, port: int, deadline_seconds: float = 30.0) -> dict[str, str]:
+    """Every host key the server offers, by family, without signing in (for refresh and update)."""
     try:
-        session = _Session(client)
-        _wait_for_first_boot(session, target, end, clock, sleep)
-        docker_version = _check_docker(session)
-        free_gb = _check_disk(session, target.min_free_disk_gb)
-    finally:
-        client.close()
+        return ssh.offered_host_keys(address, port, Deadline(deadline_seconds))
+    except (paramiko.SSHException, OSError, EOFError) as error:
+        raise ssh.SshUnreachable(address, port, f"could not read the host keys of {address}:{port} ({error})") from None
+
+
+def run_preflight(
+    target: PreflightTarget,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = time.sleep,
+    deadline: Deadline | None = None,
+) -> PreflightResult:
+    """Every check in order, all within `deadline` (by default `target.deadline_seconds` from now);
+    the first to fail raises `PreflightError`."""
+    deadline = deadline or Deadline(target.deadline_seconds, clock)
+    with connect(target, deadline, sleep) as session:
+        remote = _Session(session, deadline)
+        _wait_for_first_boot(remote, target, deadline, sleep)
+        docker_version = _check_docker(remote)
+        free_gb = _check_disk(remote, target.min_free_disk_gb)
+        seen = session.host_key_fingerprint
     log.info(
         "preflight passed for %s: host key %s, Docker %s, %.1f GiB free", target.address, seen, docker_version, free_gb
     )
     return PreflightResult(host_key_fingerprint=seen, docker_version=docker_version, free_disk_gb=free_gb)
 
 
-def _wait_for_first_boot(session: _Session, target: PreflightTarget, end: float, clock: Clock, sleep: Sleep) -> None:
+def _wait_for_first_boot(session: _Session, target: PreflightTarget, deadline: Deadline, sleep: Sleep) -> None:
     marker = shlex.quote(target.first_boot_marker)
-    if not _until(lambda _left: session.run(f"test -f {marker}")[0] == 0, end, clock, sleep, first_delay=2.0):
+    if not retry_until(
+        lambda: session.run("first-boot", f"test -f {marker}")[0] == 0, deadline, sleep, first_delay=2.0
+    ):
         raise PreflightError(
             "first-boot",
             f"{target.first_boot_marker} did not appear within {target.deadline_seconds:.0f}s",
@@ -206,31 +179,33 @@ def _wait_for_first_boot(session: _Session, target: PreflightTarget, end: float,
 
 
 def _check_docker(session: _Session) -> str:
-    status, _, _ = session.run("command -v docker")
+    status, _, _ = session.run("docker", "command -v docker")
     if status != 0:
         raise PreflightError(
             "docker",
             "docker is not installed (not on the admin user's PATH)",
             "first boot installs it: check its log on the VM, or hubBootstrap if the image lacks cloud-init",
         )
-    status, out, err = session.run("docker info --format '{{.ServerVersion}}'")
+    status, out, err = session.run("docker", "docker info --format '{{.ServerVersion}}'")
     if status != 0:
         hint = (
             "the admin user is not in the docker group yet: first boot adds it; log in again or rerun first boot"
             if "permission denied" in err.lower()
             else "start the daemon: sudo systemctl start docker"
         )
-        raise PreflightError("docker", f"docker info failed for the admin user without sudo: {err or out}", hint)
+        raise PreflightError("docker", f"docker info failed for the admin user without sudo: {_tail(err or out)}", hint)
     return out
 
 
 def _check_disk(session: _Session, min_free_gb: float) -> float:
     # Images and staged data live under /var/lib/docker when it exists, else on the root disk.
-    status, out, err = session.run("df -Pk /var/lib/docker 2>/dev/null || df -Pk /")
+    status, out, err = session.run("disk", "df -Pk /var/lib/docker 2>/dev/null || df -Pk /")
     try:
         free_kib = int(out.splitlines()[-1].split()[3])
     except (IndexError, ValueError):
-        raise PreflightError("disk", f"could not read free space: {err or out!r}", "check df on the VM") from None
+        raise PreflightError(
+            "disk", f"could not read free space: {_tail(err or out)!r}", "check df on the VM"
+        ) from None
     free_gb = free_kib / 1024 / 1024
     if status != 0 or free_gb < min_free_gb:
         raise PreflightError(
@@ -239,3 +214,8 @@ def _check_disk(session: _Session, min_free_gb: float) -> float:
             "grow the OS disk (hubOsDiskSizeGb) or prune images (docker system prune)",
         )
     return free_gb
+
+
+def _tail(text: str, limit: int = 300) -> str:
+    """The end of a command's output, where the reason usually is, short enough for one error line."""
+    return text if len(text) <= limit else "..." + text[-limit:]

@@ -85,9 +85,11 @@ def start_ssh_server(tmp_path: Path) -> Iterator[Callable[..., services.SshServe
         authorized_keys: list[KeyPair],
         path: list[Path | str] | None = None,
         name: str = "sshd",
+        **options: Any,
     ) -> services.SshServer:
+        """`options` go to services.start_sshd (host_key_types, port)."""
         kwargs: dict[str, Any] = {} if path is None else {"path": path}
-        server = services.start_sshd(tmp_path / name, authorized_keys, **kwargs)
+        server = services.start_sshd(tmp_path / name, authorized_keys, **kwargs, **options)
         started.append(server)
         return server
 

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from azure.ai.ml._restclient.arm_ml_service import models as ml
 
+from clients.cloud import Cloud
+from clients.deadline import Deadline
 from components.azureml_computes import (
     API_VERSION,
     ComputeApiError,
@@ -28,7 +30,15 @@ ATTACHMENT = VirtualMachineAttachment(
     ssh_port=22,
     username="azureuser",
     private_key_pem=rsa_key("vm-admin").private_pem,
+    owner="edge-training/dev",
 )
+
+
+def minute() -> Deadline:
+    return Deadline(60)
+
+
+GONE = Reply(404, {"error": {"code": "NotFound", "message": "no such compute"}})
 
 # Which model describes each nested object of a VirtualMachine compute request, at API_VERSION.
 NESTED: dict[type, dict[str, type]] = {
@@ -65,9 +75,8 @@ def transport(arm: ArmEndpoint) -> RecordingTransport:
 
 @pytest.fixture
 def client(arm: ArmEndpoint, transport: RecordingTransport) -> Iterator[ComputeClient]:
-    with ComputeClient(
-        StaticCredential(), endpoint=arm.url, transport=transport, poll_seconds=0, sleep=lambda _: None
-    ) as c:
+    cloud = Cloud(arm.url + "/", "https://login.microsoftonline.com/", "https://management.core.windows.net/")
+    with ComputeClient(StaticCredential(), cloud, transport=transport, poll_seconds=0, sleep=lambda _: None) as c:
         yield c
 
 
@@ -81,11 +90,11 @@ def compute(state: str, **properties: Any) -> dict[str, Any]:
 
 def test_attach_sends_the_documented_request_and_waits_for_success(arm: ArmEndpoint, client: ComputeClient) -> None:
     arm.fake.script("PUT", REF.path, Reply(201, compute("Creating")))
-    arm.fake.script("GET", REF.path, Reply(200, compute("Creating")), Reply(200, compute("Succeeded")))
-    result = client.attach(REF, ATTACHMENT, deadline_seconds=60)
+    arm.fake.script("GET", REF.path, GONE, Reply(200, compute("Creating")), Reply(200, compute("Succeeded")))
+    result = client.attach(REF, ATTACHMENT, Deadline(60))
     assert result["properties"]["provisioningState"] == "Succeeded"
 
-    put = arm.fake.requests[0]
+    put = arm.fake.requests[1]
     assert put.method == "PUT"
     assert put.path == (
         "/subscriptions/11111111-1111-1111-1111-111111111111/resourceGroups/rg-ml/providers/"
@@ -104,7 +113,7 @@ def test_attach_sends_the_documented_request_and_waits_for_success(arm: ArmEndpo
     }
     assert "resourceId" not in vm
     assert schema_problems(put.body) == []
-    assert [r.method for r in arm.fake.requests] == ["PUT", "GET", "GET"]
+    assert [r.method for r in arm.fake.requests] == ["GET", "PUT", "GET", "GET"]
 
 
 def test_a_configured_resource_id_is_sent(arm: ArmEndpoint, client: ComputeClient) -> None:
@@ -112,10 +121,11 @@ def test_a_configured_resource_id_is_sent(arm: ArmEndpoint, client: ComputeClien
         "/subscriptions/11111111-1111-1111-1111-111111111111/resourceGroups/rg/providers/"
         "Microsoft.Compute/virtualMachines/vm"
     )
+    arm.fake.script("GET", REF.path, GONE)
     arm.fake.script("PUT", REF.path, Reply(200, compute("Succeeded")))
-    client.attach(REF, VirtualMachineAttachment(**{**ATTACHMENT.__dict__, "resource_id": vm_id}), 60)
-    assert arm.fake.requests[0].body["properties"]["resourceId"] == vm_id
-    assert schema_problems(arm.fake.requests[0].body) == []
+    client.attach(REF, VirtualMachineAttachment(**{**ATTACHMENT.__dict__, "resource_id": vm_id}), minute())
+    assert arm.fake.requests[1].body["properties"]["resourceId"] == vm_id
+    assert schema_problems(arm.fake.requests[1].body) == []
 
 
 def test_the_schema_check_catches_unknown_and_read_only_fields() -> None:
@@ -133,23 +143,25 @@ def test_throttling_and_outages_are_retried_honouring_retry_after(
     arm: ArmEndpoint, client: ComputeClient, transport: RecordingTransport, status: int, header: str, wait: int
 ) -> None:
     busy = Reply(status, {"error": {"code": "TooBusy", "message": "slow down"}}, {header: str(wait)})
+    arm.fake.script("GET", REF.path, GONE)
     arm.fake.script("PUT", REF.path, busy, Reply(201, compute("Succeeded")))
-    client.attach(REF, ATTACHMENT, 60)
-    assert [r.method for r in arm.fake.requests] == ["PUT", "PUT"]
+    client.attach(REF, ATTACHMENT, Deadline(60))
+    assert [r.method for r in arm.fake.requests] == ["GET", "PUT", "PUT"]
     assert transport.slept == [wait]
 
 
 def test_a_client_error_fails_at_once_with_the_services_message(arm: ArmEndpoint, client: ComputeClient) -> None:
+    arm.fake.script("GET", REF.path, GONE)
     arm.fake.script(
         "PUT",
         REF.path,
         Reply(400, {"error": {"code": "UserError", "message": "Attaching by address is not supported"}}),
     )
     with pytest.raises(ComputeApiError) as caught:
-        client.attach(REF, ATTACHMENT, 60)
+        client.attach(REF, ATTACHMENT, minute())
     assert caught.value.status == 400
     assert "UserError: Attaching by address is not supported" in str(caught.value)
-    assert len(arm.fake.requests) == 1
+    assert [r.method for r in arm.fake.requests] == ["GET", "PUT"]
 
 
 def test_a_provisioning_failure_reports_the_services_errors(arm: ArmEndpoint, client: ComputeClient) -> None:
@@ -157,17 +169,22 @@ def test_a_provisioning_failure_reports_the_services_errors(arm: ArmEndpoint, cl
         "Failed", provisioningErrors=[{"error": {"code": "BadSsh", "message": "cannot log in as azureuser"}}]
     )
     arm.fake.script("PUT", REF.path, Reply(201, compute("Creating")))
-    arm.fake.script("GET", REF.path, Reply(200, failed))
+    arm.fake.script("GET", REF.path, GONE, Reply(200, failed))
+    arm.fake.script("DELETE", REF.path, Reply(200))
     with pytest.raises(ComputeApiError) as caught:
-        client.attach(REF, ATTACHMENT, 60)
+        client.attach(REF, ATTACHMENT, minute())
     assert "BadSsh: cannot log in as azureuser" in str(caught.value)
+    assert "detached again" in str(caught.value)
     assert caught.value.code == "ProvisioningFailed"
+    # A Failed compute left behind would block the next attach under this name.
+    assert [r.method for r in arm.fake.requests] == ["GET", "PUT", "GET", "DELETE"]
+    assert arm.fake.requests[-1].query["underlyingResourceAction"] == ["Detach"]
 
 
 def test_detach_asks_to_detach_never_to_delete(arm: ArmEndpoint, client: ComputeClient) -> None:
     arm.fake.script("DELETE", REF.path, Reply(202))
     arm.fake.script("GET", REF.path, Reply(200, compute("Deleting")), Reply(404, {"error": {"code": "NotFound"}}))
-    client.detach(REF)
+    client.detach(REF, minute())
     delete = arm.fake.requests[0]
     assert delete.method == "DELETE"
     assert delete.query == {"api-version": [API_VERSION], "underlyingResourceAction": ["Detach"]}
@@ -175,11 +192,11 @@ def test_detach_asks_to_detach_never_to_delete(arm: ArmEndpoint, client: Compute
 
 
 def test_detaching_a_compute_that_is_gone_is_success(arm: ArmEndpoint, client: ComputeClient) -> None:
-    arm.fake.script("DELETE", REF.path, Reply(404, {"error": {"code": "NotFound", "message": "no such compute"}}))
-    client.detach(REF)
+    arm.fake.script("DELETE", REF.path, GONE)
+    client.detach(REF, minute())
     assert len(arm.fake.requests) == 1
 
 
 def test_get_of_a_missing_compute_is_none(arm: ArmEndpoint, client: ComputeClient) -> None:
-    arm.fake.script("GET", REF.path, Reply(404, {"error": {"code": "NotFound"}}))
-    assert client.get(REF) is None
+    arm.fake.script("GET", REF.path, GONE)
+    assert client.get(REF, minute()) is None

@@ -4,6 +4,8 @@ a local HTTPS Resource Manager, and what Pulumi stores of it."""
 from __future__ import annotations
 
 import base64
+import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,11 +14,13 @@ import pytest
 from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime import rpc
 
-from components.azureml_computes import API_VERSION, ComputeRef
+from clients.cloud import CloudDiscoveryError
+from clients.credentials import CredentialConfigError
+from components.azureml_computes import API_VERSION, ComputeApiError, ComputeRef
 from components.edge_compute import REPLACE_ON, EdgeComputeProvider, _key_digest
 from components.ssh_preflight import PreflightError
 from tests.harness import services
-from tests.harness.arm_server import TEST_TOKEN, ArmEndpoint, Reply, StaticCredential, serve_arm
+from tests.harness.arm_server import TEST_TOKEN, ArmEndpoint, Recorded, Reply, serve_arm
 from tests.harness.keys import rsa_key
 from tests.harness.pulumi_mocks import Recording
 
@@ -61,6 +65,8 @@ def props(**overrides: Any) -> dict[str, Any]:
         ("privateKey", "-----BEGIN RSA PRIVATE KEY-----\nnope\n-----END RSA PRIVATE KEY-----\n"),
         ("privateKey", __import__("tests.harness.keys", fromlist=["x"]).ed25519_key().private_openssh),
         ("workspaceName", ""),
+        ("armEndpoint", "http://management.azure.com"),
+        ("armEndpoint", "management.azure.com"),
     ],
 )
 def test_check_names_the_bad_property(prop: str, value: Any) -> None:
@@ -108,6 +114,10 @@ def test_identical_inputs_are_no_change() -> None:
         ("adminUsername", "otheradmin"),
         ("privateKey", rsa_key("rotated").private_pem),
         ("resourceId", "/subscriptions/x/resourceGroups/y/providers/Microsoft.Compute/virtualMachines/z"),
+        # An attached compute's location cannot be changed in place, nor can the Resource Manager
+        # it lives in: both mean a new attachment.
+        ("location", "northeurope"),
+        ("armEndpoint", "https://management.usgovcloudapi.net"),
     ],
 )
 def test_changes_to_what_identifies_the_attachment_replace_it_deleting_first(prop: str, value: Any) -> None:
@@ -123,21 +133,68 @@ def test_preflight_settings_change_without_replacement() -> None:
     assert diff.replaces == []
 
 
-def test_every_identifying_property_is_covered() -> None:
-    assert set(REPLACE_ON) >= {"workspaceName", "computeName", "address", "sshPort", "adminUsername", "privateKey"}
+def test_exactly_the_identifying_properties_replace() -> None:
+    """Written out, not derived from REPLACE_ON: dropping one from it must fail here (a test
+    parametrized from the tuple itself would lose the case with the property)."""
+    assert sorted(REPLACE_ON) == sorted(
+        [
+            "subscriptionId",
+            "resourceGroupName",
+            "workspaceName",
+            "location",
+            "computeName",
+            "address",
+            "sshPort",
+            "adminUsername",
+            "privateKey",
+            "resourceId",
+            "armEndpoint",
+        ]
+    )
+
+
+def test_a_new_owner_or_expected_key_is_an_update_not_a_replacement() -> None:
+    diff = EdgeComputeProvider().diff("id", state(), props(owner="org/other", expectedHostKeyFingerprint="SHA256:x"))
+    assert diff.changes is True
+    assert diff.replaces == []
 
 
 # --- end to end: real sshd, local HTTPS Resource Manager ---------------------------------------
 
 
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+SOVEREIGN_AUDIENCE = "https://management.core.usgovcloudapi.net/"
+
+
 @pytest.fixture
 def arm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ArmEndpoint]:
-    """The real provider's own client, pointed at the local endpoint: trust its certificate and
-    hand out a test token instead of DefaultAzureCredential's."""
+    """The real provider's own clients, pointed at the local endpoint, which also serves the cloud
+    metadata (a sovereign cloud's audience) and the token endpoint: the real credential code signs
+    in with the ARM_* variables of the deploy workflow (OIDC, a federated token), as in a pipeline."""
     with serve_arm(tmp_path) as endpoint:
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(endpoint.ca_file))
-        monkeypatch.setattr("azure.identity.DefaultAzureCredential", StaticCredential)
+        for name in [n for n in os.environ if n.startswith(("ARM_", "AZURE_"))]:
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("ARM_CLIENT_ID", "0c1b5c5e-4a4d-4f8e-9d6b-111111111111")
+        monkeypatch.setenv("ARM_TENANT_ID", TENANT)
+        monkeypatch.setenv("ARM_USE_OIDC", "true")
+        monkeypatch.setenv("ARM_OIDC_TOKEN", "github-federated-jwt")
+        endpoint.fake.script(
+            "GET",
+            "/metadata/endpoints",
+            Reply(200, {"authentication": {"loginEndpoint": endpoint.url + "/", "audiences": [SOVEREIGN_AUDIENCE]}}),
+        )
+        endpoint.fake.script(
+            "POST",
+            f"/{TENANT}/oauth2/v2.0/token",
+            Reply(200, {"token_type": "Bearer", "expires_in": 3600, "access_token": TEST_TOKEN}),
+        )
         yield endpoint
+
+
+def compute_requests(arm: ArmEndpoint) -> list[Recorded]:
+    """The requests to the compute API (not the metadata or the sign-in)."""
+    return [r for r in arm.fake.requests if "/computes/" in r.path]
 
 
 @pytest.fixture
@@ -170,7 +227,15 @@ def test_create_preflights_attaches_and_records_the_host_key(arm, vm, ssh_server
     assert result.outs["hostKeyFingerprint"] == ssh_server.host_key_fingerprint
     assert result.outs["provisioningState"] == "Succeeded"
     assert "privateKey" not in result.outs
-    (put,) = arm.fake.requests
+    get, put = compute_requests(arm)
+    # GET before the PUT: the PUT would overwrite a compute of that name.
+    assert (get.method, put.method) == ("GET", "PUT")
+    assert put.headers["authorization"] == f"Bearer {TEST_TOKEN}"
+    # Signed in with the pipeline's ARM_* variables, for the audience the cloud's metadata names.
+    (token,) = [r for r in arm.fake.requests if r.method == "POST"]
+    assert token.body["client_id"] == os.environ["ARM_CLIENT_ID"]
+    assert token.body["client_assertion"] == "github-federated-jwt"
+    assert token.body["scope"] == SOVEREIGN_AUDIENCE + ".default"
     assert put.query == {"api-version": [API_VERSION]}
     assert put.body["properties"]["properties"]["address"] == services.LOOPBACK
     assert put.body["properties"]["properties"]["sshPort"] == ssh_server.port
@@ -185,7 +250,7 @@ def test_an_openssh_format_key_is_sent_to_azure_ml_as_pem(arm, vm) -> None:
     p = props(**vm, armEndpoint=arm.url, privateKey=KEY.private_openssh)
     arm.fake.script("PUT", compute_path(p), Reply(201, succeeded(p)))
     EdgeComputeProvider().create(p)
-    sent = arm.fake.requests[0].body["properties"]["properties"]["administratorAccount"]["privateKeyData"]
+    sent = compute_requests(arm)[1].body["properties"]["properties"]["administratorAccount"]["privateKeyData"]
     assert sent.startswith("-----BEGIN RSA PRIVATE KEY-----")
 
 
@@ -193,7 +258,28 @@ def test_a_failed_preflight_sends_nothing_to_azure(arm, vm) -> None:
     p = props(**vm, armEndpoint=arm.url, expectedHostKeyFingerprint="SHA256:" + "C" * 43)
     with pytest.raises(PreflightError):
         EdgeComputeProvider().create(p)
-    assert arm.fake.requests == []
+    assert compute_requests(arm) == []  # only the cloud's metadata was read
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("unset", "said"), [("ARM_TENANT_ID", "ARM_TENANT_ID"), ("armEndpoint", "is not an https URL")]
+)
+def test_bad_sign_in_settings_fail_before_waiting_for_the_vm(
+    arm, monkeypatch: pytest.MonkeyPatch, unset: str, said: str
+) -> None:
+    """The VM address is a closed port with 900 s to wait: sign-in problems must not wait it out."""
+    with socket.socket() as sock:
+        sock.bind((services.LOOPBACK, 0))
+        closed = float(sock.getsockname()[1])
+    p = props(armEndpoint=arm.url, address=services.LOOPBACK, sshPort=closed, deadlineSeconds=900.0)
+    if unset == "armEndpoint":
+        p["armEndpoint"] = arm.url.replace("https://", "http://")
+    else:
+        monkeypatch.delenv(unset)
+    with pytest.raises((CredentialConfigError, CloudDiscoveryError), match=said):
+        EdgeComputeProvider().create(p)
+    assert compute_requests(arm) == []
 
 
 def test_a_failed_provisioning_is_cleaned_up_and_reported(arm, vm) -> None:
@@ -206,10 +292,11 @@ def test_a_failed_provisioning_is_cleaned_up_and_reported(arm, vm) -> None:
     }
     arm.fake.script("PUT", compute_path(p), Reply(201, failed))
     arm.fake.script("DELETE", compute_path(p), Reply(200))
-    with pytest.raises(Exception, match="SshFailed: auth failed"):
+    with pytest.raises(ComputeApiError, match="SshFailed: auth failed"):
         EdgeComputeProvider().create(p)
-    assert [r.method for r in arm.fake.requests] == ["PUT", "DELETE"]
-    assert arm.fake.requests[1].query["underlyingResourceAction"] == ["Detach"]
+    requests = compute_requests(arm)
+    assert [r.method for r in requests] == ["GET", "PUT", "DELETE"]
+    assert requests[-1].query["underlyingResourceAction"] == ["Detach"]
 
 
 def test_read_sees_a_compute_detached_by_hand(arm) -> None:
@@ -228,11 +315,51 @@ def test_read_verifies_the_recorded_host_key(arm, vm, ssh_server) -> None:
     assert caught.value.check == "host-key"
 
 
+# --- update: a newly expected host key is checked against the VM ----------------------------------
+
+
+@pytest.fixture
+def two_key_vm(start_ssh_server, ssh_user_key, tmp_path: Path) -> services.SshServer:
+    """sshd offering an ed25519 and an RSA host key; clients negotiate ed25519 first."""
+    return start_ssh_server([ssh_user_key], name="two-keys", host_key_types=("ed25519", "rsa"))
+
+
+def updated(server: services.SshServer, expected: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    where = {"address": services.LOOPBACK, "sshPort": float(server.port)}
+    olds = state(**where) | {"hostKeyFingerprint": server.host_key_fingerprints["ed25519"]}
+    return olds, props(**where, expectedHostKeyFingerprint=expected)
+
+
+def test_update_records_a_newly_expected_key_only_if_the_vm_offers_it(two_key_vm) -> None:
+    rsa_fingerprint = two_key_vm.host_key_fingerprints["rsa"]
+    result = EdgeComputeProvider().update("id", *updated(two_key_vm, rsa_fingerprint))
+    assert result.outs["hostKeyFingerprint"] == rsa_fingerprint
+    # Outputs are stored in the state in plain text: never the key, in any field.
+    assert "privateKey" not in result.outs
+    assert not any(KEY.private_pem.splitlines()[1] in str(v) for v in result.outs.values())
+
+
+def test_update_refuses_a_newly_expected_key_the_vm_does_not_offer(two_key_vm) -> None:
+    wrong = "SHA256:" + "E" * 43
+    with pytest.raises(PreflightError) as caught:
+        EdgeComputeProvider().update("id", *updated(two_key_vm, wrong))
+    assert caught.value.check == "host-key"
+    message = str(caught.value)
+    assert wrong in message and two_key_vm.host_key_fingerprints["rsa"] in message
+
+
+def test_update_refuses_a_new_key_when_the_vm_cannot_be_asked(two_key_vm) -> None:
+    olds, news = updated(two_key_vm, two_key_vm.host_key_fingerprints["rsa"])
+    two_key_vm.stop()
+    with pytest.raises(PreflightError, match="cannot check the new sshHostKeyFingerprint"):
+        EdgeComputeProvider().update("id", olds, news)
+
+
 def test_delete_detaches_and_tolerates_a_compute_already_gone(arm) -> None:
     p = state(armEndpoint=arm.url)
     arm.fake.script("DELETE", compute_path(p), Reply(404, {"error": {"code": "NotFound"}}))
     EdgeComputeProvider().delete("id", p)
-    (request,) = arm.fake.requests
+    (request,) = compute_requests(arm)
     assert request.method == "DELETE"
     assert request.query["underlyingResourceAction"] == ["Detach"]
 

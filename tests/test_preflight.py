@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from components.ssh_preflight import PreflightError, PreflightTarget, run_preflight, wait_for_port
+from clients.deadline import Deadline
+from components.ssh_preflight import PreflightError, PreflightTarget, connect, run_preflight
 from tests.harness import services
 from tests.harness.keys import KeyPair, rsa_key
 
@@ -89,8 +90,11 @@ def test_an_unexpected_host_key_is_refused(ssh_server, ssh_user_key, booted, doc
     assert ssh_server.host_key_fingerprint in str(error) and other in str(error)
 
 
-def test_a_wrong_user_key_is_refused(ssh_server, booted, docker_ok) -> None:
-    expect_failure("ssh-auth", target(ssh_server, rsa_key("stranger"), booted))
+def test_a_wrong_user_key_is_refused_at_the_deadline(ssh_server, booted, docker_ok) -> None:
+    """Sign-in is retried (the key may not be installed yet), so the refusal comes at the deadline."""
+    clock = FakeClock()
+    expect_failure("ssh-auth", target(ssh_server, rsa_key("stranger"), booted), clock)
+    assert clock.now == 5.0
 
 
 def test_a_closed_port_fails_within_its_deadline_with_backoff(tmp_path: Path, booted: Path) -> None:
@@ -99,7 +103,10 @@ def test_a_closed_port_fails_within_its_deadline_with_backoff(tmp_path: Path, bo
         closed_port = sock.getsockname()[1]
     clock = FakeClock()
     with pytest.raises(PreflightError) as caught:
-        wait_for_port(services.LOOPBACK, closed_port, deadline_seconds=20, clock=clock, sleep=clock.sleep)
+        t = PreflightTarget(
+            services.LOOPBACK, closed_port, "azureuser", rsa_key("ssh-user").private_pem, None, 20, 0, ""
+        )
+        connect(t, Deadline(20, clock), sleep=clock.sleep)
     assert caught.value.check == "ssh-reachable"
     assert clock.sleeps == [1, 2, 4, 8, 5]  # doubling, the last cut to what is left of the deadline
     assert clock.now == 20

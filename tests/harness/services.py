@@ -152,6 +152,8 @@ class SshServer:
     """SHA256 fingerprint of the server's host key, as ssh-keygen -lf prints it."""
     host_public_key: str
     directory: Path
+    host_key_fingerprints: dict[str, str] = field(default_factory=dict)
+    """Every host key the server offers, by type (ed25519, rsa, ...): the first is `host_key_fingerprint`."""
 
     def stop(self) -> None:
         self.service.stop()
@@ -177,20 +179,24 @@ def start_sshd(
     directory: Path,
     authorized_keys: Iterable[KeyPair],
     path: Sequence[Path | str] = ("/usr/local/bin", "/usr/bin", "/bin"),
+    host_key_types: Sequence[str] = ("ed25519",),
+    port: int | None = None,
 ) -> SshServer:
     """OpenSSH's sshd on 127.0.0.1, key authentication only, for the user running the tests.
 
     `path` becomes PATH in the sessions, so a test can put shims (a fake `docker`) first or leave
-    a command out.
+    a command out. `host_key_types` are the host keys it offers (ssh-keygen -t names); `port`, when
+    given, is the port it must take (a test that holds a port for a server that starts late).
     """
     if not SSHD.exists():
         raise ServiceError(f"{SSHD} is missing: run scripts/setup (it installs openssh-server)")
     directory.mkdir(parents=True, exist_ok=True)
-    host_key = directory / "ssh_host_ed25519_key"
-    if not host_key.exists():
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test-host", "-f", str(host_key)], check=True
-        )
+    host_keys = [directory / f"ssh_host_{kind}_key" for kind in host_key_types]
+    for kind, host_key in zip(host_key_types, host_keys, strict=True):
+        if not host_key.exists():
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", "test-host", "-f", str(host_key)], check=True
+            )
     authorized = directory / "authorized_keys"
     authorized.write_text("".join(f"{k.public_openssh}\n" for k in authorized_keys))
     authorized.chmod(0o600)
@@ -199,16 +205,17 @@ def start_sshd(
         # sshd refuses to start as root without its privilege separation directory.
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
 
+    requested_port = port
     last_error: ServiceError | None = None
     for _attempt in range(3):  # another process may take the free port before sshd binds it
-        port = _free_port()
+        port = _free_port() if requested_port is None else requested_port
         config = directory / "sshd_config"
         config.write_text(
             "\n".join(
                 [
                     f"Port {port}",
                     f"ListenAddress {LOOPBACK}",
-                    f"HostKey {host_key}",
+                    *(f"HostKey {host_key}" for host_key in host_keys),
                     f"PidFile {directory / 'sshd.pid'}",
                     f"AuthorizedKeysFile {authorized}",
                     f"AllowUsers {user}",
@@ -230,10 +237,10 @@ def start_sshd(
             service.wait_for_line(re.compile(rf"Server listening on {re.escape(LOOPBACK)} port {port}"))
         except ServiceError as error:
             last_error = error
-            if "Address already in use" in "\n".join(service.log):
+            if "Address already in use" in "\n".join(service.log) and requested_port is None:
                 continue
             raise
-        host_pub = host_key.with_suffix(".pub")
+        host_pub = host_keys[0].with_suffix(".pub")
         return SshServer(
             service=service,
             port=port,
@@ -241,6 +248,9 @@ def start_sshd(
             host_key_fingerprint=_fingerprint(host_pub),
             host_public_key=host_pub.read_text().strip(),
             directory=directory,
+            host_key_fingerprints={
+                kind: _fingerprint(key.with_suffix(".pub")) for kind, key in zip(host_key_types, host_keys, strict=True)
+            },
         )
     raise ServiceError(f"sshd could not bind a free port: {last_error}")
 
