@@ -517,3 +517,44 @@ def test_bodies_the_versions_model_refuses_are_refused_by_the_stand_in(
     with pytest.raises(HubArmError, match="InvalidRequestContent"):
         provider.create(nsg(hub, properties={"securityRules": [], "flushConnection": True}))  # newer than 2018-11-01
     assert hub.resources == {}
+
+
+def test_the_stand_in_holds_the_order_a_hub_holds(
+    hub: HubArm, provider: HubArmResourceProvider, program: Callable[..., Recording]
+) -> None:
+    """Why the lifecycle's order matters: a reference to a missing resource and the deletion of a
+    resource in use are refused, as on a Hub."""
+    engine = Engine(provider, hub)
+    declared = dict(engine.declared(program()))
+    with pytest.raises(HubArmError, match="InvalidResourceReference"):  # a NIC before its subnet
+        engine.up([("hub-network-nic", declared["hub-network-nic"])], hub.url)
+    engine.up(list(engine.declared(program())), hub.url)
+    nsg_id, nsg_outs = engine.state["hub-network-nsg"]
+    with pytest.raises(HubArmError, match="InUseNetworkSecurityGroupCannotBeDeleted"):
+        provider.delete(nsg_id, nsg_outs)
+    engine.destroy()
+    assert hub.resources == {}
+
+
+def test_an_unregistered_provider_is_reported_not_registered_at_another_version(
+    hub: HubArm, provider: HubArmResourceProvider
+) -> None:
+    """azure-mgmt-core's default pipeline would register the provider at api-version 2016-02-01;
+    on a Hub the operator registers providers through offers, and we send only the profile's versions."""
+    hub.inject(
+        "PUT",
+        r"nsg-edge-test$",
+        Reply(
+            409,
+            {
+                "error": {
+                    "code": "MissingSubscriptionRegistration",
+                    "message": "The subscription is not registered to use namespace 'Microsoft.Network'.",
+                }
+            },
+        ),
+    )
+    with pytest.raises(HubArmError, match="MissingSubscriptionRegistration"):
+        provider.create(nsg(hub))
+    assert hub.outside_profile() == []
+    assert not [r for r in hub.requests if "register" in r.path]
