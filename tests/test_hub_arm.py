@@ -4,18 +4,25 @@ lifecycle of the program's own resources, retries, interruptions and failures, s
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import dill
+import grpc
 import pytest
 from azure.core import PipelineClient
 from azure.core.rest import HttpRequest
+from google.protobuf import struct_pb2
 from pulumi.dynamic.dynamic import serialize_provider
-from pulumi.runtime import rpc
+from pulumi.runtime import proto, rpc
+from pulumi.runtime.proto import provider_pb2_grpc
 
 from clients.arm import RETRY_AFTER_MAX, ArmClient, ArmError
 from clients.cloud import discover
@@ -560,3 +567,54 @@ def test_an_unregistered_provider_is_reported_not_registered_at_another_version(
         provider.create(nsg(hub))
     assert hub.outside_profile() == []
     assert not [r for r in hub.requests if "register" in r.path]
+
+
+# --- the provider in Pulumi's own dynamic provider host -------------------------------------------
+
+
+ROOT = Path(__file__).resolve().parent.parent
+URN = "urn:pulumi:dev::edge-training::pulumi-python:dynamic/edge-training:HubArmResource::hub-network-nsg"
+
+
+def test_the_provider_runs_in_pulumis_dynamic_provider_host(hub: HubArm) -> None:
+    """What `pulumi up` does with the resource: the provider pickled into the inputs, unpickled by
+    `python -m pulumi.dynamic` in another process, driven over gRPC. No transport travels: the
+    host trusts the stand-in's CA through REQUESTS_CA_BUNDLE, as an operator would for a Hub
+    whose certificates come from an enterprise CA."""
+    hub.retry_after = "0.05"  # real waits in this process
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("HUB_ARM_")},
+        "REQUESTS_CA_BUNDLE": str(hub.ca_file),
+        "HUB_ARM_CLIENT_ID": hub.client_id,
+        "HUB_ARM_CLIENT_SECRET": hub.client_secret,
+    }
+    host = subprocess.Popen(
+        [sys.executable, "-m", "pulumi.dynamic"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        port = int(host.stdout.readline())
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        stub = provider_pb2_grpc.ResourceProviderStub(channel)
+        props = {**nsg(hub), "__provider": serialize_provider(HubArmResourceProvider())}
+        loop = asyncio.new_event_loop()  # not asyncio.run: it would unset the loop Pulumi's mocks use
+        try:
+            news = loop.run_until_complete(rpc.serialize_properties(props, {}))
+        finally:
+            loop.close()
+        checked = stub.Check(proto.CheckRequest(urn=URN, olds=struct_pb2.Struct(), news=news))
+        assert list(checked.failures) == []
+        created = stub.Create(proto.CreateRequest(urn=URN, properties=checked.inputs))
+        assert created.id.endswith("/networkSecurityGroups/nsg-edge-test")
+        outputs = rpc.deserialize_properties(created.properties)
+        assert outputs["observedProperties"]["provisioningState"] == "Succeeded"
+        diff = stub.Diff(proto.DiffRequest(urn=URN, id=created.id, olds=created.properties, news=checked.inputs))
+        assert diff.changes == proto.DiffResponse.DIFF_NONE
+        read = stub.Read(proto.ReadRequest(urn=URN, id=created.id, properties=created.properties))
+        assert read.id == created.id
+        stub.Delete(proto.DeleteRequest(urn=URN, id=created.id, properties=read.properties))
+        channel.close()
+    finally:
+        host.terminate()
+        host.wait(timeout=10)
+    assert hub.resources == {}
+    assert hub.outside_profile() == []

@@ -135,6 +135,8 @@ class HubArm:
     faults: list[Fault] = field(default_factory=list)
     failing_provisioning: dict[str, tuple[str, str]] = field(default_factory=dict)
     tokens: set[str] = field(default_factory=set)
+    retry_after: str = "1"
+    """What operation answers say in Retry-After (clients in tests record waits instead of sleeping)."""
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     def transport(self) -> RecordingTransport:
@@ -382,11 +384,15 @@ class _Arm:
         if (failure := self.hub.failing_provisioning.pop(name.lower(), None)) is not None:
             operation.failure = failure
         if kind == "storageAccounts":  # 202, no body, Location (azure-rest-api-specs storage.json)
-            return Reply(202, None, {"Location": self._status_url(operation, "asyncoperations"), "Retry-After": "1"})
+            return Reply(
+                202,
+                None,
+                {"Location": self._status_url(operation, "asyncoperations"), "Retry-After": self.hub.retry_after},
+            )
         return Reply(
             200 if existing else 201,
             self._view(key, kind),
-            {"Azure-AsyncOperation": self._status_url(operation, "operations"), "Retry-After": "1"},
+            {"Azure-AsyncOperation": self._status_url(operation, "operations"), "Retry-After": self.hub.retry_after},
         )
 
     def delete(self, key: str, namespace: str, kind: str) -> Reply:
@@ -403,7 +409,9 @@ class _Arm:
         self.hub.resources[key]["properties"]["provisioningState"] = "Deleting"
         operation = self._operation(key, "delete", namespace, kind)
         status = self._status_url(operation, "operations")
-        return Reply(202, None, {"Azure-AsyncOperation": status, "Location": status, "Retry-After": "1"})
+        return Reply(
+            202, None, {"Azure-AsyncOperation": status, "Location": status, "Retry-After": self.hub.retry_after}
+        )
 
     def _operation(self, key: str, action: str, namespace: str, kind: str) -> Operation:
         operation = Operation(str(uuid.uuid4()), key, action, namespace, kind)
@@ -435,7 +443,7 @@ class _Arm:
         operation.polls += 1
         if not operation.done and operation.polls >= 2:
             self._finish(operation)
-        retry = {"Retry-After": "1"}
+        retry = {"Retry-After": self.hub.retry_after}
         if collection == "asyncoperations":  # Location polling: 202 until done, then the resource
             if not operation.done:
                 return Reply(202, None, {**retry, "Location": self._status_url(operation, collection)})
