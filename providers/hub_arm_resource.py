@@ -87,6 +87,28 @@ IMMUTABLE: Mapping[tuple[str, str], tuple[tuple[str, ...], ...]] = {
     ("Microsoft.Compute", "extensions"): (("properties", "publisher"), ("properties", "type")),
 }
 
+# What Resource Manager requires of each type at these versions (the models' `required`), checked
+# before any request so that a missing field is named here rather than by a 400 mid-deployment.
+REQUIRED: Mapping[tuple[str, str], tuple[tuple[str, ...], ...]] = {
+    ("Microsoft.Storage", "storageAccounts"): (("location",), ("sku", "name"), ("kind",)),
+    ("Microsoft.Network", "networkSecurityGroups"): (("location",),),
+    ("Microsoft.Network", "virtualNetworks"): (("location",), ("properties", "addressSpace")),
+    ("Microsoft.Network", "publicIPAddresses"): (("location",),),
+    ("Microsoft.Network", "networkInterfaces"): (("location",), ("properties", "ipConfigurations")),
+    ("Microsoft.Compute", "virtualMachines"): (
+        ("location",),
+        ("properties", "hardwareProfile", "vmSize"),
+        ("properties", "storageProfile"),
+        ("properties", "networkProfile"),
+    ),
+    ("Microsoft.Compute", "extensions"): (
+        ("location",),
+        ("properties", "publisher"),
+        ("properties", "type"),
+        ("properties", "typeHandlerVersion"),
+    ),
+}
+
 _SEGMENT = re.compile(r"[^/?#%\\\s]+")
 _PATH = re.compile(r"[^?#%\\\s]+")
 _API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?")
@@ -277,6 +299,12 @@ class HubArmResourceProvider(ResourceProvider):
                 for key, value in tags.items():
                     if _known(value) and not isinstance(value, str):
                         fail("tags", f"tag {key!r} must be a string")
+        required = REQUIRED.get((str(news.get("resourceProviderNamespace")), str(news.get("resourceType"))), ())
+        if not failures and not _contains_unknown(news.get("properties")):
+            merged = {**news, "properties": body_of(news)["properties"]}
+            for path in required:
+                if _dig(merged, path) in (None, "", {}, []):
+                    fail(path[0], f"{'.'.join(path)} is required for {news['resourceType']}")
         public, secret = news.get("properties"), news.get("secretProperties")
         if isinstance(public, Mapping) and isinstance(secret, Mapping):
             overlap = [k for k in secret if k in public and not isinstance(public[k], Mapping)]

@@ -391,6 +391,7 @@ def test_an_in_place_image_change_is_refused_by_the_hub_hence_the_replace(
         ({"tags": {"owner": 3}}, "tags", "must be a string"),
         ({"identityProvider": "okta"}, "identityProvider", "not one of"),
         ({"secretProperties": "s3cr3t-value"}, "secretProperties", "must be an object, not str"),
+        ({"location": None}, "location", "location is required for networkSecurityGroups"),
     ],
 )
 def test_check_names_the_bad_field_before_any_request(
@@ -400,6 +401,13 @@ def test_check_names_the_bad_field_before_any_request(
     assert [(f.property, said in f.reason) for f in result.failures] == [(field, True)], result.failures
     assert "s3cr3t-value" not in " ".join(f.reason for f in result.failures)
     assert hub.requests == []
+
+
+def test_check_requires_what_the_type_requires(hub: HubArm, provider: HubArmResourceProvider) -> None:
+    vm = vm_inputs(hub, hardwareProfile={})
+    assert [(f.property, f.reason) for f in provider.check({}, vm).failures] == [
+        ("properties", "properties.hardwareProfile.vmSize is required for virtualMachines")
+    ]
 
 
 def test_check_lets_unknown_values_through_during_preview(hub: HubArm, provider: HubArmResourceProvider) -> None:
