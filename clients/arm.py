@@ -171,7 +171,12 @@ class ArmClient:
         response = pipeline_response.http_response
         if response.status_code not in (200, 201, 202):
             self._raise_for(f"PUT {path}", response)
-        if response.status_code in (200, 201) and self._succeeded(_json(response)):
+        # Finished already only when nothing says otherwise: a 201 may carry an operation to follow
+        # even without a provisioningState in its body.
+        announced = response.status_code == 201 and any(
+            h in response.headers for h in ("Azure-AsyncOperation", "Location")
+        )
+        if response.status_code in (200, 201) and not announced and self._succeeded(_json(response)):
             return dict(_json(response) or {})
         result = self._wait(f"PUT {path}", pipeline_response)
         return dict(result) if isinstance(result, Mapping) else self.get(path, api_version) or {}

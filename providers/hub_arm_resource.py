@@ -37,7 +37,7 @@ from pulumi.dynamic import (
 from pulumi.runtime import rpc
 
 from clients.arm import ArmClient, ArmError
-from clients.cloud import discover
+from clients.cloud import CloudDiscoveryError, discover
 from clients.credentials import HUB_PREFIX, credential_from_environment
 
 log = logging.getLogger(__name__)
@@ -334,7 +334,7 @@ class HubArmResourceProvider(ResourceProvider):
                 resource = self._put_and_settle(client, path, version, props)
         except HubArmError:
             raise
-        except (ArmError, ValueError) as error:
+        except (ArmError, CloudDiscoveryError, ValueError) as error:
             raise self._redacted(error, props) from None
         return CreateResult(id_=str(resource.get("id") or path), outs=self._outs(props, resource))
 
@@ -367,7 +367,7 @@ class HubArmResourceProvider(ResourceProvider):
                 resource = self._put_and_settle(client, arm_path(news), str(news["apiVersion"]), news)
         except HubArmError:
             raise
-        except (ArmError, ValueError) as error:
+        except (ArmError, CloudDiscoveryError, ValueError) as error:
             raise self._redacted(error, news) from None
         return UpdateResult(outs=self._outs(news, resource))
 
@@ -377,7 +377,7 @@ class HubArmResourceProvider(ResourceProvider):
                 resource = client.get(arm_path(props), str(props["apiVersion"]))
         except HubArmError:
             raise
-        except (ArmError, ValueError) as error:
+        except (ArmError, CloudDiscoveryError, ValueError) as error:
             raise self._redacted(error, props) from None
         if resource is None:
             log.warning("%s is gone from the Hub", arm_path(props))
@@ -395,7 +395,7 @@ class HubArmResourceProvider(ResourceProvider):
                     log.info("%s was already gone", arm_path(props))
         except HubArmError:
             raise
-        except (ArmError, ValueError) as error:
+        except (ArmError, CloudDiscoveryError, ValueError) as error:
             raise self._redacted(error, props) from None
 
     @staticmethod
