@@ -16,14 +16,17 @@ from the `HUB_ARM_*` variables (clients/credentials.py).
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
+from azure.core.credentials import TokenCredential
 from azure.core.pipeline.transport import HttpTransport
 from pulumi.dynamic import (
     CheckFailure,
@@ -37,7 +40,7 @@ from pulumi.dynamic import (
 from pulumi.runtime import rpc
 
 from clients.arm import ArmClient, ArmError
-from clients.cloud import CloudDiscoveryError, discover
+from clients.cloud import Cloud, CloudDiscoveryError, discover
 from clients.credentials import HUB_PREFIX, credential_from_environment
 
 log = logging.getLogger(__name__)
@@ -193,6 +196,10 @@ def body_of(props: Mapping[str, Any]) -> dict[str, Any]:
     return body
 
 
+_SESSIONS: dict[tuple[Any, ...], tuple[Cloud, TokenCredential]] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
 class HubArmError(RuntimeError):
     """What went wrong with one Hub resource, with every secret input value blanked out."""
 
@@ -214,6 +221,24 @@ class HubArmResourceProvider(ResourceProvider):
     # --- clients, made per call -----------------------------------------------------------------
 
     def _client(self, props: Mapping[str, Any]) -> ArmClient:
+        cloud, credential = self._session(props)
+        return ArmClient(cloud, credential, transport=self._transport)
+
+    def _session(self, props: Mapping[str, Any]) -> tuple[Cloud, TokenCredential]:
+        """The Hub's metadata and a credential for it, once per process and sign-in: every call of
+        a deployment would otherwise read the metadata and fetch a token again (three requests,
+        two of them to AD FS). Kept in memory only, never in the pickled provider."""
+        environment = sorted((k, v) for k, v in os.environ.items() if k.startswith(HUB_PREFIX))
+        key = (
+            str(props["armEndpoint"]),
+            str(props.get("identityProvider")),
+            str(props.get("tenantId")),
+            hashlib.sha256(repr(environment).encode()).hexdigest(),
+            id(self._transport),
+        )
+        with _SESSIONS_LOCK:
+            if key in _SESSIONS:
+                return _SESSIONS[key]
         cloud = discover(str(props["armEndpoint"]), transport=self._transport)
         wanted_adfs = props.get("identityProvider") == "adfs"
         if cloud.uses_adfs != wanted_adfs:
@@ -229,7 +254,8 @@ class HubArmResourceProvider(ResourceProvider):
             transport=self._transport,
             tenant_id=None if wanted_adfs else (props.get("tenantId") or None),
         )
-        return ArmClient(cloud, credential, transport=self._transport)
+        with _SESSIONS_LOCK:
+            return _SESSIONS.setdefault(key, (cloud, credential))
 
     @staticmethod
     def _redacted(error: Exception, props: Mapping[str, Any]) -> HubArmError:
