@@ -64,9 +64,9 @@ def vm_properties(settings: HubSettings, computer_name: str, nic_id: pulumi.Inpu
 
 
 def custom_script_properties(script: str) -> dict[str, Any]:
-    # CustomScript for Linux at 2.0: the version Hubs syndicate from the marketplace, and the one
-    # every Linux CustomScript in Azure/AzureStack-QuickStart-Templates names. With
-    # autoUpgradeMinorVersion a Hub that offers 2.1 still runs it. The script travels in
+    # CustomScript for Linux at 2.0, the version Hubs syndicate (issue 10); with
+    # autoUpgradeMinorVersion a Hub that has a newer 2.x minor version uses that. A Hub without
+    # the requested handler version refuses the extension. The script travels in
     # protectedSettings, which stay secret.
     return {
         "publisher": "Microsoft.Azure.Extensions",

@@ -248,7 +248,7 @@ def deployed_script(recording: Recording) -> str:
     properties = body(extension)["properties"]
     assert properties["publisher"] == "Microsoft.Azure.Extensions"
     assert properties["type"] == "CustomScript"
-    # 2.0: what Hubs syndicate (every AzureStack-QuickStart-Templates Linux CustomScript names it).
+    # 2.0: what Hubs syndicate.
     assert properties["typeHandlerVersion"] == "2.0"
     vm = by_type(recording, "virtualMachines")
     assert extension.inputs["parentResourcePath"] == f"virtualMachines/{vm.inputs['resourceName']}"
