@@ -347,17 +347,12 @@ class HubArmResourceProvider(ResourceProvider):
                 version = str(props["apiVersion"])
                 existing = client.get(path, version)
                 if existing is not None and not self._ours(existing, props):
-                    raise HubArmError(
-                        f"{path} already exists on the Hub and is not this stack's (its tags differ). Delete it or "
-                        "choose another name; to manage it here, import it once with the resource option "
-                        f"import_={path!r}, or, if an interrupted `pulumi up` created it, run `pulumi refresh` "
-                        "and import the pending create with that id"
-                    )
+                    raise HubArmError(self._exists_message(path, props))
                 if existing is not None:
-                    # An earlier run of this stack created it and was interrupted before it could
-                    # record it (same tags, hence same project and stack): finish the job.
-                    log.warning("%s exists from an interrupted run of this stack; adopting it", path)
-                resource = self._put_and_settle(client, path, version, props)
+                    # This stack's tags: an earlier run created it and was interrupted before it
+                    # could record it, or an operator tagged it to hand it over. Finish the job.
+                    log.warning("%s exists with this stack's tags; adopting it", path)
+                resource = self._put_and_settle(client, path, version, props, creating=True)
         except HubArmError:
             raise
         except (ArmError, CloudDiscoveryError, ValueError) as error:
@@ -365,18 +360,33 @@ class HubArmResourceProvider(ResourceProvider):
         return CreateResult(id_=str(resource.get("id") or path), outs=self._outs(props, resource))
 
     @staticmethod
+    def _exists_message(path: str, props: Mapping[str, Any]) -> str:
+        # Pulumi cannot import into a dynamic resource (pulumi/pulumi#16175: the provider is not in
+        # an import's inputs), so the way to import is to mark the resource as this stack's.
+        tags = props.get("tags") or {}
+        if not tags:
+            return f"{path} already exists on the Hub; delete it or choose another name"
+        wanted = ", ".join(f"{k}={v}" for k, v in sorted(tags.items()))
+        return (
+            f"{path} already exists on the Hub and is not this stack's. Delete it or choose another name; "
+            f"to import it into this stack instead, give it these tags and run again: {wanted}"
+        )
+
+    @staticmethod
     def _ours(existing: Mapping[str, Any], props: Mapping[str, Any]) -> bool:
         wanted = props.get("tags") or {}
         actual = existing.get("tags") or {}
         return bool(wanted) and all(actual.get(k) == v for k, v in wanted.items())
 
-    def _put_and_settle(self, client: ArmClient, path: str, version: str, props: Mapping[str, Any]) -> dict[str, Any]:
+    def _put_and_settle(
+        self, client: ArmClient, path: str, version: str, props: Mapping[str, Any], creating: bool
+    ) -> dict[str, Any]:
         try:
             resource = client.put(path, version, body_of(props))
         except ArmError as error:
-            if error.status is not None and error.status < 500 and error.code not in ("OperationTimedOut",):
-                # A provisioning failure leaves a Failed resource behind, which would block the
-                # next run under this name: remove it, then report.
+            if creating and error.status is not None and error.status < 500:
+                # A failed create leaves a Failed resource behind, which would block the next run
+                # under this name: remove it, then report. (A failed update keeps the resource.)
                 failed = client.get(path, version)
                 if failed is not None and _dig(failed, ("properties", "provisioningState")) == "Failed":
                     log.warning("removing %s, left in Failed state", path)
@@ -390,7 +400,7 @@ class HubArmResourceProvider(ResourceProvider):
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         try:
             with self._client(news) as client:
-                resource = self._put_and_settle(client, arm_path(news), str(news["apiVersion"]), news)
+                resource = self._put_and_settle(client, arm_path(news), str(news["apiVersion"]), news, creating=False)
         except HubArmError:
             raise
         except (ArmError, CloudDiscoveryError, ValueError) as error:

@@ -333,10 +333,12 @@ def test_an_interrupted_create_is_finished_by_the_rerun(hub: HubArm) -> None:
 def test_someone_elses_resource_is_not_taken_over(hub: HubArm, provider: HubArmResourceProvider) -> None:
     provider.create(nsg(hub, tags={"project": "other", "stack": "prod"}))
     hub.requests.clear()
-    with pytest.raises(HubArmError, match=r"already exists.*import_=") as raised:
+    with pytest.raises(HubArmError, match=r"already exists.*to import it.*project=edge-training, stack=test"):
         provider.create(nsg(hub))
-    assert arm_path(nsg(hub)) in str(raised.value)
     assert not [r for r in hub.requests if r.method == "PUT"]
+    # Tagged as this stack's (how an operator imports it), the next run adopts it.
+    hub.resources[arm_path(nsg(hub)).lower()]["tags"] = {"project": "edge-training", "stack": "test"}
+    assert provider.create(nsg(hub)).id.lower() == arm_path(nsg(hub)).lower()
 
 
 def test_a_failed_provisioning_is_removed_so_a_rerun_can_create_it(
@@ -348,6 +350,15 @@ def test_a_failed_provisioning_is_removed_so_a_rerun_can_create_it(
     assert hub.resources == {}  # the Failed leftover was deleted
     provider.create(nsg(hub))
     assert len(hub.resources) == 1
+
+
+def test_a_failed_update_keeps_the_resource(hub: HubArm, provider: HubArmResourceProvider) -> None:
+    created = provider.create(nsg(hub))
+    hub.fail_provisioning("nsg-edge-test", "InternalOperationError", "update failed")
+    news = nsg(hub, tags={"project": "edge-training", "stack": "test", "owner": "x"})
+    with pytest.raises(HubArmError, match="update failed"):
+        provider.update(created.id, created.outs or {}, news)
+    assert arm_path(nsg(hub)).lower() in hub.resources  # never deleted for a failed update
 
 
 def test_refresh_notices_a_resource_deleted_or_retagged_by_hand(hub: HubArm, provider: HubArmResourceProvider) -> None:
