@@ -64,7 +64,7 @@ class HubResourceSpec:
     resource_type: str
     name: str
     resource_group_name: str
-    properties: Mapping[str, Any]
+    properties: pulumi.Input[Mapping[str, Any]]
     hub: HubEndpoint
     parent_resource_path: pulumi.Input[str] = ""
     location: str | None = None
@@ -78,10 +78,12 @@ class HubResourceSpec:
 
 
 def _split_secrets(
-    properties: Mapping[str, Any], paths: tuple[tuple[str, ...], ...]
-) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    properties: pulumi.Input[Mapping[str, Any]], paths: tuple[tuple[str, ...], ...]
+) -> tuple[pulumi.Input[Mapping[str, Any]], dict[str, Any], bool]:
     """(plain properties, secret properties, whether every path could be followed). A path runs
     through plain dicts; one that passes through an Output cannot be split here."""
+    if not isinstance(properties, Mapping):  # the whole body is an Output
+        return properties, {}, not paths
     plain = dict(properties)
     secret: dict[str, Any] = {}
     complete = True

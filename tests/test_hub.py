@@ -269,3 +269,43 @@ def test_hub_outputs_are_exported(recording: Recording) -> None:
     assert exports["hubResourceGroupName"] == "rg-edge-training"
     for key in ("hubStorageAccountId", "hubVmId"):
         assert exports[key], key
+
+
+DECLARE_PROGRAM = """
+import pulumi
+from components.hub_resource import HubEndpoint, HubResourceSpec, declare
+
+hub = HubEndpoint("https://management.hub.example", "sub", "adfs", None)
+secret = pulumi.Output.secret("I2Nsb3VkLWNvbmZpZwo=")
+shapes = {
+    "leaf": {"osProfile": {"adminUsername": "u", "customData": secret}},
+    "branch": {"osProfile": secret.apply(lambda c: {"adminUsername": "u", "customData": c})},
+    "whole": secret.apply(lambda c: {"osProfile": {"adminUsername": "u", "customData": c}}),
+}
+for name, properties in shapes.items():
+    declare(
+        name,
+        HubResourceSpec(
+            namespace="Microsoft.Compute", resource_type="virtualMachines", name=name,
+            resource_group_name="rg", properties=properties, hub=hub, location="local",
+        ),
+        pulumi.ResourceOptions(),
+    )
+"""
+
+
+def test_custom_data_stays_secret_whatever_shape_the_properties_take(tmp_path) -> None:
+    """A component may build the body from secrets in several ways: the custom data alone an
+    Output, a branch of the body, or the whole body. It never ends up in plain state."""
+    from tests.harness import pulumi_mocks
+
+    main = tmp_path / "__main__.py"
+    main.write_text(DECLARE_PROGRAM)
+    recording = pulumi_mocks.run_program({}, main=main)
+    found = {r.name: r for r in recording.of_type(HUB_ARM)}
+    leaf = found["leaf"]
+    assert "customData" not in leaf.inputs["properties"]["osProfile"]  # split out ...
+    assert "secretProperties" in leaf.secret_inputs and "properties" not in leaf.secret_inputs  # ... precisely
+    for name in ("branch", "whole"):  # cannot be split: the whole body is kept secret
+        assert "properties" in found[name].secret_inputs, name
+        assert "properties" in found[name].additional_secret_outputs, name
