@@ -1,4 +1,5 @@
-"""A stand-in for an Azure Stack Hub's Resource Manager, over HTTPS on 127.0.0.1 with a test CA.
+"""A stand-in for an Azure Stack Hub's Resource Manager, over HTTPS on 127.0.0.1 with a test CA,
+and a small engine that drives the Hub ARM provider through the program's resources.
 
 Stateful, and as strict as a Hub where it matters to us:
 - metadata at `api-version=2015-01-01` only (the only format a Hub serves); an AD FS farm for
@@ -40,8 +41,10 @@ from azure.mgmt.compute.v2020_06_01 import models as compute_models
 from azure.mgmt.network.v2018_11_01 import models as network_models
 from azure.mgmt.storage.v2019_06_01 import models as storage_models
 
+from providers.hub_arm_resource import HubArmResourceProvider
 from tests.harness.arm_models import check_body
 from tests.harness.arm_server import Recorded, RecordingTransport, _body, _certificate
+from tests.harness.pulumi_mocks import Recording
 
 METADATA_VERSION = "2015-01-01"
 # Profile 2020-09-01-hybrid, written out again: the stand-in plays the Hub, not our code.
@@ -536,3 +539,102 @@ def serve_hub_arm(
         server.server_close()
         thread.join(timeout=10)
         assert not thread.is_alive(), "the Hub ARM stand-in did not stop"
+
+
+# --- a small engine: the program's HubArmResources, run through the provider in order ----------
+
+HUB_ARM_TYPE = "pulumi-python:dynamic/edge-training:HubArmResource"
+
+
+def _plain(inputs: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in inputs.items() if k != "__provider"}
+
+
+class Engine:
+    """What the Pulumi engine does with the provider, for the program's Hub resources: check,
+    then create/diff/update/replace in dependency order, read on refresh, delete in reverse."""
+
+    def __init__(self, provider: HubArmResourceProvider, hub: HubArm) -> None:
+        self.provider, self.hub = provider, hub
+        self.state: dict[str, tuple[str, dict[str, Any]]] = {}  # name -> (id, outputs)
+        self.order: list[str] = []
+
+    def declared(self, recording: Recording) -> list[tuple[str, dict[str, Any]]]:
+        """The program's Hub resources in dependency order, their mock ids replaced by the ids the
+        Hub gave the resources already created (as the engine resolves outputs)."""
+        resources = recording.of_type(HUB_ARM_TYPE)
+        urns = {r.urn: r for r in resources}
+
+        def deps(resource: Any) -> set[str]:
+            found = set(resource.dependencies) | {u for us in resource.property_dependencies.values() for u in us}
+            expanded = set()
+            for urn in found:
+                if urn in urns:
+                    expanded.add(urn)
+                else:  # a component: its Hub resources
+                    expanded |= {r.urn for r in resources if r.parent == urn}
+            return expanded - {resource.urn}
+
+        ordered: list[Any] = []
+        pending = list(resources)
+        while pending:
+            ready = next(r for r in pending if deps(r) <= {o.urn for o in ordered})
+            ordered.append(ready)
+            pending.remove(ready)
+        return [(r.name, _plain(r.inputs)) for r in ordered]
+
+    def _resolve(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: self._resolve(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self._resolve(v) for v in value]
+        if isinstance(value, str):
+            for name, (id_, _) in self.state.items():
+                mock = f"{name}-id"
+                if value == mock or value.startswith(mock + "/"):
+                    return id_ + value[len(mock) :]
+        return value
+
+    def up(self, declared: list[tuple[str, dict[str, Any]]], endpoint: str) -> dict[str, str]:
+        actions: dict[str, str] = {}
+        for name, raw in declared:
+            news = self._resolve({**raw, "armEndpoint": endpoint})
+            checked = self.provider.check({}, news)
+            assert checked.failures == [], [(f.property, f.reason) for f in checked.failures]
+            if name not in self.state:
+                created = self.provider.create(copy.deepcopy(news))
+                self.state[name] = (created.id, created.outs or {})
+                self.order.append(name)
+                actions[name] = "create"
+                continue
+            id_, olds = self.state[name]
+            diff = self.provider.diff(id_, olds, news)
+            if diff.replaces:
+                assert diff.delete_before_replace
+                self.provider.delete(id_, olds)
+                created = self.provider.create(copy.deepcopy(news))
+                self.state[name] = (created.id, created.outs or {})
+                actions[name] = "replace"
+            elif diff.changes:
+                updated = self.provider.update(id_, olds, copy.deepcopy(news))
+                self.state[name] = (id_, updated.outs or {})
+                actions[name] = "update"
+            else:
+                actions[name] = "same"
+        return actions
+
+    def refresh(self) -> dict[str, Any]:
+        results = {}
+        for name in self.order:
+            id_, outs = self.state[name]
+            read = self.provider.read(id_, outs)
+            results[name] = read
+            if read.id:
+                self.state[name] = (read.id, read.outs or {})
+        return results
+
+    def destroy(self) -> None:
+        for name in reversed(self.order):
+            id_, outs = self.state.pop(name)
+            self.provider.delete(id_, outs)
+        self.order.clear()
