@@ -13,7 +13,6 @@ from components.azure_provider import azure_provider
 from components.config import from_pulumi
 from components.edge_compute import EdgeCompute, EdgeComputeArgs
 from components.hub_network import HubNetwork, HubNetworkArgs
-from components.hub_provider import hub_provider
 from components.hub_storage import HubStorage, HubStorageArgs
 from components.hub_vm import HubVm, HubVmArgs
 from components.ml_workspace import MlWorkspace, MlWorkspaceArgs
@@ -23,11 +22,11 @@ config = from_pulumi()  # validates every key; raises ConfigError before any res
 # 1. Cloud side: Azure ML workspace, its storage, key vault, App Insights, our registry.
 cloud = MlWorkspace("cloud", MlWorkspaceArgs(config.azure, config.tags, azure_provider(config.azure)))
 
-# 2. Edge side: Hub storage for the private data, and an Ubuntu VM with Docker.
-hub = hub_provider(config.hub)
-hub_storage = HubStorage("hub-storage", HubStorageArgs(config.hub, config.tags, hub))
-network = HubNetwork("hub-network", HubNetworkArgs(config.hub, config.stack, config.tags, hub))
-vm = HubVm("hub-vm", HubVmArgs(config.hub, config.stack, network.nic_id, config.tags, hub))
+# 2. Edge side: Hub storage for the private data, and an Ubuntu VM with Docker, each resource
+#    through the Hub's own Resource Manager at its profile's API versions (providers/).
+hub_storage = HubStorage("hub-storage", HubStorageArgs(config.hub, config.tags))
+network = HubNetwork("hub-network", HubNetworkArgs(config.hub, config.stack, config.tags))
+vm = HubVm("hub-vm", HubVmArgs(config.hub, config.stack, network.nic_id, config.tags))
 
 # 3. Attach: preflight the VM over SSH and attach it to the workspace as compute.
 compute = EdgeCompute(

@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-import pulumi_azure_native as azure_native
 
 from components import naming
 from components.config import HubSettings
-from components.hub_resource import HubResourceSpec, declare, property_of
+from components.hub_resource import HubEndpoint, HubResourceSpec, declare, property_of
 
 SUBNET_NAME = "edge"
 SSH_PORT_ON_VM = "22"
@@ -43,7 +42,6 @@ class HubNetworkArgs:
     settings: HubSettings
     stack: str
     tags: Mapping[str, str]
-    provider: azure_native.Provider
 
 
 class HubNetwork(pulumi.ComponentResource):
@@ -58,7 +56,7 @@ class HubNetwork(pulumi.ComponentResource):
     def __init__(self, name: str, args: HubNetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("edge-training:edge:HubNetwork", name, None, opts)
         s = args.settings
-        child = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        child = pulumi.ResourceOptions(parent=self)
 
         def spec(resource_type: str, kind: str, properties: Mapping[str, Any], **extra: Any) -> HubResourceSpec:
             return HubResourceSpec(
@@ -69,6 +67,7 @@ class HubNetwork(pulumi.ComponentResource):
                 location=s.location,
                 properties=properties,
                 tags=args.tags,
+                hub=HubEndpoint.of(s),
                 **extra,
             )
 

@@ -6,10 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_azure_native as azure_native
 
 from components.config import HubSettings
-from components.hub_resource import HubResourceSpec, declare, property_of
+from components.hub_resource import HubEndpoint, HubResourceSpec, declare, property_of
 
 
 def storage_account_spec(settings: HubSettings, tags: Mapping[str, str]) -> HubResourceSpec:
@@ -25,17 +24,23 @@ def storage_account_spec(settings: HubSettings, tags: Mapping[str, str]) -> HubR
         kind="Storage",
         properties={"supportsHttpsTrafficOnly": True},
         tags=tags,
+        hub=HubEndpoint.of(settings),
     )
 
 
-def container_spec(settings: HubSettings) -> HubResourceSpec:
+def container_spec(settings: HubSettings, account_name: pulumi.Input[str]) -> HubResourceSpec:
+    # The path is made from the account's output, not from config: replacing the account (which
+    # deletes its containers) then makes Pulumi replace the container too.
     return HubResourceSpec(
         namespace="Microsoft.Storage",
         resource_type="containers",
-        parent_resource_path=f"storageAccounts/{settings.storage_account_name}/blobServices/default",
+        parent_resource_path=pulumi.Output.from_input(account_name).apply(
+            lambda name: f"storageAccounts/{name}/blobServices/default"
+        ),
         name=settings.data_container_name,
         resource_group_name=settings.resource_group_name,
         properties={"publicAccess": "None"},
+        hub=HubEndpoint.of(settings),
     )
 
 
@@ -43,7 +48,6 @@ def container_spec(settings: HubSettings) -> HubResourceSpec:
 class HubStorageArgs:
     settings: HubSettings
     tags: Mapping[str, str]
-    provider: azure_native.Provider
 
 
 class HubStorage(pulumi.ComponentResource):
@@ -56,14 +60,9 @@ class HubStorage(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: HubStorageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("edge-training:edge:HubStorage", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        child = pulumi.ResourceOptions(parent=self)
         account = declare(f"{name}-account", storage_account_spec(args.settings, args.tags), child)
-        # The container names its account only by path, so the dependency is stated.
-        container = declare(
-            f"{name}-container",
-            container_spec(args.settings),
-            pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[account])),
-        )
+        container = declare(f"{name}-container", container_spec(args.settings, account.name), child)
         self.account_name = account.name
         self.account_id = account.id
         self.blob_endpoint = property_of(account, "primaryEndpoints", "blob")

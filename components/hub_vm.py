@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-import pulumi_azure_native as azure_native
 
 from components import first_boot, naming
 from components.config import HubSettings
-from components.hub_resource import HubResourceSpec, declare
+from components.hub_resource import HubEndpoint, HubResourceSpec, declare
 
 # Sizes with premium storage (DS, DSv2, Fs, Fsv2) take Premium_LRS disks; the others only Standard.
 _PREMIUM_SIZE = re.compile(r"Standard_(DS\d+(_v2)?|F\d+s(_v2)?)")
@@ -65,11 +64,14 @@ def vm_properties(settings: HubSettings, computer_name: str, nic_id: pulumi.Inpu
 
 
 def custom_script_properties(script: str) -> dict[str, Any]:
-    # CustomScript for Linux 2.x is on the Hub marketplace; the script travels in protectedSettings.
+    # CustomScript for Linux at 2.0, the version Hubs syndicate (issue 10); with
+    # autoUpgradeMinorVersion a Hub that has a newer 2.x minor version uses that. A Hub without
+    # the requested handler version refuses the extension. The script travels in
+    # protectedSettings, which stay secret.
     return {
         "publisher": "Microsoft.Azure.Extensions",
         "type": "CustomScript",
-        "typeHandlerVersion": "2.1",
+        "typeHandlerVersion": "2.0",
         "autoUpgradeMinorVersion": True,
         "protectedSettings": first_boot.custom_script_settings(script),
     }
@@ -81,7 +83,6 @@ class HubVmArgs:
     stack: str
     nic_id: pulumi.Input[str]
     tags: Mapping[str, str]
-    provider: azure_native.Provider
 
 
 class HubVm(pulumi.ComponentResource):
@@ -96,7 +97,7 @@ class HubVm(pulumi.ComponentResource):
     def __init__(self, name: str, args: HubVmArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("edge-training:edge:HubVm", name, None, opts)
         s = args.settings
-        child = pulumi.ResourceOptions(parent=self, provider=args.provider)
+        child = pulumi.ResourceOptions(parent=self)
         vm_name = naming.hub_resource_name("vm", args.stack)
         script = first_boot.render_script(s.admin_username, s.docker_version)
         vm = declare(
@@ -109,6 +110,7 @@ class HubVm(pulumi.ComponentResource):
                 location=s.location,
                 properties=vm_properties(s, vm_name, args.nic_id, script),
                 tags=args.tags,
+                hub=HubEndpoint.of(s),
             ),
             child,
         )
@@ -118,14 +120,17 @@ class HubVm(pulumi.ComponentResource):
                 HubResourceSpec(
                     namespace="Microsoft.Compute",
                     resource_type="extensions",
-                    parent_resource_path=f"virtualMachines/{vm_name}",
+                    # From the VM's output: replacing the VM (which deletes its extensions)
+                    # then makes Pulumi replace the extension too.
+                    parent_resource_path=vm.name.apply(lambda name: f"virtualMachines/{name}"),
                     name="first-boot",
                     resource_group_name=s.resource_group_name,
                     location=s.location,
                     properties=custom_script_properties(script),
                     tags=args.tags,
+                    hub=HubEndpoint.of(s),
                 ),
-                pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[vm])),
+                child,
             )
         self.vm_id = vm.id
         self.vm_name = vm.name

@@ -2,7 +2,8 @@
 
 Each check is a plain function over one resource's type and properties, wrapped into a
 `ResourceValidationPolicy`; the same rule covers the typed azure-native resource and the generic
-`resources.Resource` bodies the Hub side declares.
+resources the Hub side declares (`HubArmResource`, and azure-native's generic `resources.Resource`,
+which a stack may still hold), whose bodies have the same shape.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pulumi_policy import (
     Secret,
 )
 
-GENERIC = "azure-native:resources:Resource"
+# ARM resources declared by namespace, type and body: our Hub provider's, and azure-native's.
+HUB_ARM = "pulumi-python:dynamic/edge-training:HubArmResource"
+GENERIC = (HUB_ARM, "azure-native:resources:Resource")
 # Azure Stack Hub profile 2020-09-01-hybrid (the versions components/hub_resource.py uses).
 HUB_API_VERSIONS: Mapping[str, str] = {
     "Microsoft.Storage": "2019-06-01",
@@ -52,7 +55,7 @@ def _plain(value: Any) -> Any:
 
 def _generic(resource_type: str, props: Mapping[str, Any], namespace: str, kind: str) -> bool:
     return (
-        resource_type == GENERIC
+        resource_type in GENERIC
         and props.get("resourceProviderNamespace") == namespace
         and props.get("resourceType") == kind
     )
@@ -123,7 +126,9 @@ def vm_password_authentication_disabled(resource_type: str, props: Mapping[str, 
     if resource_type == "azure-native:compute:VirtualMachine":
         os_profile = props.get("osProfile") or {}
     elif _generic(resource_type, props, "Microsoft.Compute", "virtualMachines"):
-        os_profile = (props.get("properties") or {}).get("osProfile") or {}
+        # A HubArmResource keeps custom data and any password in its (secret) secretProperties.
+        secret = _plain(props.get("secretProperties")) or {}
+        os_profile = {**((props.get("properties") or {}).get("osProfile") or {}), **(secret.get("osProfile") or {})}
     else:
         return
     if os_profile.get("adminPassword"):
@@ -178,7 +183,7 @@ def workspace_uses_our_registry(resource_type: str, props: Mapping[str, Any]) ->
 
 
 def hub_api_versions(resource_type: str, props: Mapping[str, Any]) -> Iterator[str]:
-    if resource_type != GENERIC:
+    if resource_type not in GENERIC:
         return
     namespace, version = props.get("resourceProviderNamespace"), props.get("apiVersion")
     expected = HUB_API_VERSIONS.get(str(namespace))

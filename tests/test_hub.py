@@ -1,5 +1,6 @@
-"""The edge side under mocks: Hub provider, Hub API versions, bodies checked against Microsoft's
-own models of those versions, SSH exposure and password authentication."""
+"""The edge side under mocks: every Hub resource a HubArmResource at its profile's API version,
+bodies (exactly as the provider sends them) checked against Microsoft's own models of those
+versions, secrets kept secret, SSH exposure and password authentication."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from azure.mgmt.network.v2018_11_01 import models as network_models
 from azure.mgmt.storage.v2019_06_01 import models as storage_models
 
 from components import first_boot
+from providers.hub_arm_resource import body_of
 from tests.harness.arm_models import check_body
 from tests.harness.pulumi_mocks import FAKE_PUBLIC_IP, Recording
 
-GENERIC = "azure-native:resources:Resource"
+HUB_ARM = "pulumi-python:dynamic/edge-training:HubArmResource"
 
 # Per Hub resource type: its API version in profile 2020-09-01-hybrid, and Microsoft's model of
 # the request body at that version.
@@ -31,7 +33,6 @@ HUB_TYPES: dict[tuple[str, str], tuple[str, type]] = {
     ("Microsoft.Compute", "virtualMachines"): ("2020-06-01", compute_models.VirtualMachine),
     ("Microsoft.Compute", "extensions"): ("2020-06-01", compute_models.VirtualMachineExtension),
 }
-BODY_FIELDS = ("location", "tags", "sku", "kind", "properties")
 
 
 @pytest.fixture(scope="module", params=["cloud-init", "custom-script"])
@@ -43,7 +44,7 @@ def recording(request: pytest.FixtureRequest) -> Recording:
 
 
 def hub_resources(recording: Recording) -> list[Any]:
-    return recording.of_type(GENERIC)
+    return recording.of_type(HUB_ARM)
 
 
 def by_type(recording: Recording, resource_type: str) -> Any:
@@ -53,17 +54,22 @@ def by_type(recording: Recording, resource_type: str) -> Any:
 
 
 def body(resource: Any) -> dict[str, Any]:
-    return {k: resource.inputs[k] for k in BODY_FIELDS if resource.inputs.get(k) is not None}
+    """The body the provider PUTs for this resource (plain and secret properties together)."""
+    return body_of(resource.inputs)
 
 
-def test_every_hub_resource_uses_the_hub_provider_and_its_profile_api_version(recording: Recording) -> None:
-    hub = next(r for r in recording.of_type("pulumi:providers:azure-native") if r.name == "hub")
+def hub_components(recording: Recording) -> list[Any]:
+    return [r for r in recording.resources if r.type.startswith("edge-training:edge:Hub")]
+
+
+def test_every_hub_resource_is_a_hub_arm_resource_at_its_profile_api_version(recording: Recording) -> None:
     declared = set()
     for resource in hub_resources(recording):
         key = (resource.inputs["resourceProviderNamespace"], resource.inputs["resourceType"])
         assert key in HUB_TYPES, f"{resource.name}: {key} has no Hub API version on record"
         assert resource.inputs["apiVersion"] == HUB_TYPES[key][0], resource.name
-        assert resource.provider_urn == hub.urn, resource.name
+        assert resource.provider_urn == "", resource.name  # the dynamic provider, nothing of azure-native
+        assert resource.delete_before_replace, resource.name  # ARM names are identities
         declared.add(key)
     expected = set(HUB_TYPES)
     if recording.one("edge-training:edge:HubVm") and not any(
@@ -71,9 +77,10 @@ def test_every_hub_resource_uses_the_hub_provider_and_its_profile_api_version(re
     ):
         expected.discard(("Microsoft.Compute", "extensions"))
     assert declared == expected
-    # And no Hub resource slipped through a typed class (which would send a newer version).
-    typed = {r.type for r in recording.resources if r.provider_urn == hub.urn}
-    assert typed == {GENERIC}
+    # And no Hub resource slipped through an azure-native class (which would send a newer version).
+    children = {r.type for c in hub_components(recording) for r in recording.children_of(c)}
+    assert children == {HUB_ARM}
+    assert not [r for r in recording.of_type("pulumi:providers:azure-native") if r.name != "azure"]
 
 
 def test_every_hub_body_is_valid_for_microsofts_model_of_its_api_version(recording: Recording) -> None:
@@ -100,33 +107,56 @@ def test_the_model_check_catches_what_the_api_version_refuses(model_type, bad_bo
     assert any(problem in p for p in problems), problems
 
 
-def test_hub_provider_targets_the_hubs_resource_manager(recording: Recording) -> None:
-    hub = next(r for r in recording.of_type("pulumi:providers:azure-native") if r.name == "hub")
-    assert hub.inputs["metadataHost"] == "management.local.azurestack.external"
-    assert hub.inputs["location"] == "local"
-    assert hub.inputs["subscriptionId"] == "00000000-0000-0000-0000-000000000001"
-    assert hub.inputs["tenantId"] == "00000000-0000-0000-0000-000000000002"
-    assert "disableInstanceDiscovery" not in hub.inputs
+def test_every_hub_resource_targets_the_hubs_resource_manager(recording: Recording) -> None:
+    for resource in hub_resources(recording):
+        assert resource.inputs["armEndpoint"] == "https://management.local.azurestack.external", resource.name
+        assert resource.inputs["subscriptionId"] == "00000000-0000-0000-0000-000000000001", resource.name
+        assert resource.inputs["tenantId"] == "00000000-0000-0000-0000-000000000002", resource.name
+        assert resource.inputs["identityProvider"] == "azuread", resource.name
+        assert resource.inputs["resourceGroupName"] == "rg-edge-training", resource.name
 
 
-def test_adfs_hubs_use_the_adfs_tenant_without_instance_discovery(run_stack) -> None:
+def test_adfs_hubs_sign_in_at_adfs_without_a_tenant(run_stack) -> None:
     recording = run_stack({"hubIdentityProvider": "adfs", "hubTenantId": None})
-    hub = next(r for r in recording.of_type("pulumi:providers:azure-native") if r.name == "hub")
-    assert hub.inputs["tenantId"] == "adfs"
-    assert hub.inputs["disableInstanceDiscovery"] == "true"  # provider inputs travel as strings
+    for resource in hub_resources(recording):
+        assert resource.inputs["identityProvider"] == "adfs", resource.name
+        assert resource.inputs.get("tenantId") is None, resource.name
 
 
-def test_hub_service_principal_comes_from_its_own_variables_and_stays_secret(run_stack, monkeypatch) -> None:
+def test_no_hub_credential_reaches_the_state(run_stack, monkeypatch) -> None:
+    """The provider reads HUB_ARM_* when it talks to the Hub; the program never passes them on."""
     monkeypatch.setenv("HUB_ARM_CLIENT_ID", "hub-app")
     monkeypatch.setenv("HUB_ARM_CLIENT_SECRET", "hub-secret-value")
     monkeypatch.setenv("ARM_CLIENT_SECRET", "cloud-secret-value")
     recording = run_stack()
-    hub = next(r for r in recording.of_type("pulumi:providers:azure-native") if r.name == "hub")
-    assert hub.inputs["clientId"] == "hub-app"
-    assert hub.inputs["clientSecret"] == "hub-secret-value"
-    assert "clientSecret" in hub.secret_inputs
-    cloud = next(r for r in recording.of_type("pulumi:providers:azure-native") if r.name == "azure")
-    assert "clientSecret" not in cloud.inputs  # the cloud provider reads ARM_* itself, nothing in state
+    for resource in recording.resources:
+        recorded = json.dumps(resource.inputs)
+        assert "hub-secret-value" not in recorded and "hub-app" not in recorded, resource.name
+        assert "cloud-secret-value" not in recorded, resource.name
+
+
+def test_custom_data_and_protected_settings_stay_secret(recording: Recording) -> None:
+    vm = by_type(recording, "virtualMachines")
+    secret_paths = {"virtualMachines": ("osProfile", "customData"), "extensions": ("protectedSettings",)}
+    found = 0
+    for resource in hub_resources(recording):
+        path = secret_paths.get(resource.inputs["resourceType"])
+        if path is None:
+            continue
+        sent = body(resource)["properties"]
+        for key in path:
+            sent = sent.get(key) if isinstance(sent, dict) else None
+        if sent is None:
+            continue
+        found += 1
+        plain = resource.inputs["properties"]
+        for key in path[:-1]:
+            plain = plain[key]
+        assert path[-1] not in plain, resource.name  # not in the plain properties
+        assert "secretProperties" in resource.secret_inputs, resource.name
+        assert "secretProperties" in resource.additional_secret_outputs, resource.name
+    assert found == 1  # custom data with cloud-init, protected settings with the extension
+    assert vm.inputs["properties"]["osProfile"]["adminUsername"] == "azureuser"  # the rest stays readable
 
 
 def test_storage_is_https_only_and_the_container_private(recording: Recording) -> None:
@@ -136,7 +166,8 @@ def test_storage_is_https_only_and_the_container_private(recording: Recording) -
     container = by_type(recording, "containers")
     assert container.inputs["properties"] == {"publicAccess": "None"}
     assert container.inputs["parentResourcePath"] == f"storageAccounts/{account['resourceName']}/blobServices/default"
-    assert by_type(recording, "storageAccounts").urn in container.dependencies
+    # The path comes from the account's output: replacing the account replaces the container.
+    assert by_type(recording, "storageAccounts").urn in container.property_dependencies["parentResourcePath"]
 
 
 def _inbound_ssh_sources(recording: Recording) -> list[str]:
@@ -203,7 +234,7 @@ def test_no_linux_diagnostics_extension(recording: Recording) -> None:
 
 def deployed_script(recording: Recording) -> str:
     """The first-boot script exactly as this recording would deliver it to the VM."""
-    vm = by_type(recording, "virtualMachines").inputs["properties"]
+    vm = body(by_type(recording, "virtualMachines"))["properties"]
     if "customData" in vm["osProfile"]:
         cloud_config = base64.b64decode(vm["osProfile"]["customData"]).decode()
         assert cloud_config.startswith("#cloud-config\n")
@@ -213,14 +244,16 @@ def deployed_script(recording: Recording) -> str:
         assert document["runcmd"] == [["bash", first_boot.SCRIPT_PATH_ON_VM]]
         assert not any(r.inputs["resourceType"] == "extensions" for r in hub_resources(recording))
         return base64.b64decode(file["content"]).decode()
-    extension = by_type(recording, "extensions").inputs
-    assert extension["properties"]["publisher"] == "Microsoft.Azure.Extensions"
-    assert extension["properties"]["type"] == "CustomScript"
-    assert (
-        extension["parentResourcePath"]
-        == f"virtualMachines/{by_type(recording, 'virtualMachines').inputs['resourceName']}"
-    )
-    return base64.b64decode(extension["properties"]["protectedSettings"]["script"]).decode()
+    extension = by_type(recording, "extensions")
+    properties = body(extension)["properties"]
+    assert properties["publisher"] == "Microsoft.Azure.Extensions"
+    assert properties["type"] == "CustomScript"
+    # 2.0: what Hubs syndicate.
+    assert properties["typeHandlerVersion"] == "2.0"
+    vm = by_type(recording, "virtualMachines")
+    assert extension.inputs["parentResourcePath"] == f"virtualMachines/{vm.inputs['resourceName']}"
+    assert vm.urn in extension.property_dependencies["parentResourcePath"]  # replaced with its VM
+    return base64.b64decode(properties["protectedSettings"]["script"]).decode()
 
 
 def test_both_bootstraps_deliver_the_same_script(recording: Recording) -> None:
@@ -236,3 +269,43 @@ def test_hub_outputs_are_exported(recording: Recording) -> None:
     assert exports["hubResourceGroupName"] == "rg-edge-training"
     for key in ("hubStorageAccountId", "hubVmId"):
         assert exports[key], key
+
+
+DECLARE_PROGRAM = """
+import pulumi
+from components.hub_resource import HubEndpoint, HubResourceSpec, declare
+
+hub = HubEndpoint("https://management.hub.example", "sub", "adfs", None)
+secret = pulumi.Output.secret("I2Nsb3VkLWNvbmZpZwo=")
+shapes = {
+    "leaf": {"osProfile": {"adminUsername": "u", "customData": secret}},
+    "branch": {"osProfile": secret.apply(lambda c: {"adminUsername": "u", "customData": c})},
+    "whole": secret.apply(lambda c: {"osProfile": {"adminUsername": "u", "customData": c}}),
+}
+for name, properties in shapes.items():
+    declare(
+        name,
+        HubResourceSpec(
+            namespace="Microsoft.Compute", resource_type="virtualMachines", name=name,
+            resource_group_name="rg", properties=properties, hub=hub, location="local",
+        ),
+        pulumi.ResourceOptions(),
+    )
+"""
+
+
+def test_custom_data_stays_secret_whatever_shape_the_properties_take(tmp_path) -> None:
+    """A component may build the body from secrets in several ways: the custom data alone an
+    Output, a branch of the body, or the whole body. It never ends up in plain state."""
+    from tests.harness import pulumi_mocks
+
+    main = tmp_path / "__main__.py"
+    main.write_text(DECLARE_PROGRAM)
+    recording = pulumi_mocks.run_program({}, main=main)
+    found = {r.name: r for r in recording.of_type(HUB_ARM)}
+    leaf = found["leaf"]
+    assert "customData" not in leaf.inputs["properties"]["osProfile"]  # split out ...
+    assert "secretProperties" in leaf.secret_inputs and "properties" not in leaf.secret_inputs  # ... precisely
+    for name in ("branch", "whole"):  # cannot be split: the whole body is kept secret
+        assert "properties" in found[name].secret_inputs, name
+        assert "properties" in found[name].additional_secret_outputs, name

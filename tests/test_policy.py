@@ -100,6 +100,23 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
         generic("Microsoft.Compute", "virtualMachines", {"osProfile": {"linuxConfiguration": {}}}),
     ),
     (
+        "vm-password-authentication-disabled",
+        "pulumi-python:dynamic/edge-training:HubArmResource",
+        generic(
+            "Microsoft.Compute",
+            "virtualMachines",
+            {"osProfile": {"linuxConfiguration": {"disablePasswordAuthentication": True}}},
+        ),
+        {
+            **generic(
+                "Microsoft.Compute",
+                "virtualMachines",
+                {"osProfile": {"linuxConfiguration": {"disablePasswordAuthentication": True}}},
+            ),
+            "secretProperties": Secret({"osProfile": {"adminPassword": "p"}}),
+        },
+    ),
+    (
         "storage-secure",
         "azure-native:storage:StorageAccount",
         {"enableHttpsTrafficOnly": True, "minimumTlsVersion": "TLS1_2", "allowBlobPublicAccess": False},
@@ -200,7 +217,7 @@ def test_the_program_passes_every_mandatory_policy(run_stack, overrides) -> None
                 assert found == [], f"{policy.name} on {resource.name}: {found}"
             checked.add(resource.type)
     assert {
-        "azure-native:resources:Resource",
+        "pulumi-python:dynamic/edge-training:HubArmResource",
         "azure-native:containerregistry:Registry",
         "azure-native:keyvault:Vault",
         "azure-native:storage:StorageAccount",

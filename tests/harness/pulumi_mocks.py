@@ -46,7 +46,7 @@ OUTPUT_FAKES: dict[str, OutputFake] = {
         "clientId": FAKE_IDENTITY_CLIENT,
         "tenantId": FAKE_TENANT,
     },
-    "azure-native:resources:Resource": lambda name, inputs: _hub_resource_outputs(inputs),
+    "pulumi-python:dynamic/edge-training:HubArmResource": lambda name, inputs: _hub_resource_outputs(inputs),
     # What the attach provider's create returns.
     "pulumi-python:dynamic/edge-training:EdgeCompute": lambda name, inputs: {
         "computeId": (
@@ -95,13 +95,13 @@ FAKE_PUBLIC_IP = "192.0.2.10"
 
 
 def _hub_resource_outputs(inputs: Mapping[str, Any]) -> Mapping[str, Any]:
-    """What Resource Manager adds to a generic resource's properties once it exists."""
+    """What the Hub ARM provider's create returns: Resource Manager's view of the properties."""
     properties = dict(inputs.get("properties") or {})
     if inputs.get("resourceType") == "storageAccounts":
         properties["primaryEndpoints"] = {"blob": f"https://{inputs['resourceName']}.blob.local.azurestack.external/"}
     elif inputs.get("resourceType") == "publicIPAddresses":
         properties["ipAddress"] = FAKE_PUBLIC_IP
-    return {"properties": properties}
+    return {"observedProperties": properties}
 
 
 @dataclass
@@ -120,6 +120,7 @@ class Resource:
     secret_inputs: frozenset[str]
     """Top-level input names whose value (or some part of it) is a secret."""
     delete_before_replace: bool
+    additional_secret_outputs: tuple[str, ...] = ()
     outputs: dict[str, Any] = field(default_factory=dict)
     """What the resource registered with register_outputs (components)."""
 
@@ -222,6 +223,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     property_dependencies={k: list(v.urns) for k, v in request.propertyDependencies.items()},
                     secret_inputs=frozenset(k for k, v in raw.items() if _contains_secret(v)),
                     delete_before_replace=bool(request.deleteBeforeReplace),
+                    additional_secret_outputs=tuple(request.additionalSecretOutputs),
                 )
             )
         return response
