@@ -1,0 +1,1 @@
+"""Pulumi dynamic providers, one per file."""
