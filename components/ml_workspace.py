@@ -68,6 +68,7 @@ class MlWorkspace(pulumi.ComponentResource):
     registry_login_server: pulumi.Output[str]
     registry_id: pulumi.Output[str]
     storage_account_id: pulumi.Output[str]
+    principal_id: pulumi.Output[str]
 
     def __init__(self, name: str, args: MlWorkspaceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("edge-training:cloud:MlWorkspace", name, None, opts)
@@ -202,6 +203,7 @@ class MlWorkspace(pulumi.ComponentResource):
         self.registry_login_server = registry.login_server
         self.registry_id = registry.id
         self.storage_account_id = account.id
+        self.principal_id = principal_id
         self.register_outputs(
             {
                 "workspaceName": self.workspace_name,
@@ -213,5 +215,6 @@ class MlWorkspace(pulumi.ComponentResource):
                 "registryLoginServer": self.registry_login_server,
                 "registryId": self.registry_id,
                 "storageAccountId": self.storage_account_id,
+                "principalId": self.principal_id,
             }
         )

@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness import pulumi_mocks, services
+from tests.harness import edge_stand_in, pulumi_mocks, services
 from tests.harness.keys import KeyPair, rsa_key
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = pulumi_mocks.PROJECT
+# Helper arcvm's edge/ modules once merged; until then the agreed interface's stand-in.
+EDGE_STAND_IN = edge_stand_in.install()
 
 
 # --- stack configuration and the program under mocks ------------------------------------------

@@ -39,11 +39,17 @@ def recording(request: pytest.FixtureRequest) -> Recording:
     from tests.conftest import DEV_SECRET_KEYS, dev_stack_config
     from tests.harness import pulumi_mocks
 
-    return pulumi_mocks.run_program(dev_stack_config() | {"hubBootstrap": request.param}, secret_keys=DEV_SECRET_KEYS)
+    # The virtual-machine mode with its default size: the Hub side exactly as before the Kubernetes
+    # mode (test_edge_kubernetes.py covers that mode's VM, NSG and scripts).
+    overrides = {"hubBootstrap": request.param, "edgeComputeMode": "virtual-machine"}
+    config = {k: v for k, v in (dev_stack_config() | overrides).items() if k != "hubVmSize"}
+    return pulumi_mocks.run_program(config, secret_keys=DEV_SECRET_KEYS)
 
 
 def hub_resources(recording: Recording) -> list[Any]:
-    return recording.of_type(GENERIC)
+    """Generic resources on the Hub's provider (the cloud side has one too: the Arc cluster)."""
+    hub = next(r for r in recording.of_type("pulumi:providers:azure-native") if r.name == "hub")
+    return [r for r in recording.of_type(GENERIC) if r.provider_urn == hub.urn]
 
 
 def by_type(recording: Recording, resource_type: str) -> Any:

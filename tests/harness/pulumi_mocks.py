@@ -27,6 +27,22 @@ SECRET_SIG = (rpc._special_sig_key, rpc._special_secret_sig)
 FAKE_SUBSCRIPTION = "11111111-1111-1111-1111-111111111111"
 FAKE_TENANT = "22222222-2222-2222-2222-222222222222"
 FAKE_PRINCIPAL = "33333333-3333-3333-3333-333333333333"
+FAKE_COMPUTE_PRINCIPAL = "44444444-4444-4444-4444-444444444444"
+FAKE_RELAY_CONNECTION_STRING = (
+    "Endpoint=sb://relay.servicebus.windows.net/;SharedAccessKeyName=azureml_rw;"
+    "SharedAccessKey=RELAY-SECRET-KEY-FOR-TESTS;EntityPath=arc-edge-dev"
+)
+_SECRETS_CACHE: dict[str, Any] = {}
+
+
+def _cluster_secrets(inputs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """What ClusterSecretsProvider.create returns, from the provider itself (once per session)."""
+    if not _SECRETS_CACHE:
+        from providers.cluster_secrets import ClusterSecretsProvider
+
+        _SECRETS_CACHE.update(ClusterSecretsProvider().create(dict(inputs)).outs)
+    return {k: _SECRETS_CACHE[k] for k in ("onboardingPrivateKey", "agentPublicKeyCertificate", "joinToken")}
+
 
 # Outputs the cloud would compute, by resource type, for resources whose outputs the program
 # reads. Inputs are echoed back for everything; these add what Azure would fill in.
@@ -40,6 +56,16 @@ OUTPUT_FAKES: dict[str, OutputFake] = {
     },
     "azure-native:resources:Resource": lambda name, inputs: _hub_resource_outputs(inputs),
     # What the attach provider's create returns.
+    # Kubernetes mode: the real key and token generator (cached: a 4096-bit key takes a while),
+    # the wait's answer for a connected cluster, and the compute's identity.
+    "pulumi-python:dynamic/edge-training:ClusterSecrets": lambda name, inputs: _cluster_secrets(inputs),
+    "pulumi-python:dynamic/edge-training:ArcConnection": lambda name, inputs: {
+        "connectivityStatus": "Connected",
+        "agentVersion": "1.31.3",
+    },
+    "azure-native:machinelearningservices:Compute": lambda name, inputs: {
+        "identity": {**inputs.get("identity", {}), "principalId": FAKE_COMPUTE_PRINCIPAL, "tenantId": FAKE_TENANT}
+    },
     "pulumi-python:dynamic/edge-training:EdgeCompute": lambda name, inputs: {
         "computeId": (
             f"/subscriptions/{inputs['subscriptionId']}/resourceGroups/{inputs['resourceGroupName']}/providers/"
@@ -51,6 +77,12 @@ OUTPUT_FAKES: dict[str, OutputFake] = {
 }
 # The input that carries an azure-native resource's own name, which Azure echoes as `name`.
 NAME_INPUTS = (
+    # The child's own name before its parents' (a compute also names its workspace).
+    "computeName",
+    "extensionName",
+    "authorizationRuleName",
+    "hybridConnectionName",
+    "namespaceName",
     "accountName",
     "registryName",
     "workspaceName",
@@ -66,6 +98,11 @@ CALL_FAKES: dict[str, Callable[[Mapping[str, Any]], Mapping[str, Any]]] = {
         "tenantId": FAKE_TENANT,
         "objectId": FAKE_PRINCIPAL,
         "clientId": FAKE_PRINCIPAL,
+    },
+    "azure-native:relay:listHybridConnectionKeys": lambda _args: {
+        "primaryConnectionString": FAKE_RELAY_CONNECTION_STRING,
+        "primaryKey": "RELAY-SECRET-KEY-FOR-TESTS",
+        "keyName": "azureml_rw",
     },
 }
 
@@ -101,6 +138,9 @@ class Resource:
     delete_before_replace: bool
     outputs: dict[str, Any] = field(default_factory=dict)
     """What the resource registered with register_outputs (components)."""
+    additional_secret_outputs: list[str] = field(default_factory=list)
+    raw_inputs: dict[str, Any] = field(default_factory=dict)
+    """The inputs with Pulumi's secret markers where the engine would see them (nested, too)."""
 
     @property
     def provider_urn(self) -> str:
@@ -135,6 +175,10 @@ class Recording:
 
     def children_of(self, parent: Resource) -> list[Resource]:
         return [r for r in self.resources if r.parent == parent.urn]
+
+
+def is_secret_marker(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SECRET_SIG[0]) == SECRET_SIG[1]
 
 
 def _unwrap_secrets(value: Any) -> Any:
@@ -201,6 +245,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     property_dependencies={k: list(v.urns) for k, v in request.propertyDependencies.items()},
                     secret_inputs=frozenset(k for k, v in raw.items() if _contains_secret(v)),
                     delete_before_replace=bool(request.deleteBeforeReplace),
+                    additional_secret_outputs=list(request.additionalSecretOutputs),
+                    raw_inputs=rpc.deserialize_properties(request.object),
                 )
             )
         return response
