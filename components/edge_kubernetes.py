@@ -388,7 +388,7 @@ def server_script(
     args = cluster._args
 
     def render(values: list[str]) -> str:
-        subscription, tenant, group, key, token = values
+        subscription, tenant, group, key, token, _cluster_id = values
         arc = edge_boot.ArcOnboarding(
             subscription_id=subscription,
             tenant_id=tenant,
@@ -406,6 +406,8 @@ def server_script(
         args.resource_group_name,
         cluster.onboarding_private_key,
         cluster.join_token,
+        # Not rendered, but waited for: the agents onboard to a cluster that must exist in Azure.
+        cluster.cluster_id,
     )
     return pulumi.Output.secret(values.apply(render))
 
