@@ -25,7 +25,6 @@ from tests.harness.arm_models import check_body, rest_field_problems
 from tests.harness.pulumi_mocks import FAKE_RELAY_CONNECTION_STRING, Recording
 
 GENERIC = "azure-native:resources:Resource"
-CLUSTER = "azure-native:resources:Resource"
 EXTENSION = "azure-native:kubernetesconfiguration:Extension"
 COMPUTE = "azure-native:machinelearningservices:Compute"
 WAIT = "pulumi-python:dynamic/edge-training:ArcConnection"
@@ -66,10 +65,7 @@ def depends(recording: Recording, resource: pulumi_mocks.Resource, on: pulumi_mo
         if urn in seen:
             continue
         seen.add(urn)
-        try:
-            todo += recording.by_urn(urn).dependencies
-        except KeyError:
-            pass
+        todo += next((r.dependencies for r in recording.resources if r.urn == urn), [])
     return False
 
 
