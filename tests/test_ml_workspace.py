@@ -67,7 +67,9 @@ def test_workspace_links_everything_explicitly(recording: Recording) -> None:
 
 
 def test_workspace_identity_gets_its_roles_explicitly(recording: Recording) -> None:
-    assignments = recording.of_type(ROLE)
+    # The workspace's own roles (the Kubernetes mode adds roles on the cluster: test_edge_kubernetes).
+    workspace = recording.one("edge-training:cloud:MlWorkspace")
+    assignments = [a for a in recording.of_type(ROLE) if a.parent == workspace.urn]
     scopes = {
         recording.one(REGISTRY).id: "registry",
         recording.one(STORAGE).id: "storage",
