@@ -13,7 +13,7 @@ import pulumi
 from components.azure_provider import azure_provider
 from components.config import from_pulumi
 from components.edge_compute import EdgeCompute, EdgeComputeArgs
-from components.edge_kubernetes import EdgeKubernetes, EdgeKubernetesArgs, agent_script, server_script
+from components.edge_kubernetes import EdgeKubernetes, EdgeKubernetesArgs
 from components.hub_network import HubNetwork, HubNetworkArgs
 from components.hub_provider import hub_provider
 from components.hub_storage import HubStorage, HubStorageArgs
@@ -23,8 +23,8 @@ from components.ml_workspace import MlWorkspace, MlWorkspaceArgs
 config = from_pulumi()  # validates every key; raises ConfigError before any resource exists
 
 # 1. Cloud side: Azure ML workspace, its storage, key vault, App Insights, our registry.
-azure_provider_ = azure_provider(config.azure)
-cloud = MlWorkspace("cloud", MlWorkspaceArgs(config.azure, config.tags, azure_provider_))
+azure = azure_provider(config.azure)
+cloud = MlWorkspace("cloud", MlWorkspaceArgs(config.azure, config.tags, azure))
 
 # 2. Edge side: Hub storage for the private data, and an Ubuntu VM (Docker, and K3s in kubernetes mode).
 hub = hub_provider(config.hub)
@@ -48,7 +48,7 @@ if kubernetes:
             registry_id=cloud.registry_id,
             storage_account_id=cloud.storage_account_id,
             tags=config.tags,
-            provider=azure_provider_,
+            provider=azure,
             deadline_seconds=config.attach.deadline_seconds,
         ),
         pulumi.ResourceOptions(depends_on=[cloud]),
@@ -56,7 +56,7 @@ if kubernetes:
     h = config.hub
     # The VMs boot once the cluster exists in Azure: the server's Arc agents onboard to it.
     after_cluster = pulumi.ResourceOptions(depends_on=[arc.cluster])
-    server = server_script(arc, h.admin_username, h.docker_version, config.edge.namespace, config.edge.instance_type)
+    server = arc.server_script(h.admin_username, h.docker_version, config.edge.namespace, config.edge.instance_type)
     vm = HubVm("hub-vm", HubVmArgs(h, config.stack, network.nic_id, config.tags, hub, script=server), after_cluster)
     agents = [
         HubVm(
@@ -67,7 +67,7 @@ if kubernetes:
                 None,
                 config.tags,
                 hub,
-                agent_script(arc, h.admin_username, h.docker_version),
+                arc.agent_script(h.admin_username, h.docker_version),
                 kind=f"vm-agent{i}",
                 subnet_id=network.subnet_id,
             ),

@@ -112,6 +112,15 @@ def extension_settings(
     return settings
 
 
+K3S_API_PORT = 6443
+
+
+def k3s_server_url(stack: str) -> str:
+    """Where agents join: the server VM by its computer name, which Azure Stack Hub's internal DNS
+    (iDNS) resolves inside the virtual network, so no address is hard-coded."""
+    return f"https://{naming.hub_resource_name('vm', stack)}:{K3S_API_PORT}"
+
+
 def _role_id(subscription: pulumi.Output[str], role: str) -> pulumi.Output[str]:
     return subscription.apply(
         lambda sub: f"/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/{role}"
@@ -187,6 +196,67 @@ class EdgeKubernetes(pulumi.ComponentResource):
         self.cluster = self._cluster
         self.cluster_id = self._cluster.id
         self.cluster_name = pulumi.Output.from_input(self._cluster_name)
+
+    def server_script(
+        self, admin_username: str, docker_version: str, namespace: str, instance: InstanceTypeSizing
+    ) -> pulumi.Output[str]:
+        """The K3s server's first-boot script (edge/first_boot.py), carrying the onboarding key and
+        the join token: rendered inside an apply of secret Outputs, and secret itself."""
+        from edge import cluster_manifests
+        from edge import first_boot as edge_boot
+
+        manifests = cluster_manifests.to_yaml(
+            cluster_manifests.cluster_manifests(
+                namespace,
+                [
+                    cluster_manifests.InstanceTypeSpec(
+                        name=instance.name,
+                        cpu_request=instance.cpu,
+                        memory_request=instance.memory,
+                        cpu_limit=instance.cpu,
+                        memory_limit=instance.memory,
+                    )
+                ],
+            )
+        )
+        location, cluster = self._args.location, self._cluster_name
+
+        def render(values: list[str]) -> str:
+            subscription, tenant, group, key, token, _cluster_id = values
+            arc = edge_boot.ArcOnboarding(
+                subscription_id=subscription,
+                tenant_id=tenant,
+                resource_group=group,
+                cluster_name=cluster,
+                location=location,
+                private_key_pem=key,
+            )
+            server = edge_boot.K3sServer(join_token=token, arc=arc, manifests_yaml=manifests)
+            return edge_boot.render_script(admin_username, docker_version, server=server)
+
+        values = pulumi.Output.all(
+            self._subscription,
+            self.tenant_id,
+            self._args.resource_group_name,
+            self.onboarding_private_key,
+            self.join_token,
+            # Not rendered, but waited for: the agents onboard to a cluster that must exist in Azure.
+            self.cluster_id,
+        )
+        return pulumi.Output.secret(values.apply(render))
+
+    def agent_script(self, admin_username: str, docker_version: str) -> pulumi.Output[str]:
+        """A K3s agent's first-boot script: joins the server with the token; no Arc onboarding."""
+        from edge import first_boot as edge_boot
+
+        url = k3s_server_url(self._args.stack)
+        return pulumi.Output.secret(
+            self.join_token.apply(
+                lambda token: edge_boot.render_script(
+                    admin_username, docker_version, agent=edge_boot.K3sAgent(server_url=url, join_token=token)
+                )
+            )
+        )
 
     def attach(self, nodes: list[pulumi.Resource]) -> None:
         """Wait for the cluster (run by `nodes`), then the extension, roles and compute."""
@@ -352,75 +422,3 @@ class EdgeKubernetes(pulumi.ComponentResource):
             principal_type=authorization.PrincipalType.SERVICE_PRINCIPAL,
             opts=pulumi.ResourceOptions.merge(self._child, pulumi.ResourceOptions(depends_on=after)),
         )
-
-
-K3S_API_PORT = 6443
-
-
-def k3s_server_url(stack: str) -> str:
-    """Where agents join: the server VM by its computer name, which Azure Stack Hub's internal DNS
-    (iDNS) resolves inside the virtual network, so no address is hard-coded."""
-    return f"https://{naming.hub_resource_name('vm', stack)}:{K3S_API_PORT}"
-
-
-def server_script(
-    cluster: EdgeKubernetes, admin_username: str, docker_version: str, namespace: str, instance: InstanceTypeSizing
-) -> pulumi.Output[str]:
-    """The K3s server's first-boot script (edge/first_boot.py), carrying the onboarding key and the
-    join token: rendered inside an apply of secret Outputs, and secret itself."""
-    from edge import cluster_manifests
-    from edge import first_boot as edge_boot
-
-    manifests = cluster_manifests.to_yaml(
-        cluster_manifests.cluster_manifests(
-            namespace,
-            [
-                cluster_manifests.InstanceTypeSpec(
-                    name=instance.name,
-                    cpu_request=instance.cpu,
-                    memory_request=instance.memory,
-                    cpu_limit=instance.cpu,
-                    memory_limit=instance.memory,
-                )
-            ],
-        )
-    )
-    args = cluster._args
-
-    def render(values: list[str]) -> str:
-        subscription, tenant, group, key, token, _cluster_id = values
-        arc = edge_boot.ArcOnboarding(
-            subscription_id=subscription,
-            tenant_id=tenant,
-            resource_group=group,
-            cluster_name=cluster._cluster_name,
-            location=args.location,
-            private_key_pem=key,
-        )
-        server = edge_boot.K3sServer(join_token=token, arc=arc, manifests_yaml=manifests)
-        return edge_boot.render_script(admin_username, docker_version, server=server)
-
-    values = pulumi.Output.all(
-        cluster._subscription,
-        cluster.tenant_id,
-        args.resource_group_name,
-        cluster.onboarding_private_key,
-        cluster.join_token,
-        # Not rendered, but waited for: the agents onboard to a cluster that must exist in Azure.
-        cluster.cluster_id,
-    )
-    return pulumi.Output.secret(values.apply(render))
-
-
-def agent_script(cluster: EdgeKubernetes, admin_username: str, docker_version: str) -> pulumi.Output[str]:
-    """A K3s agent's first-boot script: joins the server with the token; no Arc onboarding."""
-    from edge import first_boot as edge_boot
-
-    url = k3s_server_url(cluster._args.stack)
-    return pulumi.Output.secret(
-        cluster.join_token.apply(
-            lambda token: edge_boot.render_script(
-                admin_username, docker_version, agent=edge_boot.K3sAgent(server_url=url, join_token=token)
-            )
-        )
-    )
