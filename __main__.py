@@ -49,7 +49,7 @@ if kubernetes:
             storage_account_id=cloud.storage_account_id,
             tags=config.tags,
             provider=azure,
-            deadline_seconds=config.attach.deadline_seconds,
+            deadline_seconds=config.edge.connect_deadline_seconds,
         ),
         pulumi.ResourceOptions(depends_on=[cloud]),
     )

@@ -712,6 +712,8 @@ class EdgeComputeSettings:
     """K3s agent VMs joining the Hub VM's cluster (kubernetes mode only)."""
     namespace: str
     instance_type: InstanceTypeSizing
+    connect_deadline_seconds: int
+    """How long to wait for the Arc-connected cluster to report Connected."""
 
     @property
     def kubernetes(self) -> bool:
@@ -741,6 +743,7 @@ def _edge_compute(r: _Reader, hub: HubSettings, attach: AttachSettings) -> EdgeC
     kubernetes = mode == "kubernetes"
     vm_size = hub.vm_size or (KUBERNETES_DEFAULT_VM_SIZE if kubernetes else VIRTUAL_MACHINE_DEFAULT_VM_SIZE)
     agents = r.integer("hubAgentCount", 0, MAX_HUB_AGENTS)
+    connect_deadline = r.integer("arcConnectDeadlineSeconds", 60, 7200)
     namespace = r.string("kubernetesNamespace")
     if not _K8S_NAME.fullmatch(namespace):
         r.problem("kubernetesNamespace", f"{namespace!r} is not a Kubernetes namespace name (DNS label, 1-63)")
@@ -801,4 +804,5 @@ def _edge_compute(r: _Reader, hub: HubSettings, attach: AttachSettings) -> EdgeC
         agent_count=agents if kubernetes else 0,
         namespace=namespace,
         instance_type=InstanceTypeSizing(name=INSTANCE_TYPE_NAME, cpu=cpu_text, memory=memory_text),
+        connect_deadline_seconds=connect_deadline,
     )
