@@ -151,6 +151,8 @@ class EdgeKubernetes(pulumi.ComponentResource):
     their first boot); `attach(nodes)` declares everything that needs the cluster Connected,
     depending on the VMs that run it."""
 
+    cluster: resources.Resource
+    """The connected cluster; the Hub VMs depend on it (their agents onboard to it)."""
     cluster_id: pulumi.Output[str]
     cluster_name: pulumi.Output[str]
     onboarding_private_key: pulumi.Output[str]
@@ -158,6 +160,7 @@ class EdgeKubernetes(pulumi.ComponentResource):
     tenant_id: pulumi.Output[str]
     compute_id: pulumi.Output[str]
     compute_name: pulumi.Output[str]
+    """These two, and the registered outputs, exist once `attach` ran."""
 
     def __init__(self, name: str, args: EdgeKubernetesArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("edge-training:cloud:EdgeKubernetes", name, None, opts)
