@@ -34,7 +34,10 @@ def child(kind: str) -> None:
         if kind == "empty":
             main = Path(tmp) / "__main__.py"
             main.write_text('"""An empty Pulumi program."""\n')
-        recording = pulumi_mocks.run_program(dev_stack_config(), secret_keys=DEV_SECRET_KEYS, main=main)
+        config = dev_stack_config()
+        if kind == "full-vm":  # the virtual-machine edge compute mode; "full" is the default (kubernetes)
+            config["edgeComputeMode"] = "virtual-machine"
+        recording = pulumi_mocks.run_program(config, secret_keys=DEV_SECRET_KEYS, main=main)
     elapsed = time.perf_counter() - started
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"seconds": elapsed, "peak_mib": peak_kib / 1024, "resources": len(recording.resources)}))
@@ -58,13 +61,13 @@ def measure(kind: str, runs: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--child", choices=["full", "empty"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["full", "full-vm", "empty"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child)
         return
     print(f"{'program':<10}{'median s':>10}{'min s':>10}{'peak MiB':>10}{'resources':>11}   ({args.runs} runs)")
-    for kind in ("empty", "full"):
+    for kind in ("empty", "full", "full-vm"):
         m = measure(kind, args.runs)
         print(f"{kind:<10}{m['median_s']:>10.2f}{m['min_s']:>10.2f}{m['peak_mib']:>10.0f}{m['resources']:>11.0f}")
 

@@ -13,7 +13,7 @@ import json
 import re
 import uuid
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from types import MappingProxyType
@@ -162,6 +162,7 @@ class StackConfig:
     azure: AzureSettings
     hub: HubSettings
     attach: AttachSettings
+    edge: EdgeComputeSettings
 
 
 @dataclass(frozen=True)
@@ -317,13 +318,15 @@ def parse(
     hub = _hub(r, stack, seed)
     # Match the private key against the public one only when that one is valid: one cause, one problem.
     attach = _attach(r, "" if r.has_problem("hubSshPublicKey") else hub.ssh_public_key)
+    edge = _edge_compute(r, hub, attach)
+    hub = replace(hub, vm_size=edge.vm_size)
 
     unread = set(schema) - r.read
     if unread:
         raise TypeError(f"Pulumi.yaml declares keys the program never reads: {sorted(unread)}")
     if r.problems:
         raise ConfigError(r.problems)
-    return StackConfig(project=project, stack=stack, tags=tags, azure=azure, hub=hub, attach=attach)
+    return StackConfig(project=project, stack=stack, tags=tags, azure=azure, hub=hub, attach=attach, edge=edge)
 
 
 def from_pulumi() -> StackConfig:
@@ -447,8 +450,8 @@ def _hub(r: _Reader, stack: str, seed: str) -> HubSettings:
     container = r.string("hubDataContainerName")
     r.check_name("hubDataContainerName", container, naming.BLOB_CONTAINER)
 
-    vm_size = r.string("hubVmSize")
-    if not any(p.fullmatch(vm_size) for p in HUB_VM_SIZE_FAMILIES.values()):
+    vm_size = r.string("hubVmSize")  # empty: chosen per edgeComputeMode in _edge_compute
+    if vm_size and not any(p.fullmatch(vm_size) for p in HUB_VM_SIZE_FAMILIES.values()):
         families = ", ".join(HUB_VM_SIZE_FAMILIES)
         r.problem("hubVmSize", f"{vm_size!r} is not in a size family Azure Stack Hub offers ({families})")
 
@@ -535,8 +538,6 @@ def _check_public_key(r: _Reader, text: str) -> None:
 def _ssh_sources(r: _Reader) -> tuple[tuple[str, ...], bool]:
     sources = r.strings("hubSshSourceCidrs")
     allow_anywhere = r.boolean("hubAllowSshFromAnywhere")
-    if not sources and not r.has_problem("hubSshSourceCidrs"):
-        r.problem("hubSshSourceCidrs", "must list at least one network allowed to reach SSH")
     normalized: list[str] = []
     for source in sources:
         if source.lower() in SSH_FROM_EVERYWHERE:
@@ -621,3 +622,187 @@ def _check_private_key(r: _Reader, text: str, public_key: str) -> None:
     derived = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     if public_key and derived.split()[:2] != public_key.encode().split()[:2]:
         r.problem("sshPrivateKey", "does not match hubSshPublicKey: the VM would refuse it")
+
+
+# --- Edge compute mode (issue 13): Kubernetes on the Hub VM, or today's VirtualMachine attach ---
+
+EDGE_COMPUTE_MODES = ("kubernetes", "virtual-machine")
+KUBERNETES_DEFAULT_VM_SIZE = "Standard_DS3_v2"
+VIRTUAL_MACHINE_DEFAULT_VM_SIZE = "Standard_DS2_v2"
+INSTANCE_TYPE_NAME = "edge-training"
+MAX_HUB_AGENTS = 10
+# The smallest node Microsoft documents for the Azure ML extension with training only: "For Test,
+# Enabled Training: 1 Node, 2 vCPU, 7 GiB Memory (DS2v2)" (MicrosoftDocs/azure-ai-docs,
+# articles/machine-learning/reference-kubernetes.md, "Recommended resource planning").
+EXTENSION_MIN_VCPUS = 2
+EXTENSION_MIN_MEMORY_GIB = 7.0
+# What runs before any job and is requested from the same node: the extension's training
+# components (410m CPU / 1492 Mi requested, same table), the Arc agents (>= 850 MB, Azure Arc
+# system-requirements.md) and the K3s server (~1.6 GB, docs.k3s.io resource profiling): about
+# 4 GiB and one core, so a job's instance type must fit in what is left.
+SYSTEM_RESERVED_MEMORY_GIB = 4.0
+SYSTEM_RESERVED_VCPUS = 1.0
+
+# vCPUs and memory (GiB) of the sizes Azure Stack Hub offers (Microsoft Learn, "VM sizes
+# supported in Azure Stack Hub"); the Kubernetes mode needs them to check the node's capacity.
+HUB_VM_SIZES: Mapping[str, tuple[int, float]] = MappingProxyType(
+    {
+        **{
+            f"Standard_A{n}": c
+            for n, c in {
+                0: (1, 0.768),
+                1: (1, 1.75),
+                2: (2, 3.5),
+                3: (4, 7.0),
+                4: (8, 14.0),
+                5: (2, 14.0),
+                6: (4, 28.0),
+                7: (8, 56.0),
+            }.items()
+        },
+        **{f"Standard_A{n}_v2": c for n, c in {1: (1, 2.0), 2: (2, 4.0), 4: (4, 8.0), 8: (8, 16.0)}.items()},
+        **{f"Standard_A{n}m_v2": c for n, c in {2: (2, 16.0), 4: (4, 32.0), 8: (8, 64.0)}.items()},
+        **{
+            f"Standard_{family}{n}{suffix}": c
+            for family in ("D", "DS")
+            for suffix in ("", "_v2")
+            for n, c in {
+                1: (1, 3.5),
+                2: (2, 7.0),
+                3: (4, 14.0),
+                4: (8, 28.0),
+                11: (2, 14.0),
+                12: (4, 28.0),
+                13: (8, 56.0),
+                14: (16, 112.0),
+            }.items()
+        },
+        **{f"Standard_D{n}_v2": (16, 56.0) for n in (5,)},
+        **{f"Standard_DS{n}_v2": (16, 56.0) for n in (5,)},
+        **{f"Standard_F{n}{s}": (n, 2.0 * n) for n in (1, 2, 4, 8, 16) for s in ("", "s")},
+        **{f"Standard_F{n}s_v2": (n, 2.0 * n) for n in (2, 4, 8, 16, 32, 48, 64, 72)},
+    }
+)
+
+_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_RESERVED_NAMESPACES = frozenset(
+    {"default", "kube-system", "kube-public", "kube-node-lease", "azureml", "azure-arc", "azure-arc-release"}
+)
+_CPU_QUANTITY = re.compile(r"(?P<number>\d+(\.\d+)?)(?P<milli>m?)")
+_MEMORY_QUANTITY = re.compile(r"(?P<number>\d+)(?P<unit>Mi|Gi)")
+
+
+@dataclass(frozen=True)
+class InstanceTypeSizing:
+    """The one instance type (`amlarc.azureml.com` InstanceType) jobs run with; requests = limits,
+    so a job gets exactly what the scheduler counted on."""
+
+    name: str
+    cpu: str
+    memory: str
+
+
+@dataclass(frozen=True)
+class EdgeComputeSettings:
+    mode: str
+    """kubernetes (K3s on the Hub VM, Arc-connected, a Kubernetes compute) or virtual-machine."""
+    vm_size: str
+    """The effective Hub VM size: hubVmSize, or the mode's default when that is empty."""
+    agent_count: int
+    """K3s agent VMs joining the Hub VM's cluster (kubernetes mode only)."""
+    namespace: str
+    instance_type: InstanceTypeSizing
+    connect_deadline_seconds: int
+    """How long to wait for the Arc-connected cluster to report Connected."""
+
+    @property
+    def kubernetes(self) -> bool:
+        return self.mode == "kubernetes"
+
+
+def _cpu_cores(text: str) -> float | None:
+    match = _CPU_QUANTITY.fullmatch(text)
+    if match is None:
+        return None
+    number = float(match["number"])
+    return number / 1000 if match["milli"] else number
+
+
+def _memory_gib(text: str) -> float | None:
+    match = _MEMORY_QUANTITY.fullmatch(text)
+    if match is None:
+        return None
+    number = float(match["number"])
+    return number / 1024 if match["unit"] == "Mi" else number
+
+
+def _edge_compute(r: _Reader, hub: HubSettings, attach: AttachSettings) -> EdgeComputeSettings:
+    mode = r.string("edgeComputeMode")
+    if mode not in EDGE_COMPUTE_MODES:
+        r.problem("edgeComputeMode", f"{mode!r} is not one of {', '.join(EDGE_COMPUTE_MODES)}")
+    kubernetes = mode == "kubernetes"
+    vm_size = hub.vm_size or (KUBERNETES_DEFAULT_VM_SIZE if kubernetes else VIRTUAL_MACHINE_DEFAULT_VM_SIZE)
+    agents = r.integer("hubAgentCount", 0, MAX_HUB_AGENTS)
+    connect_deadline = r.integer("arcConnectDeadlineSeconds", 60, 7200)
+    namespace = r.string("kubernetesNamespace")
+    if not _K8S_NAME.fullmatch(namespace):
+        r.problem("kubernetesNamespace", f"{namespace!r} is not a Kubernetes namespace name (DNS label, 1-63)")
+    elif namespace in _RESERVED_NAMESPACES:
+        r.problem("kubernetesNamespace", f"{namespace!r} belongs to Kubernetes, Arc or the Azure ML extension")
+    cpu_text, memory_text = r.string("instanceTypeCpu"), r.string("instanceTypeMemory")
+    cpu, memory = _cpu_cores(cpu_text), _memory_gib(memory_text)
+    if cpu is None or cpu <= 0:
+        r.problem("instanceTypeCpu", f"{cpu_text!r} is not a CPU quantity such as 2, 1.5 or 1500m")
+    if memory is None or memory <= 0:
+        r.problem("instanceTypeMemory", f"{memory_text!r} is not a memory quantity such as 8Gi or 6144Mi")
+
+    if kubernetes:
+        capacity = HUB_VM_SIZES.get(vm_size)
+        if capacity is None:
+            if not r.has_problem("hubVmSize"):
+                r.problem(
+                    "hubVmSize",
+                    f"{vm_size!r}: no known vCPU and memory for it; choose a Hub size such as "
+                    f"{KUBERNETES_DEFAULT_VM_SIZE}",
+                )
+        elif capacity[0] < EXTENSION_MIN_VCPUS or capacity[1] < EXTENSION_MIN_MEMORY_GIB:
+            r.problem(
+                "hubVmSize",
+                f"{vm_size!r} has {capacity[0]} vCPU / {capacity[1]:g} GiB; the Azure ML extension needs at least "
+                f"{EXTENSION_MIN_VCPUS} vCPU / {EXTENSION_MIN_MEMORY_GIB:g} GiB (Microsoft's reference-kubernetes); "
+                f"the default {KUBERNETES_DEFAULT_VM_SIZE} leaves room for a job",
+            )
+        else:
+            vcpus, gib = capacity
+            if cpu is not None and cpu > vcpus - SYSTEM_RESERVED_VCPUS:
+                r.problem(
+                    "instanceTypeCpu",
+                    f"{cpu_text} CPU does not fit on {vm_size} ({vcpus} vCPU, about "
+                    f"{SYSTEM_RESERVED_VCPUS:g} taken by K3s, Arc and the Azure ML extension)",
+                )
+            if memory is not None and memory > gib - SYSTEM_RESERVED_MEMORY_GIB:
+                r.problem(
+                    "instanceTypeMemory",
+                    f"{memory_text} does not fit on {vm_size} ({gib:g} GiB, about "
+                    f"{SYSTEM_RESERVED_MEMORY_GIB:g} GiB taken by K3s, Arc and the Azure ML extension)",
+                )
+    else:
+        # The VirtualMachine attach connects over SSH: it needs a key and somewhere to connect from.
+        if agents:
+            r.problem("hubAgentCount", "agent VMs join a Kubernetes cluster; set edgeComputeMode kubernetes")
+        if not hub.ssh_source_cidrs and not r.has_problem("hubSshSourceCidrs"):
+            r.problem("hubSshSourceCidrs", "must list at least one network allowed to reach SSH")
+        if not attach.ssh_private_key and not r.has_problem("sshPrivateKey"):
+            r.problem(
+                "sshPrivateKey",
+                "required with edgeComputeMode virtual-machine; set it with: "
+                "pulumi config set --secret sshPrivateKey < keyfile",
+            )
+    return EdgeComputeSettings(
+        mode=mode,
+        vm_size=vm_size,
+        agent_count=agents if kubernetes else 0,
+        namespace=namespace,
+        instance_type=InstanceTypeSizing(name=INSTANCE_TYPE_NAME, cpu=cpu_text, memory=memory_text),
+        connect_deadline_seconds=connect_deadline,
+    )

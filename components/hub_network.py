@@ -14,11 +14,48 @@ from components.hub_resource import HubEndpoint, HubResourceSpec, declare, prope
 
 SUBNET_NAME = "edge"
 SSH_PORT_ON_VM = "22"
+# What the Kubernetes mode sends out: HTTPS (443) to Azure Resource Manager, Entra ID, the Arc and
+# Azure ML endpoints, Microsoft's registry (README, "Outbound endpoints"), and HTTP (80) to the
+# Ubuntu mirrors, whose packages apt checks by signature. Allowed explicitly, so a deny rule
+# added later below them cannot cut the cluster off. NSGs filter addresses, not names: the
+# endpoint list belongs on the perimeter firewall.
+OUTBOUND_PORTS = (("https", "443", 100), ("http-apt", "80", 110))
 
 
-def ssh_rule(settings: HubSettings) -> dict[str, Any]:
-    """Inbound SSH from the configured sources only; the Hub's default rules deny the rest."""
+def outbound_rules() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": f"allow-{name}-out",
+            "properties": {
+                "priority": priority,
+                "direction": "Outbound",
+                "access": "Allow",
+                "protocol": "Tcp",
+                "sourcePortRange": "*",
+                "sourceAddressPrefix": "VirtualNetwork",
+                "destinationAddressPrefix": "Internet",
+                "destinationPortRange": port,
+            },
+        }
+        for name, port, priority in OUTBOUND_PORTS
+    ]
+
+
+def security_rules(settings: HubSettings, kubernetes: bool) -> list[dict[str, Any]]:
+    """Virtual-machine mode: SSH from the configured sources, as before. Kubernetes mode: nothing
+    inbound from the internet (the Arc agents connect out), SSH only from the configured sources
+    and none without them, and outbound HTTPS."""
+    ssh = ssh_rule(settings)
+    rules = [ssh] if ssh is not None else []
+    return rules + outbound_rules() if kubernetes else rules
+
+
+def ssh_rule(settings: HubSettings) -> dict[str, Any] | None:
+    """Inbound SSH from the configured sources only; the Hub's default rules deny the rest. None
+    when no source is configured (the Kubernetes mode needs no SSH): no rule at all."""
     sources = list(settings.ssh_source_cidrs)
+    if not sources:
+        return None
     if "*" in sources:  # only there through hubAllowSshFromAnywhere, and it subsumes the rest
         sources = ["*"]
     source = {"sourceAddressPrefix": sources[0]} if len(sources) == 1 else {"sourceAddressPrefixes": sources}
@@ -42,6 +79,8 @@ class HubNetworkArgs:
     settings: HubSettings
     stack: str
     tags: Mapping[str, str]
+    kubernetes: bool = False
+    """The NSG's rules for the Kubernetes edge mode (see `security_rules`)."""
 
 
 class HubNetwork(pulumi.ComponentResource):
@@ -71,7 +110,11 @@ class HubNetwork(pulumi.ComponentResource):
                 **extra,
             )
 
-        nsg = declare(f"{name}-nsg", spec("networkSecurityGroups", "nsg", {"securityRules": [ssh_rule(s)]}), child)
+        nsg = declare(
+            f"{name}-nsg",
+            spec("networkSecurityGroups", "nsg", {"securityRules": security_rules(s, args.kubernetes)}),
+            child,
+        )
         vnet = declare(
             f"{name}-vnet",
             spec(

@@ -21,7 +21,9 @@ def os_disk_type(vm_size: str) -> str:
     return "Premium_LRS" if _PREMIUM_SIZE.fullmatch(vm_size) else "Standard_LRS"
 
 
-def vm_properties(settings: HubSettings, computer_name: str, nic_id: pulumi.Input[str], script: str) -> dict[str, Any]:
+def vm_properties(
+    settings: HubSettings, computer_name: str, nic_id: pulumi.Input[str], script: pulumi.Input[str]
+) -> dict[str, Any]:
     os_profile: dict[str, Any] = {
         "computerName": computer_name,
         "adminUsername": settings.admin_username,
@@ -39,7 +41,13 @@ def vm_properties(settings: HubSettings, computer_name: str, nic_id: pulumi.Inpu
         },
     }
     if settings.bootstrap == "cloud-init":
-        os_profile["customData"] = first_boot.custom_data(script)
+        # A script that carries secrets (the Kubernetes mode's onboarding key and join token) is a
+        # secret Output: rendered inside the apply, the customData stays secret end to end.
+        os_profile["customData"] = (
+            first_boot.custom_data(script)
+            if isinstance(script, str)
+            else pulumi.Output.from_input(script).apply(first_boot.custom_data)
+        )
     image = settings.image
     return {
         "hardwareProfile": {"vmSize": settings.vm_size},
@@ -63,7 +71,7 @@ def vm_properties(settings: HubSettings, computer_name: str, nic_id: pulumi.Inpu
     }
 
 
-def custom_script_properties(script: str) -> dict[str, Any]:
+def custom_script_properties(script: pulumi.Input[str]) -> dict[str, Any]:
     # CustomScript for Linux at 2.0, the version Hubs syndicate (issue 10); with
     # autoUpgradeMinorVersion a Hub that has a newer 2.x minor version uses that. A Hub without
     # the requested handler version refuses the extension. The script travels in
@@ -73,7 +81,11 @@ def custom_script_properties(script: str) -> dict[str, Any]:
         "type": "CustomScript",
         "typeHandlerVersion": "2.0",
         "autoUpgradeMinorVersion": True,
-        "protectedSettings": first_boot.custom_script_settings(script),
+        "protectedSettings": (
+            first_boot.custom_script_settings(script)
+            if isinstance(script, str)
+            else pulumi.Output.from_input(script).apply(first_boot.custom_script_settings)
+        ),
     }
 
 
@@ -81,8 +93,15 @@ def custom_script_properties(script: str) -> dict[str, Any]:
 class HubVmArgs:
     settings: HubSettings
     stack: str
-    nic_id: pulumi.Input[str]
+    nic_id: pulumi.Input[str] | None
+    """The VM's NIC; None for a NIC of its own in `subnet_id`, without a public IP (K3s agents)."""
     tags: Mapping[str, str]
+    script: pulumi.Input[str] | None = None
+    """The first-boot script; None: the Docker-only script of the virtual-machine mode. Pass a
+    secret Output when it carries keys."""
+    kind: str = "vm"
+    """Names the VM (and its own NIC): `<kind>-edge-<stack>`."""
+    subnet_id: pulumi.Input[str] | None = None
 
 
 class HubVm(pulumi.ComponentResource):
@@ -98,8 +117,40 @@ class HubVm(pulumi.ComponentResource):
         super().__init__("edge-training:edge:HubVm", name, None, opts)
         s = args.settings
         child = pulumi.ResourceOptions(parent=self)
-        vm_name = naming.hub_resource_name("vm", args.stack)
-        script = first_boot.render_script(s.admin_username, s.docker_version)
+        vm_name = naming.hub_resource_name(args.kind, args.stack)
+        script = (
+            args.script if args.script is not None else first_boot.render_script(s.admin_username, s.docker_version)
+        )
+        nic_id = args.nic_id
+        if nic_id is None:
+            if args.subnet_id is None:
+                raise ValueError(f"HubVm {name}: give nic_id, or subnet_id for a NIC of its own")
+            nic_id = declare(
+                f"{name}-nic",
+                HubResourceSpec(
+                    namespace="Microsoft.Network",
+                    resource_type="networkInterfaces",
+                    name=naming.hub_resource_name(f"nic-{args.kind}", args.stack),
+                    resource_group_name=s.resource_group_name,
+                    location=s.location,
+                    # No public IP: an agent is reached only from inside the virtual network.
+                    properties={
+                        "ipConfigurations": [
+                            {
+                                "name": "primary",
+                                "properties": {
+                                    "primary": True,
+                                    "privateIPAllocationMethod": "Dynamic",
+                                    "subnet": {"id": args.subnet_id},
+                                },
+                            }
+                        ]
+                    },
+                    tags=args.tags,
+                    hub=HubEndpoint.of(s),
+                ),
+                child,
+            ).id
         vm = declare(
             f"{name}-vm",
             HubResourceSpec(
@@ -108,7 +159,7 @@ class HubVm(pulumi.ComponentResource):
                 name=vm_name,
                 resource_group_name=s.resource_group_name,
                 location=s.location,
-                properties=vm_properties(s, vm_name, args.nic_id, script),
+                properties=vm_properties(s, vm_name, nic_id, script),
                 tags=args.tags,
                 hub=HubEndpoint.of(s),
             ),

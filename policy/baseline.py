@@ -30,6 +30,9 @@ HUB_API_VERSIONS: Mapping[str, str] = {
     "Microsoft.Compute": "2020-06-01",
     "Microsoft.Resources": "2019-10-01",
 }
+# The one generic resource on the cloud side: the Arc connected cluster, at the stable version the
+# typed class of pulumi-azure-native 3.29 does not send (components/edge_kubernetes.py).
+CLOUD_GENERIC_API_VERSIONS: Mapping[str, str] = {"Microsoft.Kubernetes": "2026-05-01"}
 EVERYWHERE = {"*", "0.0.0.0/0", "0.0.0.0", "::/0", "internet", "any"}  # noqa: S104 (what to refuse)
 SECRET_NAMES = {
     "adminpassword", "password", "clientsecret", "clientcertificatepassword", "privatekey", "privatekeydata",
@@ -48,6 +51,8 @@ def _raw(props: Any) -> Any:
 
 
 def _plain(value: Any) -> Any:
+    # A property holding a secret anywhere inside (a VM's first-boot data in the Kubernetes mode)
+    # reaches the pack as one Secret: the checks read through it.
     while isinstance(value, Secret):
         value = value.value
     return value
@@ -107,10 +112,10 @@ def _security_rules(resource_type: str, props: Mapping[str, Any]) -> Iterator[tu
     elif resource_type == "azure-native:network:SecurityRule":
         yield str(props.get("securityRuleName", "?")), props
     elif _generic(resource_type, props, "Microsoft.Network", "networkSecurityGroups"):
-        for rule in (props.get("properties") or {}).get("securityRules") or []:
+        for rule in (_plain(props.get("properties")) or {}).get("securityRules") or []:
             yield str(rule.get("name", "?")), rule.get("properties") or {}
     elif _generic(resource_type, props, "Microsoft.Network", "securityRules"):
-        yield str(props.get("resourceName", "?")), props.get("properties") or {}
+        yield str(props.get("resourceName", "?")), _plain(props.get("properties")) or {}
 
 
 def no_ssh_from_everywhere(resource_type: str, props: Mapping[str, Any]) -> Iterator[str]:
@@ -126,9 +131,11 @@ def vm_password_authentication_disabled(resource_type: str, props: Mapping[str, 
     if resource_type == "azure-native:compute:VirtualMachine":
         os_profile = props.get("osProfile") or {}
     elif _generic(resource_type, props, "Microsoft.Compute", "virtualMachines"):
-        # A HubArmResource keeps custom data and any password in its (secret) secretProperties.
+        # A HubArmResource keeps custom data and any password in its (secret) secretProperties;
+        # `properties` itself may arrive as one secret when a secret Output runs through it.
         secret = _plain(props.get("secretProperties")) or {}
-        os_profile = {**((props.get("properties") or {}).get("osProfile") or {}), **(secret.get("osProfile") or {})}
+        plain = _plain(props.get("properties")) or {}
+        os_profile = {**(plain.get("osProfile") or {}), **(secret.get("osProfile") or {})}
     else:
         return
     if os_profile.get("adminPassword"):
@@ -150,12 +157,12 @@ def storage_secure(resource_type: str, props: Mapping[str, Any]) -> Iterator[str
         if props.get("allowBlobPublicAccess") is not False:
             yield "allowBlobPublicAccess must be false"
     elif _generic(resource_type, props, "Microsoft.Storage", "storageAccounts"):
-        if (props.get("properties") or {}).get("supportsHttpsTrafficOnly") is not True:
+        if (_plain(props.get("properties")) or {}).get("supportsHttpsTrafficOnly") is not True:
             yield "supportsHttpsTrafficOnly must be true"
     elif _generic(resource_type, props, "Microsoft.Storage", "containers") or resource_type == (
         "azure-native:storage:BlobContainer"
     ):
-        access = (props.get("properties") or {}).get("publicAccess", props.get("publicAccess", "None"))
+        access = (_plain(props.get("properties")) or {}).get("publicAccess", props.get("publicAccess", "None"))
         if access not in (None, "None"):
             yield f"blob container public access is {access}; it must be None"
 
@@ -172,7 +179,7 @@ def registry_locked_down(resource_type: str, props: Mapping[str, Any]) -> Iterat
 def key_vault_purge_protection(resource_type: str, props: Mapping[str, Any]) -> Iterator[str]:
     if (
         resource_type == "azure-native:keyvault:Vault"
-        and (props.get("properties") or {}).get("enablePurgeProtection") is not True
+        and (_plain(props.get("properties")) or {}).get("enablePurgeProtection") is not True
     ):
         yield "properties.enablePurgeProtection must be true"
 
@@ -186,6 +193,10 @@ def hub_api_versions(resource_type: str, props: Mapping[str, Any]) -> Iterator[s
     if resource_type not in GENERIC:
         return
     namespace, version = props.get("resourceProviderNamespace"), props.get("apiVersion")
+    if (stable := CLOUD_GENERIC_API_VERSIONS.get(str(namespace))) is not None:
+        if version != stable:
+            yield f"{namespace} at {version}; the stable version declared is {stable}"
+        return
     expected = HUB_API_VERSIONS.get(str(namespace))
     if expected is None:
         yield f"{namespace} is not in Azure Stack Hub profile 2020-09-01-hybrid"

@@ -44,7 +44,11 @@ def metadata(login: str, audience: str) -> Reply:
 
 
 def test_discover_reads_the_metadata_at_the_version_every_cloud_and_hub_answers(arm: ArmEndpoint) -> None:
-    arm.fake.script("GET", "/metadata/endpoints", metadata("https://login.chinacloudapi.cn/", "https://management.core.chinacloudapi.cn/"))
+    arm.fake.script(
+        "GET",
+        "/metadata/endpoints",
+        metadata("https://login.chinacloudapi.cn/", "https://management.core.chinacloudapi.cn/"),
+    )
     found = discover(arm.url, transport=arm.transport())
     assert found.login_endpoint == "https://login.chinacloudapi.cn/"
     assert found.arm_scope == "https://management.core.chinacloudapi.cn/.default"
@@ -134,7 +138,9 @@ def test_the_workflows_exact_variables_sign_in_by_oidc(arm: ArmEndpoint, workflo
 
 
 def test_a_hub_principal_signs_in_at_adfs_with_its_secret(arm: ArmEndpoint) -> None:
-    arm.fake.script("GET", "/metadata/endpoints", metadata(arm.url + "/adfs", "https://management.adfs.azurestack.local/4de154de"))
+    arm.fake.script(
+        "GET", "/metadata/endpoints", metadata(arm.url + "/adfs", "https://management.adfs.azurestack.local/4de154de")
+    )
     # What an AD FS farm serves; MSAL reads it before the first token request.
     arm.fake.script(
         "GET",

@@ -372,7 +372,9 @@ def recording() -> Recording:
     from tests.conftest import DEV_SECRET_KEYS, dev_stack_config
     from tests.harness import pulumi_mocks
 
-    return pulumi_mocks.run_program(dev_stack_config(), secret_keys=DEV_SECRET_KEYS)
+    # The attach exists in the virtual-machine mode (the Kubernetes mode: test_edge_kubernetes.py).
+    config = dev_stack_config() | {"edgeComputeMode": "virtual-machine"}
+    return pulumi_mocks.run_program(config, secret_keys=DEV_SECRET_KEYS)
 
 
 def test_the_program_attaches_the_hub_vm_to_the_workspace(recording: Recording) -> None:

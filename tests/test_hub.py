@@ -40,7 +40,11 @@ def recording(request: pytest.FixtureRequest) -> Recording:
     from tests.conftest import DEV_SECRET_KEYS, dev_stack_config
     from tests.harness import pulumi_mocks
 
-    return pulumi_mocks.run_program(dev_stack_config() | {"hubBootstrap": request.param}, secret_keys=DEV_SECRET_KEYS)
+    # The virtual-machine mode with its default size: the Hub side exactly as before the Kubernetes
+    # mode (test_edge_kubernetes.py covers that mode's VM, NSG and scripts).
+    overrides = {"hubBootstrap": request.param, "edgeComputeMode": "virtual-machine"}
+    config = {k: v for k, v in (dev_stack_config() | overrides).items() if k != "hubVmSize"}
+    return pulumi_mocks.run_program(config, secret_keys=DEV_SECRET_KEYS)
 
 
 def hub_resources(recording: Recording) -> list[Any]:

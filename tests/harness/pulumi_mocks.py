@@ -30,6 +30,22 @@ FAKE_PRINCIPAL = "33333333-3333-3333-3333-333333333333"
 # The workspace's user-assigned identity: a principal of its own, so a test can tell whose it is.
 FAKE_IDENTITY_PRINCIPAL = "55555555-5555-5555-5555-555555555555"
 FAKE_IDENTITY_CLIENT = "66666666-6666-6666-6666-666666666666"
+FAKE_COMPUTE_PRINCIPAL = "44444444-4444-4444-4444-444444444444"
+FAKE_RELAY_CONNECTION_STRING = (
+    "Endpoint=sb://relay.servicebus.windows.net/;SharedAccessKeyName=azureml_rw;"
+    "SharedAccessKey=RELAY-SECRET-KEY-FOR-TESTS;EntityPath=arc-edge-dev"
+)
+_SECRETS_CACHE: dict[str, Any] = {}
+
+
+def _cluster_secrets(inputs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """What ClusterSecretsProvider.create returns, from the provider itself (once per session)."""
+    if not _SECRETS_CACHE:
+        from providers.cluster_secrets import ClusterSecretsProvider
+
+        _SECRETS_CACHE.update(ClusterSecretsProvider().create(dict(inputs)).outs)
+    return {k: _SECRETS_CACHE[k] for k in ("onboardingPrivateKey", "agentPublicKeyCertificate", "joinToken")}
+
 
 # Outputs the cloud would compute, by resource type, for resources whose outputs the program
 # reads. Inputs are echoed back for everything; these add what Azure would fill in.
@@ -48,6 +64,16 @@ OUTPUT_FAKES: dict[str, OutputFake] = {
     },
     "pulumi-python:dynamic/edge-training:HubArmResource": lambda name, inputs: _hub_resource_outputs(inputs),
     # What the attach provider's create returns.
+    # Kubernetes mode: the real key and token generator (cached: a 4096-bit key takes a while),
+    # the wait's answer for a connected cluster, and the compute's identity.
+    "pulumi-python:dynamic/edge-training:ClusterSecrets": lambda name, inputs: _cluster_secrets(inputs),
+    "pulumi-python:dynamic/edge-training:ArcConnection": lambda name, inputs: {
+        "connectivityStatus": "Connected",
+        "agentVersion": "1.31.3",
+    },
+    "azure-native:machinelearningservices:Compute": lambda name, inputs: {
+        "identity": {**inputs.get("identity", {}), "principalId": FAKE_COMPUTE_PRINCIPAL, "tenantId": FAKE_TENANT}
+    },
     "pulumi-python:dynamic/edge-training:EdgeCompute": lambda name, inputs: {
         "computeId": (
             f"/subscriptions/{inputs['subscriptionId']}/resourceGroups/{inputs['resourceGroupName']}/providers/"
@@ -72,6 +98,12 @@ def _identity_outputs(identity: Mapping[str, Any]) -> dict[str, Any]:
 
 # The input that carries an azure-native resource's own name, which Azure echoes as `name`.
 NAME_INPUTS = (
+    # The child's own name before its parents' (a compute also names its workspace).
+    "computeName",
+    "extensionName",
+    "authorizationRuleName",
+    "hybridConnectionName",
+    "namespaceName",
     "accountName",
     "registryName",
     "workspaceName",
@@ -87,6 +119,11 @@ CALL_FAKES: dict[str, Callable[[Mapping[str, Any]], Mapping[str, Any]]] = {
         "tenantId": FAKE_TENANT,
         "objectId": FAKE_PRINCIPAL,
         "clientId": FAKE_PRINCIPAL,
+    },
+    "azure-native:relay:listHybridConnectionKeys": lambda _args: {
+        "primaryConnectionString": FAKE_RELAY_CONNECTION_STRING,
+        "primaryKey": "RELAY-SECRET-KEY-FOR-TESTS",
+        "keyName": "azureml_rw",
     },
 }
 
@@ -120,9 +157,11 @@ class Resource:
     secret_inputs: frozenset[str]
     """Top-level input names whose value (or some part of it) is a secret."""
     delete_before_replace: bool
-    additional_secret_outputs: tuple[str, ...] = ()
     outputs: dict[str, Any] = field(default_factory=dict)
     """What the resource registered with register_outputs (components)."""
+    additional_secret_outputs: list[str] = field(default_factory=list)
+    raw_inputs: dict[str, Any] = field(default_factory=dict)
+    """The inputs with Pulumi's secret markers where the engine would see them (nested, too)."""
 
     @property
     def provider_urn(self) -> str:
@@ -157,6 +196,10 @@ class Recording:
 
     def children_of(self, parent: Resource) -> list[Resource]:
         return [r for r in self.resources if r.parent == parent.urn]
+
+
+def is_secret_marker(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SECRET_SIG[0]) == SECRET_SIG[1]
 
 
 def _unwrap_secrets(value: Any) -> Any:
@@ -223,7 +266,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     property_dependencies={k: list(v.urns) for k, v in request.propertyDependencies.items()},
                     secret_inputs=frozenset(k for k, v in raw.items() if _contains_secret(v)),
                     delete_before_replace=bool(request.deleteBeforeReplace),
-                    additional_secret_outputs=tuple(request.additionalSecretOutputs),
+                    additional_secret_outputs=list(request.additionalSecretOutputs),
+                    raw_inputs=rpc.deserialize_properties(request.object),
                 )
             )
         return response

@@ -1,0 +1,269 @@
+"""Wait, through Azure Resource Manager, until an Arc-enabled cluster reports `Connected`.
+
+Nothing connects to the Hub VM: its first boot installs K3s and the Arc agents, and the agents
+call out to Azure. Whether that worked is visible only in Azure, as the connected cluster's
+`properties.connectivityStatus` (Connecting, Connected, Offline, Expired, AgentNotInstalled;
+Azure/azure-rest-api-specs, hybridkubernetes connectedClusters.json). The extension and the
+compute need a connected cluster, so this resource sits between the cluster and them and polls
+until `Connected`, or fails at its deadline naming the outbound endpoints the agents need.
+
+The provider object is pickled into the state: it holds no client or credential; both are made
+inside the methods (the credential from the ARM_* variables, like the azure-native provider).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+from azure.core import PipelineClient
+from azure.core.credentials import TokenCredential
+from azure.core.pipeline.policies import (
+    BearerTokenCredentialPolicy,
+    HeadersPolicy,
+    RetryPolicy,
+    UserAgentPolicy,
+)
+from azure.core.pipeline.transport import HttpTransport
+from azure.core.rest import HttpRequest
+from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
+
+from clients.cloud import PUBLIC
+
+log = logging.getLogger(__name__)
+
+# The stable Microsoft.Kubernetes version the cluster is declared at (components/edge_kubernetes.py)
+# and read at here: the default of azure-mgmt-hybridkubernetes 2.0.0, whose models the tests use.
+CONNECTED_CLUSTER_API_VERSION = "2026-05-01"
+CONNECTED = "Connected"
+TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
+REPLACE_ON = ("subscriptionId", "resourceGroupName", "clusterName", "armEndpoint")
+
+
+def arc_outbound_endpoints(region: str) -> tuple[str, ...]:
+    """What the Arc agents must reach on 443 (public Azure), from Microsoft's "Azure Arc-enabled
+    Kubernetes network requirements" (MicrosoftDocs/azure-docs, articles/azure-arc/kubernetes/
+    includes/network-requirements-azure-cloud.md)."""
+    return (
+        "management.azure.com",
+        f"{region}.dp.kubernetesconfiguration.azure.com",
+        "login.microsoftonline.com",
+        f"{region}.login.microsoft.com",
+        "login.windows.net",
+        "sts.windows.net",
+        "mcr.microsoft.com",
+        "*.data.mcr.microsoft.com",
+        "gbl.his.arc.azure.com",
+        "*.his.arc.azure.com",
+        "guestnotificationservice.azure.com",
+        "*.guestnotificationservice.azure.com",
+        "*.servicebus.windows.net (websockets)",
+        "k8sconnectcsp.azureedge.net",
+    )
+
+
+class ArcConnectionError(RuntimeError):
+    """The cluster did not connect, or Resource Manager refused to tell."""
+
+
+@dataclass(frozen=True)
+class ClusterRef:
+    subscription_id: str
+    resource_group: str
+    name: str
+
+    @property
+    def path(self) -> str:
+        return (
+            f"/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
+            f"/providers/Microsoft.Kubernetes/connectedClusters/{self.name}"
+        )
+
+
+def arm_client(
+    credential: TokenCredential,
+    endpoint: str = PUBLIC.resource_manager,
+    scope: str = PUBLIC.arm_scope,
+    transport: HttpTransport | None = None,
+    retry_total: int = 4,
+) -> PipelineClient:
+    """azure-core's pipeline: bearer token, and 408/429/5xx retried with backoff, honouring
+    Retry-After (the transport's sleep, which tests record instead of sleeping)."""
+    policies = [
+        HeadersPolicy(),
+        UserAgentPolicy(base_user_agent="edge-training"),
+        RetryPolicy(retry_total=retry_total, retry_backoff_factor=1.0, retry_backoff_max=60),
+        BearerTokenCredentialPolicy(credential, scope),
+    ]
+    return PipelineClient(base_url=endpoint.rstrip("/"), policies=policies, transport=transport)
+
+
+def _error_text(response: Any) -> str:
+    try:
+        error = response.json().get("error", {})
+        return f"{error.get('code', 'Unknown')}: {error.get('message', '')}"
+    except (ValueError, AttributeError):
+        return response.text()[:300]
+
+
+def wait_until_connected(
+    client: PipelineClient,
+    ref: ClusterRef,
+    region: str,
+    deadline_seconds: float,
+    poll_seconds: float = 15.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Poll the cluster until it is Connected and return it; fail at the deadline.
+
+    Throttling and server errors that outlast the pipeline's own retries count as "not yet";
+    any other refusal (no permission, no such resource group) fails at once with the service's
+    message, because waiting will not change it."""
+    end = clock() + deadline_seconds
+    last = "never answered"
+    while True:
+        response = client.send_request(
+            HttpRequest(
+                "GET",
+                client.format_url(ref.path),
+                params={"api-version": CONNECTED_CLUSTER_API_VERSION},
+                headers={"Accept": "application/json"},
+            )
+        )
+        if response.status_code == 200:
+            cluster = response.json()
+            status = str((cluster.get("properties") or {}).get("connectivityStatus") or "Unknown")
+            if status == CONNECTED:
+                return cluster
+            last = status
+        elif response.status_code in TRANSIENT:
+            last = f"HTTP {response.status_code} ({_error_text(response)})"
+            log.warning("reading connected cluster %s: %s; still waiting", ref.name, last)
+        else:
+            raise ArcConnectionError(
+                f"reading connected cluster {ref.name} failed: HTTP {response.status_code} {_error_text(response)}"
+            )
+        remaining = end - clock()
+        if remaining <= 0:
+            endpoints = "\n  ".join(arc_outbound_endpoints(region))
+            raise ArcConnectionError(
+                f"connected cluster {ref.name} is not Connected after {deadline_seconds:.0f}s (last: {last}). "
+                "The Arc agents on the Hub VM connect out to Azure; check that the VM finished first boot "
+                "(/var/lib/edge-training/cluster-ready) and that the Hub network allows outbound HTTPS (443) to:\n  "
+                + endpoints
+            )
+        sleep(min(poll_seconds, remaining))
+
+
+class ArcConnectionProvider(ResourceProvider):
+    """create waits; read reports the current status; delete has nothing to undo."""
+
+    def _client(self, props: dict[str, Any]) -> PipelineClient:
+        from clients.credentials import credential_from_environment
+
+        return arm_client(credential_from_environment(), endpoint=props.get("armEndpoint") or PUBLIC.resource_manager)
+
+    def _clock(self) -> Callable[[], float]:
+        return time.monotonic
+
+    def _sleep(self) -> Callable[[float], None]:
+        return time.sleep
+
+    @staticmethod
+    def _ref(props: dict[str, Any]) -> ClusterRef:
+        return ClusterRef(props["subscriptionId"], props["resourceGroupName"], props["clusterName"])
+
+    def _outs(self, props: dict[str, Any], cluster: dict[str, Any]) -> dict[str, Any]:
+        properties = cluster.get("properties") or {}
+        return {
+            **props,
+            "connectivityStatus": properties.get("connectivityStatus"),
+            "agentVersion": properties.get("agentVersion"),
+            "kubernetesVersion": properties.get("kubernetesVersion"),
+        }
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        ref = self._ref(props)
+        with self._client(props) as client:
+            cluster = wait_until_connected(
+                client,
+                ref,
+                region=props["location"],
+                deadline_seconds=float(props["deadlineSeconds"]),
+                poll_seconds=float(props.get("pollSeconds") or 15),
+                clock=self._clock(),
+                sleep=self._sleep(),
+            )
+        return CreateResult(id_=cluster.get("id") or ref.path, outs=self._outs(props, cluster))
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        # A cluster that is another resource must be waited for again; anything else (the
+        # deadline) only matters while waiting.
+        replaces = [k for k in REPLACE_ON if olds.get(k) != news.get(k)]
+        others = [k for k in ("deadlineSeconds", "pollSeconds", "location") if olds.get(k) != news.get(k)]
+        return DiffResult(changes=bool(replaces or others), replaces=replaces)
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(outs={**olds, **news})
+
+    def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
+        ref = self._ref(props)
+        with self._client(props) as client:
+            response = client.send_request(
+                HttpRequest("GET", client.format_url(ref.path), params={"api-version": CONNECTED_CLUSTER_API_VERSION})
+            )
+        if response.status_code == 404:
+            return ReadResult(id_=None, outs={})
+        if response.status_code != 200:
+            raise ArcConnectionError(f"reading connected cluster {ref.name} failed: {_error_text(response)}")
+        cluster = response.json()
+        status = (cluster.get("properties") or {}).get("connectivityStatus")
+        if status != CONNECTED:
+            log.warning("connected cluster %s is %s, no longer Connected", ref.name, status)
+        return ReadResult(id_=id_, outs=self._outs(props, cluster))
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        """Waiting leaves nothing behind; the cluster is deleted by its own resource."""
+
+
+@dataclass(frozen=True)
+class ArcConnectionArgs:
+    subscription_id: pulumi.Input[str]
+    resource_group_name: pulumi.Input[str]
+    cluster_name: pulumi.Input[str]
+    location: pulumi.Input[str]
+    deadline_seconds: int = 1800
+    arm_endpoint: str = PUBLIC.resource_manager
+
+
+class ArcConnection(pulumi.dynamic.Resource, module="edge-training", name="ArcConnection"):
+    """Done when the connected cluster reports Connected."""
+
+    def __init__(
+        self,
+        name: str,
+        args: ArcConnectionArgs,
+        opts: pulumi.ResourceOptions | None = None,
+        provider: ArcConnectionProvider | None = None,
+    ) -> None:
+        props = {
+            "subscriptionId": args.subscription_id,
+            "resourceGroupName": args.resource_group_name,
+            "clusterName": args.cluster_name,
+            "location": args.location,
+            "deadlineSeconds": args.deadline_seconds,
+            "armEndpoint": args.arm_endpoint,
+            "connectivityStatus": None,
+            "agentVersion": None,
+            "kubernetesVersion": None,
+        }
+        super().__init__(provider or ArcConnectionProvider(), name, props, opts)
+
+    @property
+    def connectivity_status(self) -> pulumi.Output[str]:
+        return self.__dict__["connectivityStatus"]

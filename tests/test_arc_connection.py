@@ -1,0 +1,214 @@
+"""The wait for `connectivityStatus == Connected`, through the real azure-core pipeline against a
+local HTTPS Resource Manager, with an injected clock (nothing really waits)."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.core import PipelineClient
+from azure.mgmt.hybridkubernetes import models as arc_models
+
+from providers import arc_connection
+from providers.arc_connection import (
+    CONNECTED_CLUSTER_API_VERSION,
+    ArcConnectionError,
+    ArcConnectionProvider,
+    ClusterRef,
+    arm_client,
+    wait_until_connected,
+)
+from tests.harness.arm_server import TEST_TOKEN, ArmEndpoint, RecordingTransport, Reply, StaticCredential, serve_arm
+
+REF = ClusterRef("11111111-1111-1111-1111-111111111111", "rg-edge", "arc-edge-dev")
+REGION = "westeurope"
+
+
+class FakeClock:
+    """Time moves only when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def cluster(status: str) -> dict[str, Any]:
+    return {
+        "id": REF.path,
+        "name": REF.name,
+        "location": REGION,
+        "identity": {"type": "SystemAssigned"},
+        "properties": {
+            "agentPublicKeyCertificate": "MIIB",
+            "provisioningState": "Succeeded",
+            "connectivityStatus": status,
+            "agentVersion": "1.31.2",
+        },
+    }
+
+
+def test_the_stand_in_answers_what_microsofts_model_reads() -> None:
+    # The scripted replies are bodies the 2026-05-01 model understands, with a status it knows.
+    model = arc_models.ConnectedCluster(cluster("Connected"))
+    assert model.properties.connectivity_status == arc_models.ConnectivityStatus.CONNECTED
+    assert {s.value for s in arc_models.ConnectivityStatus} >= {"Connecting", "Connected", "Offline"}
+
+
+@pytest.fixture
+def arm(tmp_path: Path) -> Iterator[ArmEndpoint]:
+    with serve_arm(tmp_path) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def transport(arm: ArmEndpoint) -> RecordingTransport:
+    return arm.transport()
+
+
+@pytest.fixture
+def client(arm: ArmEndpoint, transport: RecordingTransport) -> Iterator[PipelineClient]:
+    with arm_client(StaticCredential(), endpoint=arm.url, transport=transport) as c:
+        yield c
+
+
+def test_waits_until_connected_reading_the_cluster_at_its_api_version(arm: ArmEndpoint, client: PipelineClient) -> None:
+    arm.fake.script(
+        "GET",
+        REF.path,
+        Reply(200, cluster("Connecting")),
+        Reply(200, cluster("Connecting")),
+        Reply(200, cluster("Connected")),
+    )
+    clock = FakeClock()
+    result = wait_until_connected(client, REF, REGION, 600, poll_seconds=15, clock=clock, sleep=clock.sleep)
+    assert result["properties"]["connectivityStatus"] == "Connected"
+    assert clock.slept == [15, 15]
+    assert len(arm.fake.requests) == 3
+    for request in arm.fake.requests:
+        assert request.query["api-version"] == [CONNECTED_CLUSTER_API_VERSION]
+        assert request.headers["authorization"] == f"Bearer {TEST_TOKEN}"
+
+
+def test_never_connected_fails_at_the_deadline_naming_the_endpoints(arm: ArmEndpoint, client: PipelineClient) -> None:
+    arm.fake.script("GET", REF.path, Reply(200, cluster("Connecting")))
+    clock = FakeClock()
+    with pytest.raises(ArcConnectionError) as caught:
+        wait_until_connected(client, REF, REGION, 100, poll_seconds=30, clock=clock, sleep=clock.sleep)
+    message = str(caught.value)
+    assert "not Connected after 100s (last: Connecting)" in message
+    for endpoint in (
+        "management.azure.com",
+        f"{REGION}.dp.kubernetesconfiguration.azure.com",
+        "*.servicebus.windows.net",
+        "mcr.microsoft.com",
+        "*.his.arc.azure.com",
+    ):
+        assert endpoint in message
+    # The deadline is kept to the second: the last wait is shortened, never overshot.
+    assert clock.slept == [30, 30, 30, 10]
+    assert clock.now == 1100
+
+
+def test_throttling_and_server_errors_are_retried(
+    arm: ArmEndpoint, client: PipelineClient, transport: RecordingTransport
+) -> None:
+    arm.fake.script(
+        "GET",
+        REF.path,
+        Reply(429, {"error": {"code": "TooManyRequests", "message": "slow down"}}, {"Retry-After": "7"}),
+        Reply(503, {"error": {"code": "ServiceUnavailable", "message": "try later"}}),
+        Reply(200, cluster("Connected")),
+    )
+    clock = FakeClock()
+    wait_until_connected(client, REF, REGION, 600, clock=clock, sleep=clock.sleep)
+    assert len(arm.fake.requests) == 3
+    assert transport.slept[0] == 7  # Retry-After honoured by azure-core's retry policy
+    assert clock.slept == []  # retried inside the pipeline, not by the poll loop
+
+
+def test_errors_that_outlast_the_retries_count_as_not_yet(arm: ArmEndpoint, transport: RecordingTransport) -> None:
+    arm.fake.script(
+        "GET",
+        REF.path,
+        Reply(500, {"error": {"code": "InternalServerError", "message": "boom"}}),
+        Reply(500, {"error": {"code": "InternalServerError", "message": "boom"}}),
+        Reply(200, cluster("Connected")),
+    )
+    clock = FakeClock()
+    with arm_client(StaticCredential(), endpoint=arm.url, transport=transport, retry_total=0) as client:
+        wait_until_connected(client, REF, REGION, 600, poll_seconds=5, clock=clock, sleep=clock.sleep)
+    assert clock.slept == [5, 5]
+
+
+def test_a_refusal_fails_at_once_with_the_services_message(arm: ArmEndpoint, client: PipelineClient) -> None:
+    arm.fake.script("GET", REF.path, Reply(403, {"error": {"code": "AuthorizationFailed", "message": "no read"}}))
+    clock = FakeClock()
+    with pytest.raises(ArcConnectionError, match="HTTP 403 AuthorizationFailed: no read"):
+        wait_until_connected(client, REF, REGION, 600, clock=clock, sleep=clock.sleep)
+    assert clock.slept == [] and len(arm.fake.requests) == 1
+
+
+class LocalProvider(ArcConnectionProvider):
+    """The real provider, pointed at the local endpoint, with the fake clock."""
+
+    def __init__(self, arm: ArmEndpoint, clock: FakeClock) -> None:
+        self.arm, self.clock = arm, clock
+
+    def _client(self, props: dict[str, Any]) -> PipelineClient:
+        return arm_client(StaticCredential(), endpoint=self.arm.url, transport=self.arm.transport())
+
+    def _clock(self) -> Any:
+        return self.clock
+
+    def _sleep(self) -> Any:
+        return self.clock.sleep
+
+
+PROPS = {
+    "subscriptionId": REF.subscription_id,
+    "resourceGroupName": REF.resource_group,
+    "clusterName": REF.name,
+    "location": REGION,
+    "deadlineSeconds": 900,
+    "armEndpoint": "https://management.azure.com/",
+}
+
+
+def test_the_provider_creates_once_connected_and_refresh_reads_the_status(arm: ArmEndpoint) -> None:
+    arm.fake.script(
+        "GET",
+        REF.path,
+        Reply(200, cluster("Connecting")),
+        Reply(200, cluster("Connected")),
+        Reply(200, cluster("Offline")),
+    )
+    provider = LocalProvider(arm, FakeClock())
+    created = provider.create(dict(PROPS))
+    assert created.id == REF.path
+    assert created.outs["connectivityStatus"] == "Connected"
+    assert created.outs["agentVersion"] == "1.31.2"
+    refreshed = provider.read(created.id, created.outs)
+    assert refreshed.outs["connectivityStatus"] == "Offline"
+
+
+def test_the_provider_diff_waits_again_only_for_another_cluster() -> None:
+    provider = ArcConnectionProvider()
+    assert provider.diff("id", PROPS, dict(PROPS)).changes is False
+    assert provider.diff("id", PROPS, {**PROPS, "clusterName": "other"}).replaces == ["clusterName"]
+    assert provider.diff("id", PROPS, {**PROPS, "deadlineSeconds": 60}).replaces == []
+
+
+def test_the_pickled_provider_holds_no_client_or_credential() -> None:
+    state = pickle.dumps(ArcConnectionProvider())
+    assert b"credential" not in state.lower() and b"PipelineClient" not in state
+    assert arc_connection.ArcConnectionProvider.__dict__.get("__init__") is None
