@@ -7,7 +7,6 @@ Each check is a plain function over one resource's type and properties, wrapped 
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -19,6 +18,11 @@ from pulumi_policy import (
     Secret,
 )
 
+try:  # imported as the package `policy`: by the program and the tests
+    from policy.address_space import everywhere_reason
+except ImportError:  # run by `pulumi preview --policy-pack policy`, from the pack's own directory
+    from address_space import everywhere_reason  # type: ignore[no-redef]
+
 GENERIC = "azure-native:resources:Resource"
 # Azure Stack Hub profile 2020-09-01-hybrid (the versions components/hub_resource.py uses).
 HUB_API_VERSIONS: Mapping[str, str] = {
@@ -27,7 +31,6 @@ HUB_API_VERSIONS: Mapping[str, str] = {
     "Microsoft.Compute": "2020-06-01",
     "Microsoft.Resources": "2019-10-01",
 }
-EVERYWHERE = {"*", "0.0.0.0/0", "0.0.0.0", "::/0", "internet", "any"}  # noqa: S104 (what to refuse)
 SECRET_NAMES = {
     "adminpassword", "password", "clientsecret", "clientcertificatepassword", "privatekey", "privatekeydata",
     "accountkey", "connectionstring", "sastoken", "sshprivatekey",
@@ -75,26 +78,19 @@ def _covers_22(ranges: list[str]) -> bool:
     return False
 
 
-def _everywhere(source: str) -> bool:
-    source = str(source).strip().lower()
-    if source in EVERYWHERE:
-        return True
-    try:
-        return ipaddress.ip_network(source, strict=False).prefixlen == 0
-    except ValueError:
-        return False
-
-
-def _rule_opens_ssh_to_everyone(rule: Mapping[str, Any]) -> bool:
+def _allows_ssh_in(rule: Mapping[str, Any]) -> bool:
     if str(rule.get("access", "")).lower() != "allow" or str(rule.get("direction", "")).lower() != "inbound":
         return False
     if str(rule.get("protocol", "*")).lower() not in ("tcp", "*"):
         return False
     ports = [rule["destinationPortRange"]] if rule.get("destinationPortRange") else []
     ports += list(rule.get("destinationPortRanges") or [])
+    return _covers_22(ports)
+
+
+def _sources(rule: Mapping[str, Any]) -> list[str]:
     sources = [rule["sourceAddressPrefix"]] if rule.get("sourceAddressPrefix") else []
-    sources += list(rule.get("sourceAddressPrefixes") or [])
-    return _covers_22(ports) and any(_everywhere(s) for s in sources)
+    return sources + [str(s) for s in rule.get("sourceAddressPrefixes") or []]
 
 
 def _security_rules(resource_type: str, props: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
@@ -111,9 +107,20 @@ def _security_rules(resource_type: str, props: Mapping[str, Any]) -> Iterator[tu
 
 
 def no_ssh_from_everywhere(resource_type: str, props: Mapping[str, Any]) -> Iterator[str]:
+    # Judged by coverage over every rule of the resource that lets SSH in: two rules (or two
+    # prefixes of one rule) for 0.0.0.0/1 and 128.0.0.0/1 open SSH to everyone as surely as one
+    # rule for 0.0.0.0/0. Deny rules are not subtracted: an allow-everywhere rule is refused as is.
+    names: list[str] = []
+    sources: list[str] = []
     for name, rule in _security_rules(resource_type, props):
-        if _rule_opens_ssh_to_everyone(rule):
-            yield f"security rule {name} allows SSH (22) from everywhere; list the networks that need it"
+        if _allows_ssh_in(rule):
+            names.append(name)
+            sources += _sources(rule)
+    if names and (reason := everywhere_reason(sources)) is not None:
+        yield (
+            f"security rule {', '.join(names)} allows SSH (22) from everywhere ({reason}); "
+            "list the networks that need it"
+        )
 
 
 # --- VMs -----------------------------------------------------------------------------------------

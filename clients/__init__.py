@@ -1,0 +1,1 @@
+"""Clients shared by the providers and the training CLI: cloud metadata, credentials, HTTP."""
