@@ -127,7 +127,7 @@ ROWS: list[tuple[str, dict[str, Any], str, str]] = [
     ),
     # --- tags (Microsoft Learn, "Use tags to organize your Azure resources": limits)
     ("51 tags", {"tags": [f"t{i}=v" for i in range(48)]}, "tags", "Azure allows 50"),
-    ("tag names differing in case", {"tags": ["Owner=a", "owner=b"]}, "tags", "ignore case"),
+    ("tag names differing in case", {"tags": ["team=a", "Team=b"]}, "tags", "ignore case"),
     ("tag shadowing a base tag in other case", {"tags": ["Stack=prod"]}, "tags", "set by the program"),
     ("tag name of 129 characters", {"tags": ["k" * 129 + "=v"]}, "tags", "at most 128"),
     ("tag value of 257 characters", {"tags": ["k=" + "v" * 257]}, "tags", "at most 256"),
