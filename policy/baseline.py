@@ -16,6 +16,8 @@ from pulumi_policy import (
     ResourceValidationArgs,
     ResourceValidationPolicy,
     Secret,
+    StackValidationArgs,
+    StackValidationPolicy,
 )
 
 try:  # imported as the package `policy`: by the program and the tests
@@ -121,6 +123,49 @@ def no_ssh_from_everywhere(resource_type: str, props: Mapping[str, Any]) -> Iter
             f"security rule {', '.join(names)} allows SSH (22) from everywhere ({reason}); "
             "list the networks that need it"
         )
+
+
+def _nsg_of(resource_type: str, props: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """Which NSG a resource's rules belong to, when the properties say so; None otherwise."""
+    group = props.get("resourceGroupName")
+    if resource_type == "azure-native:network:NetworkSecurityGroup":
+        name = props.get("networkSecurityGroupName") or props.get("name")
+    elif resource_type == "azure-native:network:SecurityRule":
+        name = props.get("networkSecurityGroupName")
+    elif _generic(resource_type, props, "Microsoft.Network", "networkSecurityGroups"):
+        name = props.get("resourceName")
+    elif _generic(resource_type, props, "Microsoft.Network", "securityRules"):
+        name = str(props.get("parentResourcePath") or "").rpartition("/")[2]
+    else:
+        return None
+    if not isinstance(group, str) or not isinstance(name, str) or not group or not name:
+        return None  # unknown during preview: judged per resource only
+    kind = "hub" if resource_type == GENERIC else "typed"
+    return (kind, group.lower(), name.lower())
+
+
+def no_ssh_from_everywhere_across_resources(resources: list[tuple[str, Mapping[str, Any]]]) -> Iterator[str]:
+    """The same coverage rule over an NSG and its separately declared rules taken together.
+
+    Only what no single resource shows: one that opens SSH to everywhere alone is reported by
+    no-ssh-from-everywhere already.
+    """
+    groups: dict[tuple[str, ...], tuple[list[str], list[str]]] = {}
+    for resource_type, props in resources:
+        key = _nsg_of(resource_type, props)
+        if key is None or next(no_ssh_from_everywhere(resource_type, props), None) is not None:
+            continue
+        names, sources = groups.setdefault(key, ([], []))
+        for name, rule in _security_rules(resource_type, props):
+            if _allows_ssh_in(rule):
+                names.append(name)
+                sources += _sources(rule)
+    for (_, group, nsg), (names, sources) in groups.items():
+        if names and (reason := everywhere_reason(sources)) is not None:
+            yield (
+                f"security rules {', '.join(names)} of NSG {nsg} ({group}) together allow SSH (22) from "
+                f"everywhere ({reason}); list the networks that need it"
+            )
 
 
 # --- VMs -----------------------------------------------------------------------------------------
@@ -235,9 +280,15 @@ def _policy(name: str, description: str, check: Check, level: EnforcementLevel) 
     return ResourceValidationPolicy(name=name, description=description, validate=validate, enforcement_level=level)
 
 
+def _stack_validate(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+    resources = [(r.resource_type, _raw(r.props)) for r in args.resources]
+    for message in no_ssh_from_everywhere_across_resources(resources):
+        report_violation(message, None)
+
+
 MANDATORY, ADVISORY = EnforcementLevel.MANDATORY, EnforcementLevel.ADVISORY
 
-POLICIES: list[ResourceValidationPolicy] = [
+POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
     _policy("no-ssh-from-everywhere", "No NSG rule allows SSH from everywhere (typed or Hub).",
             no_ssh_from_everywhere, MANDATORY),
     _policy("vm-password-authentication-disabled", "VMs take SSH keys only.",
@@ -250,6 +301,9 @@ POLICIES: list[ResourceValidationPolicy] = [
     _policy("hub-api-versions", "Generic (Hub) resources only at Hub-profile API versions.",
             hub_api_versions, MANDATORY),
     _policy("no-plaintext-secrets", "Secret-named properties are Pulumi secrets.", no_plaintext_secrets, MANDATORY),
+    StackValidationPolicy(name="no-ssh-from-everywhere-across-rules",
+                          description="No NSG with its separately declared rules allows SSH from everywhere.",
+                          validate=_stack_validate, enforcement_level=MANDATORY),
     _policy("public-network-access-noted", "Workspace and registry public network access (advisory).",
             public_network_access_noted, ADVISORY),
 ]  # fmt: skip

@@ -6,12 +6,23 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pulumi_policy import EnforcementLevel, PolicyResourceOptions, ResourceValidationArgs, Secret
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyResource,
+    PolicyResourceOptions,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    Secret,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
 
 from policy.baseline import POLICIES
 from tests.harness import pulumi_mocks
 
-BY_NAME = {p.name: p for p in POLICIES}
+BY_NAME = {p.name: p for p in POLICIES if isinstance(p, ResourceValidationPolicy)}
+STACK_POLICIES = {p.name: p for p in POLICIES if isinstance(p, StackValidationPolicy)}
+OPTIONS = PolicyResourceOptions(False, [], None, [], None, [])  # type: ignore[arg-type]
 
 
 def violations(policy: str, resource_type: str, props: dict[str, Any]) -> list[str]:
@@ -21,10 +32,22 @@ def violations(policy: str, resource_type: str, props: dict[str, Any]) -> list[s
         props=props,
         urn=f"urn:pulumi:dev::edge-training::{resource_type}::r",
         name="r",
-        opts=PolicyResourceOptions(False, [], None, [], None, []),  # type: ignore[arg-type]
+        opts=OPTIONS,
         provider=None,
     )
     BY_NAME[policy].validate(args, lambda message, urn=None: found.append(message))
+    return found
+
+
+def stack_violations(policy: str, resources: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    found: list[str] = []
+    args = StackValidationArgs(
+        resources=[
+            PolicyResource(t, props, f"urn:pulumi:dev::edge-training::{t}::r{i}", f"r{i}", OPTIONS, None, None, [], {})
+            for i, (t, props) in enumerate(resources)
+        ]
+    )
+    STACK_POLICIES[policy].validate(args, lambda message, urn=None: found.append(message))
     return found
 
 
@@ -251,6 +274,50 @@ def test_ssh_from_everywhere_is_judged_by_coverage(resource_type, props, everywh
 
 def test_every_policy_has_a_compliant_and_a_violating_case() -> None:
     assert {c[0] for c in CASES} == set(BY_NAME)
+    assert set(STACK_POLICIES) == {"no-ssh-from-everywhere-across-rules"}  # cases below
+
+
+def typed_rule(nsg_name: str, source: str, group: str = "rg", **kwargs: Any) -> tuple[str, dict[str, Any]]:
+    return (
+        "azure-native:network:SecurityRule",
+        {**nsg_rule(source, **kwargs), "resourceGroupName": group, "networkSecurityGroupName": nsg_name},
+    )
+
+
+def hub_rule(nsg_name: str, source: str) -> tuple[str, dict[str, Any]]:
+    props = generic("Microsoft.Network", "securityRules", nsg_rule(source))
+    return GENERIC, {**props, "resourceGroupName": "rg", "parentResourcePath": f"networkSecurityGroups/{nsg_name}"}
+
+
+GENERIC = "azure-native:resources:Resource"
+TYPED_NSG = "azure-native:network:NetworkSecurityGroup"
+
+# Rules declared as separate resources are judged together with their NSG.
+ACROSS_RESOURCES: list[tuple[str, list[tuple[str, dict[str, Any]]], str | None]] = [
+    ("two typed rules, halves", [typed_rule("nsg", "0.0.0.0/1"), typed_rule("NSG", "128.0.0.0/1")], "together"),
+    ("typed NSG plus a rule", [
+        (TYPED_NSG, {"resourceGroupName": "rg", "networkSecurityGroupName": "nsg",
+                     "securityRules": [{**nsg_rule("0.0.0.0/1"), "name": "inline"}]}),
+        typed_rule("nsg", "128.0.0.0/1"),
+    ], "inline"),
+    ("two Hub rules, halves", [hub_rule("nsg", "::/1"), hub_rule("nsg", "8000::/1")], "IPv6"),
+    ("halves in different NSGs", [typed_rule("a", "0.0.0.0/1"), typed_rule("b", "128.0.0.0/1")], None),
+    ("halves in different groups", [typed_rule("n", "0.0.0.0/1", "g1"), typed_rule("n", "128.0.0.0/1", "g2")], None),
+    ("one half denied", [typed_rule("nsg", "0.0.0.0/1"), typed_rule("nsg", "128.0.0.0/1", access="Deny")], None),
+    # One resource alone open to everywhere is the per-resource policy's to report, not reported twice.
+    ("one rule alone", [typed_rule("nsg", "0.0.0.0/0"), typed_rule("nsg", "10.0.0.0/8")], None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("resources", "expected"), [c[1:] for c in ACROSS_RESOURCES], ids=[c[0] for c in ACROSS_RESOURCES]
+)
+def test_rules_declared_apart_are_judged_together(resources, expected) -> None:
+    found = stack_violations("no-ssh-from-everywhere-across-rules", resources)
+    if expected is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and expected in found[0] and "from everywhere" in found[0], found
 
 
 def test_levels_are_deliberate() -> None:
@@ -265,9 +332,11 @@ def _recorded_as_policy_input(resource: pulumi_mocks.Resource) -> dict[str, Any]
 @pytest.mark.parametrize("overrides", [{}, {"hubBootstrap": "custom-script"}], ids=["cloud-init", "custom-script"])
 def test_the_program_passes_every_mandatory_policy(run_stack, overrides) -> None:
     recording = run_stack(overrides)
+    everything = [(r.type, _recorded_as_policy_input(r)) for r in recording.resources]
+    assert stack_violations("no-ssh-from-everywhere-across-rules", everything) == []
     checked = set()
     for resource in recording.resources:
-        for policy in POLICIES:
+        for policy in BY_NAME.values():
             found = violations(policy.name, resource.type, _recorded_as_policy_input(resource))
             if policy.enforcement_level == EnforcementLevel.MANDATORY:
                 assert found == [], f"{policy.name} on {resource.name}: {found}"
