@@ -214,7 +214,8 @@ def load_schema(path: Path = PROJECT_FILE) -> Mapping[str, KeySpec]:
 
 
 def _blank(value: Any) -> bool:
-    return (isinstance(value, str) and not value.strip()) or (isinstance(value, list) and not value)
+    # Strings only: an empty list is judged by the key's own rule (hubSshSourceCidrs says why).
+    return isinstance(value, str) and not value.strip()
 
 
 @cache

@@ -140,7 +140,8 @@ def _nsg_of(resource_type: str, props: Mapping[str, Any]) -> tuple[str, ...] | N
         return None
     if not isinstance(group, str) or not isinstance(name, str) or not group or not name:
         return None  # unknown during preview: judged per resource only
-    kind = "hub" if resource_type == GENERIC else "typed"
+    # Typed and generic (Hub) declarations live in different clouds: never one NSG.
+    kind = "typed" if resource_type.startswith("azure-native:network:") else "generic"
     return (kind, group.lower(), name.lower())
 
 

@@ -55,9 +55,9 @@ ROWS: list[tuple[str, dict[str, Any], str, str]] = [
     ("hub resource group empty", {"hubResourceGroupName": ""}, "hubResourceGroupName", "required and is empty"),
     ("hub resource group blanks", {"hubResourceGroupName": "   "}, "hubResourceGroupName", "required and is empty"),
     ("public key empty", {"hubSshPublicKey": ""}, "hubSshPublicKey", "required and is empty"),
-    ("private key empty", {"sshPrivateKey": ""}, "sshPrivateKey", "required and is empty"),
+    ("private key empty", {"sshPrivateKey": ""}, "sshPrivateKey", "required"),
     ("private key missing", {"sshPrivateKey": None}, "sshPrivateKey", "pulumi config set --secret sshPrivateKey"),
-    ("ssh sources empty list", {"hubSshSourceCidrs": []}, "hubSshSourceCidrs", "required and is empty"),
+    ("ssh sources empty list", {"hubSshSourceCidrs": []}, "hubSshSourceCidrs", "at least one network"),
     # --- SSH from everywhere, however it is written
     ("ssh ::/0 spelled 0::/0", {"hubSshSourceCidrs": ["0::/0"]}, "hubSshSourceCidrs", "all of IPv6"),
     ("ssh 0/0 as netmask", {"hubSshSourceCidrs": ["0.0.0.0/0.0.0.0"]}, "hubSshSourceCidrs", "all of IPv4"),
