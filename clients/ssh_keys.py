@@ -6,10 +6,13 @@ format), PKCS#1 or PKCS#8 PEM. All three are parsed here, checked, and converted
 validation, the preflight and the attach agree on what a valid key is.
 
 Why RSA only, for the VM's public key as well: Microsoft Learn, "Detailed steps: Create and manage
-SSH keys for authentication to a Linux VM in Azure" (Supported SSH key formats) lists SSH-2 RSA of
-at least 2048 bits; ED25519 came later to global Azure's compute API and is not in the Hub's
-2020-06-01 compute profile. The attach hands Azure ML the private half of the same pair, and Azure
-ML's attach takes RSA. One rule for both halves: RSA, at least 2048 bits, no passphrase.
+SSH keys for authentication to a Linux VM in Azure" (Supported SSH key formats) long read "Azure
+currently supports SSH protocol 2 (SSH-2) RSA public-private key pairs with a minimum length of
+2048 bits. Other key formats such as ED25519 and ECDSA are not supported"; ED25519 for Linux VMs
+came to global Azure later, first as a preview, and nothing documents it for the older compute
+profile (2020-06-01) the Hub runs. And the attach hands Azure ML the private half of the same
+pair, which Azure ML takes as an RSA PEM. So one rule for both halves: RSA, at least 2048 bits,
+no passphrase. (An ed25519 key for the VM alone would need a second pair just for the attach.)
 """
 
 from __future__ import annotations
