@@ -21,17 +21,20 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
+from clients import ssh_keys
 from components import naming
+from policy.address_space import everywhere_reason as ssh_everywhere_reason
+from policy.address_space import parse_source
 
 PROJECT = "edge-training"
 PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
+REGIONS_FILE = Path(__file__).resolve().parent.parent / "clients" / "azure_regions.txt"
 
-# Azure Stack Hub's VM size families (Microsoft Learn, "VM sizes supported in Azure Stack Hub").
-# Anything else, N-series GPUs or Dv3 say, fails only at deployment, so catch it here.
+# Azure Stack Hub's VM size families (Microsoft Learn, "VM sizes supported in Azure Stack Hub",
+# GPU sizes from its "GPU optimized" section and "Graphics processing unit (GPU) VM on Azure
+# Stack Hub": NCv3 Standard_NC6s_v3..NC24s_v3, NVv4 Standard_NV4as_v4..NV32as_v4). Anything else,
+# first-generation N-series or Dv3 say, fails only at deployment, so catch it here.
 HUB_VM_SIZE_FAMILIES: Mapping[str, re.Pattern[str]] = MappingProxyType(
     {
         "A": re.compile(r"Standard_A\d+"),
@@ -43,16 +46,37 @@ HUB_VM_SIZE_FAMILIES: Mapping[str, re.Pattern[str]] = MappingProxyType(
         "F": re.compile(r"Standard_F\d+"),
         "Fs": re.compile(r"Standard_F\d+s"),
         "Fsv2": re.compile(r"Standard_F\d+s_v2"),
+        "NCv3": re.compile(r"Standard_NC(6|12|24)s_v3"),
+        "NVv4": re.compile(r"Standard_NV(4|8|16|32)as_v4"),
     }
 )
-SSH_FROM_EVERYWHERE = frozenset({"*", "0.0.0.0/0", "::/0", "internet", "any"})
 IDENTITY_PROVIDERS = ("azuread", "adfs")
 BOOTSTRAPS = ("cloud-init", "custom-script")
 REGISTRY_SKUS = ("Basic", "Standard", "Premium")
-MIN_RSA_BITS = 2048
+MIN_RSA_BITS = ssh_keys.MIN_RSA_BITS
 BASE_TAG_KEYS = ("project", "stack", "managed-by")
 
+# Microsoft Learn, "Use tags to organize your Azure resources and management hierarchy",
+# Limitations: at most 50 tag name/value pairs per resource; names up to 512 characters, values
+# up to 256, but storage accounts take names up to 128 only, and every resource here (storage
+# accounts included) gets the same tags, so 128 it is; names can't contain < > % & \ ? /; names
+# are case-insensitive for operations, so two names differing only in case are one tag.
+MAX_TAGS = 50
+MAX_TAG_NAME = 128
+MAX_TAG_VALUE = 256
+# Microsoft Learn, "Azure Virtual Network FAQ": "The smallest supported IPv4 subnet is /29, and the
+# largest is /2"; "IPv6 subnets must be exactly /64 in size"; Azure reserves five addresses in
+# each subnet (network, gateway, two for DNS, broadcast), so a /29 leaves three for VMs.
+MIN_IPV4_SUBNET_PREFIX, MAX_IPV4_SUBNET_PREFIX = 2, 29
+IPV6_SUBNET_PREFIX = 64
+# Same FAQ, "What address ranges can I use in my virtual networks?": these cannot be used.
+VNET_FORBIDDEN_RANGES = tuple(
+    ipaddress.ip_network(n)
+    for n in ("224.0.0.0/4", "255.255.255.255/32", "127.0.0.0/8", "169.254.0.0/16", "168.63.129.16/32")
+)
+
 _REGION = re.compile(r"[a-z][a-z0-9]*")
+_HOSTNAME_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.IGNORECASE)
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}=?")
 _IMAGE_VERSION = re.compile(r"latest|\d+\.\d+\.\d+")
 _VM_RESOURCE_ID = re.compile(
@@ -190,6 +214,18 @@ def load_schema(path: Path = PROJECT_FILE) -> Mapping[str, KeySpec]:
     )
 
 
+def _blank(value: Any) -> bool:
+    # Strings only: an empty list is judged by the key's own rule (hubSshSourceCidrs says why).
+    return isinstance(value, str) and not value.strip()
+
+
+@cache
+def azure_regions(path: Path = REGIONS_FILE) -> frozenset[str]:
+    """Azure's public region names, from the list shipped with the project."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return frozenset(line for line in lines if line)
+
+
 class _Reader:
     """Typed access to raw config values that collects problems instead of raising."""
 
@@ -208,19 +244,27 @@ class _Reader:
         if spec.type != expected_type:
             raise TypeError(f"Pulumi.yaml declares {key} as {spec.type}, the program reads {expected_type}")
         self.read.add(key)
-        if key in self._raw and self._raw[key] is not None:
-            return self._raw[key]
+        value = self._raw.get(key)
+        # A key without a default is required, and required means non-empty: "" or blanks set
+        # nothing, and would otherwise flow into every resource as an empty name or id.
+        if value is not None and not (not spec.has_default and _blank(value)):
+            return value
         if not spec.has_default:
             how = "--secret " if spec.secret else ""
-            self.problem(key, f"required; set it with: pulumi config set {how}{key} <value>")
+            state = "is empty" if value is not None else "is not set"
+            self.problem(key, f"required and {state}; set it with: pulumi config set {how}{key} <value>")
         return spec.default
+
+    def shown(self, key: str, value: Any) -> str:
+        """`value` for an error message: a secret key's value is never repeated."""
+        return "a secret value" if self._schema[key].secret or key in self._secret_keys else repr(value)
 
     def string(self, key: str) -> str:
         value = self._value(key, "string")
         if value is None:
             return ""
         if not isinstance(value, str):
-            self.problem(key, f"must be a string, got {value!r}")
+            self.problem(key, f"must be a string, got {self.shown(key, value)}")
             return ""
         return value.strip()
 
@@ -233,7 +277,7 @@ class _Reader:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
-        self.problem(key, f"must be true or false, got {value!r}")
+        self.problem(key, f"must be true or false, got {self.shown(key, value)}")
         return False
 
     def integer(self, key: str, low: int, high: int) -> int:
@@ -243,7 +287,7 @@ class _Reader:
             if isinstance(value, bool) or str(number) != str(value).strip():
                 raise ValueError
         except (TypeError, ValueError):
-            self.problem(key, f"must be a whole number, got {value!r}")
+            self.problem(key, f"must be a whole number, got {self.shown(key, value)}")
             return low
         if not low <= number <= high:
             self.problem(key, f"must be between {low} and {high}, got {number}")
@@ -256,12 +300,12 @@ class _Reader:
             try:
                 value = json.loads(value)
             except json.JSONDecodeError:
-                self.problem(key, f"must be a list of strings, got {value!r}")
+                self.problem(key, f"must be a list of strings, got {self.shown(key, value)}")
                 return ()
         if value is None:
             return ()
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            self.problem(key, f"must be a list of strings, got {value!r}")
+            self.problem(key, f"must be a list of strings, got {self.shown(key, value)}")
             return ()
         return tuple(item.strip() for item in value)
 
@@ -288,6 +332,16 @@ class _Reader:
             self.problem(
                 key, f"{value!r} is not a region name: use the lowercase name (westeurope), not the display name"
             )
+
+    def check_azure_region(self, key: str, value: str) -> None:
+        """A public Azure region from the list the project ships, with a suggestion when it is not."""
+        regions = azure_regions()
+        if value in regions:
+            return
+        squashed = re.sub(r"[\s_-]", "", value.lower())
+        close = [squashed] if squashed in regions else difflib.get_close_matches(squashed, sorted(regions), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        self.problem(key, f"{value!r} is not an Azure region name{hint} (list: clients/azure_regions.txt)")
 
 
 def parse(
@@ -355,25 +409,36 @@ def from_pulumi() -> StackConfig:
 
 def _tags(r: _Reader, project: str, stack: str) -> Mapping[str, str]:
     tags = {"project": project, "stack": stack, "managed-by": "pulumi"}
+    seen = {key.lower(): key for key in tags}
     for item in r.strings("tags"):
         key, sep, value = item.partition("=")
-        key = key.strip()
+        key, value = key.strip(), value.strip()
         if not sep or not key:
             r.problem("tags", f"{item!r} is not key=value")
-        elif key in BASE_TAG_KEYS:
+        elif key.lower() in BASE_TAG_KEYS:
             r.problem("tags", f"{key!r} is set by the program; choose another tag name")
-        elif len(key) > 512 or _TAG_KEY_FORBIDDEN & set(key):
-            r.problem("tags", f"tag name {key!r} is too long or has one of < > % & \\ ? /")
-        elif len(value) > 256:
-            r.problem("tags", f"tag {key!r} has a value longer than 256 characters")
+        elif key.lower() in seen:
+            r.problem("tags", f"{key!r} repeats tag {seen[key.lower()]!r}: Azure tag names ignore case")
+        elif len(key) > MAX_TAG_NAME:
+            r.problem("tags", f"tag name {key[:20]!r}... has {len(key)} characters; at most {MAX_TAG_NAME}")
+        elif forbidden := sorted(_TAG_KEY_FORBIDDEN & set(key)):
+            r.problem("tags", f"tag name {key!r} contains {' '.join(forbidden)}; Azure refuses < > % & \\ ? /")
+        elif len(value) > MAX_TAG_VALUE:
+            r.problem("tags", f"tag {key!r} has a value of {len(value)} characters; at most {MAX_TAG_VALUE}")
         else:
-            tags[key] = value.strip()
+            seen[key.lower()] = key
+            tags[key] = value
+    if len(tags) > MAX_TAGS:
+        r.problem(
+            "tags",
+            f"{len(tags)} tags with the {len(BASE_TAG_KEYS)} the program sets; Azure allows {MAX_TAGS} per resource",
+        )
     return MappingProxyType(tags)
 
 
 def _azure(r: _Reader, project: str, stack: str, seed: str) -> AzureSettings:
     location = r.string("location")
-    r.check_region("location", location)
+    r.check_azure_region("location", location)
     subscription_id = r.optional_string("subscriptionId")
     r.check_uuid("subscriptionId", subscription_id)
     resource_group = r.optional_string("resourceGroupName")
@@ -416,13 +481,9 @@ def _azure(r: _Reader, project: str, stack: str, seed: str) -> AzureSettings:
 
 def _hub(r: _Reader, stack: str, seed: str) -> HubSettings:
     endpoint = r.string("hubArmEndpoint")
-    if endpoint:
-        parts = urlsplit(endpoint)
-        if parts.scheme != "https" or not parts.hostname:
-            r.problem("hubArmEndpoint", f"{endpoint!r} is not an https URL")
-        elif parts.path not in ("", "/") or parts.query or parts.fragment:
-            r.problem("hubArmEndpoint", f"{endpoint!r} must be the endpoint alone, without a path or query")
-        endpoint = endpoint.rstrip("/")
+    if endpoint and (reason := _endpoint_problem(endpoint)) is not None:
+        r.problem("hubArmEndpoint", reason)
+    endpoint = endpoint.rstrip("/")
     location = r.string("hubLocation")
     r.check_region("hubLocation", location)
     subscription_id = r.string("hubSubscriptionId")
@@ -478,11 +539,28 @@ def _hub(r: _Reader, stack: str, seed: str) -> HubSettings:
 
     public_key = r.string("hubSshPublicKey")
     if public_key:
-        _check_public_key(r, public_key)
+        try:
+            ssh_keys.parse_public_key(public_key)
+        except ssh_keys.KeyFormatError as error:
+            r.problem("hubSshPublicKey", str(error))
 
     cidrs, allow_anywhere = _ssh_sources(r)
     vnet = _network(r, "hubVnetAddressSpace")
     subnet = _network(r, "hubSubnetPrefix")
+    if vnet is not None:
+        for forbidden in VNET_FORBIDDEN_RANGES:
+            if forbidden.version == vnet.version and vnet.overlaps(forbidden):  # type: ignore[arg-type]
+                r.problem("hubVnetAddressSpace", f"{vnet} overlaps {forbidden}, which Azure keeps out of networks")
+                break
+    if subnet is not None:
+        if subnet.version == 4 and not MIN_IPV4_SUBNET_PREFIX <= subnet.prefixlen <= MAX_IPV4_SUBNET_PREFIX:
+            r.problem(
+                "hubSubnetPrefix",
+                f"{subnet} is outside /{MIN_IPV4_SUBNET_PREFIX}../{MAX_IPV4_SUBNET_PREFIX}: Azure reserves 5 "
+                f"addresses per subnet, so /{MAX_IPV4_SUBNET_PREFIX} (3 usable) is the smallest subnet",
+            )
+        elif subnet.version == 6 and subnet.prefixlen != IPV6_SUBNET_PREFIX:
+            r.problem("hubSubnetPrefix", f"{subnet}: Azure's IPv6 subnets are exactly /{IPV6_SUBNET_PREFIX}")
     if (
         vnet is not None
         and subnet is not None
@@ -522,17 +600,28 @@ def _hub(r: _Reader, stack: str, seed: str) -> HubSettings:
     )
 
 
-def _check_public_key(r: _Reader, text: str) -> None:
+def _endpoint_problem(endpoint: str) -> str | None:
+    """Why `endpoint` is not a bare https endpoint; the reason never repeats credentials in it."""
+    parts = urlsplit(endpoint)
+    if "@" in parts.netloc:
+        # Say so without echoing the URL: what precedes the @ may be a password.
+        return "must not carry a user name or password (user:password@); credentials come from the environment"
+    if parts.scheme != "https" or not parts.hostname or any(c.isspace() for c in endpoint):
+        return f"{endpoint!r} is not an https URL"
     try:
-        key = serialization.load_ssh_public_key(text.encode())
-    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
-        r.problem("hubSshPublicKey", f"is not an OpenSSH public key ({error})")
-        return
-    # Azure ML attaches VMs with RSA keys only, and the Hub's compute API validates RSA keys.
-    if not isinstance(key, rsa.RSAPublicKey):
-        r.problem("hubSshPublicKey", "must be an RSA key (ssh-keygen -t rsa -b 4096): Azure ML attaches with RSA")
-    elif key.key_size < MIN_RSA_BITS:
-        r.problem("hubSshPublicKey", f"RSA key of {key.key_size} bits; at least {MIN_RSA_BITS} are required")
+        port = parts.port
+    except ValueError:
+        return f"{endpoint!r} has a port that is not a number from 1 to 65535"
+    if port == 0:
+        return f"{endpoint!r} has port 0; use a port from 1 to 65535"
+    host = parts.hostname
+    if not host.startswith("[") and ":" not in host:  # a name or an IPv4 address (IPv6 comes in [ ])
+        labels = host.rstrip(".").split(".")
+        if len(host) > 253 or not all(_HOSTNAME_LABEL.fullmatch(label) for label in labels):
+            return f"{endpoint!r} does not have a valid host name"
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return f"{endpoint!r} must be the endpoint alone, without a path or query"
+    return None
 
 
 def _ssh_sources(r: _Reader) -> tuple[tuple[str, ...], bool]:
@@ -540,19 +629,22 @@ def _ssh_sources(r: _Reader) -> tuple[tuple[str, ...], bool]:
     allow_anywhere = r.boolean("hubAllowSshFromAnywhere")
     normalized: list[str] = []
     for source in sources:
-        if source.lower() in SSH_FROM_EVERYWHERE:
-            if not allow_anywhere:
-                r.problem(
-                    "hubSshSourceCidrs",
-                    f"{source!r} opens SSH to everywhere; list your networks, "
-                    "or set hubAllowSshFromAnywhere true to accept that on purpose",
-                )
-            normalized.append("*" if source.lower() in ("*", "any") else source)
-            continue
+        # Normalised first (0::/0 is ::/0, 0.0.0.0/0.0.0.0 is 0.0.0.0/0), then judged below.
         try:
-            normalized.append(str(ipaddress.ip_network(source, strict=True)))
+            text = parse_source(source, strict=True).text
         except ValueError as error:
             r.problem("hubSshSourceCidrs", f"{source!r} is not a CIDR ({error})")
+            continue
+        if text not in normalized:
+            normalized.append(text)
+    # Judged by coverage, with the policy pack's own function: split ranges count as their union.
+    reason = ssh_everywhere_reason(sources)
+    if reason is not None and not allow_anywhere:
+        r.problem(
+            "hubSshSourceCidrs",
+            f"opens SSH to everywhere ({reason}); list your networks, "
+            "or set hubAllowSshFromAnywhere true to accept that on purpose",
+        )
     return tuple(normalized), allow_anywhere
 
 
@@ -575,7 +667,8 @@ def _attach(r: _Reader, public_key: str) -> AttachSettings:
                 "sshPrivateKey",
                 "is stored in plain text; set it again with: pulumi config set --secret sshPrivateKey < keyfile",
             )
-        _check_private_key(r, private_key, public_key)
+        # Whatever format it came in, the rest of the program sees the one Azure ML takes.
+        private_key = _azure_ml_private_key(r, private_key, public_key)
     fingerprint = r.optional_string("sshHostKeyFingerprint")
     if fingerprint is not None and not _FINGERPRINT.fullmatch(fingerprint):
         r.problem(
@@ -603,25 +696,15 @@ def _attach(r: _Reader, public_key: str) -> AttachSettings:
     )
 
 
-def _check_private_key(r: _Reader, text: str, public_key: str) -> None:
-    data = text.encode()
+def _azure_ml_private_key(r: _Reader, text: str, public_key: str) -> str:
     try:
-        if b"OPENSSH PRIVATE KEY" in data:
-            key = serialization.load_ssh_private_key(data, password=None)
-        else:
-            key = serialization.load_pem_private_key(data, password=None)
-    except TypeError:
-        r.problem("sshPrivateKey", "is protected by a passphrase; Azure ML needs the key without one")
-        return
-    except (ValueError, UnsupportedAlgorithm):
-        r.problem("sshPrivateKey", "is not an unencrypted PEM or OpenSSH private key")
-        return
-    if not isinstance(key, rsa.RSAPrivateKey):
-        r.problem("sshPrivateKey", "must be an RSA key: Azure ML attaches VMs with RSA keys only")
-        return
-    derived = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    if public_key and derived.split()[:2] != public_key.encode().split()[:2]:
+        key = ssh_keys.parse_private_key(text)
+    except ssh_keys.KeyFormatError as error:
+        r.problem("sshPrivateKey", str(error))
+        return ""
+    if public_key and not ssh_keys.same_key(key, ssh_keys.parse_public_key(public_key)):
         r.problem("sshPrivateKey", "does not match hubSshPublicKey: the VM would refuse it")
+    return ssh_keys.to_azure_ml_pem(text)
 
 
 # --- Edge compute mode (issue 13): Kubernetes on the Hub VM, or today's VirtualMachine attach ---
@@ -681,6 +764,9 @@ HUB_VM_SIZES: Mapping[str, tuple[int, float]] = MappingProxyType(
         **{f"Standard_DS{n}_v2": (16, 56.0) for n in (5,)},
         **{f"Standard_F{n}{s}": (n, 2.0 * n) for n in (1, 2, 4, 8, 16) for s in ("", "s")},
         **{f"Standard_F{n}s_v2": (n, 2.0 * n) for n in (2, 4, 8, 16, 32, 48, 64, 72)},
+        # The GPU families (Microsoft Learn, "NCv3-series" and "NVv4-series" size pages).
+        **{f"Standard_NC{n}s_v3": (n, memory) for n, memory in ((6, 112.0), (12, 224.0), (24, 448.0))},
+        **{f"Standard_NV{n}as_v4": (n, 3.5 * n) for n in (4, 8, 16, 32)},
     }
 )
 

@@ -8,7 +8,6 @@ which a stack may still hold), whose bodies have the same shape.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -18,7 +17,14 @@ from pulumi_policy import (
     ResourceValidationArgs,
     ResourceValidationPolicy,
     Secret,
+    StackValidationArgs,
+    StackValidationPolicy,
 )
+
+try:  # imported as the package `policy`: by the program and the tests
+    from policy.address_space import everywhere_reason
+except ImportError:  # run by `pulumi preview --policy-pack policy`, from the pack's own directory
+    from address_space import everywhere_reason  # type: ignore[no-redef]
 
 # ARM resources declared by namespace, type and body: our Hub provider's, and azure-native's.
 HUB_ARM = "pulumi-python:dynamic/edge-training:HubArmResource"
@@ -33,7 +39,6 @@ HUB_API_VERSIONS: Mapping[str, str] = {
 # The one generic resource on the cloud side: the Arc connected cluster, at the stable version the
 # typed class of pulumi-azure-native 3.29 does not send (components/edge_kubernetes.py).
 CLOUD_GENERIC_API_VERSIONS: Mapping[str, str] = {"Microsoft.Kubernetes": "2026-05-01"}
-EVERYWHERE = {"*", "0.0.0.0/0", "0.0.0.0", "::/0", "internet", "any"}  # noqa: S104 (what to refuse)
 SECRET_NAMES = {
     "adminpassword", "password", "clientsecret", "clientcertificatepassword", "privatekey", "privatekeydata",
     "accountkey", "connectionstring", "sastoken", "sshprivatekey",
@@ -83,26 +88,19 @@ def _covers_22(ranges: list[str]) -> bool:
     return False
 
 
-def _everywhere(source: str) -> bool:
-    source = str(source).strip().lower()
-    if source in EVERYWHERE:
-        return True
-    try:
-        return ipaddress.ip_network(source, strict=False).prefixlen == 0
-    except ValueError:
-        return False
-
-
-def _rule_opens_ssh_to_everyone(rule: Mapping[str, Any]) -> bool:
+def _allows_ssh_in(rule: Mapping[str, Any]) -> bool:
     if str(rule.get("access", "")).lower() != "allow" or str(rule.get("direction", "")).lower() != "inbound":
         return False
     if str(rule.get("protocol", "*")).lower() not in ("tcp", "*"):
         return False
     ports = [rule["destinationPortRange"]] if rule.get("destinationPortRange") else []
     ports += list(rule.get("destinationPortRanges") or [])
+    return _covers_22(ports)
+
+
+def _sources(rule: Mapping[str, Any]) -> list[str]:
     sources = [rule["sourceAddressPrefix"]] if rule.get("sourceAddressPrefix") else []
-    sources += list(rule.get("sourceAddressPrefixes") or [])
-    return _covers_22(ports) and any(_everywhere(s) for s in sources)
+    return sources + [str(s) for s in rule.get("sourceAddressPrefixes") or []]
 
 
 def _security_rules(resource_type: str, props: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
@@ -119,9 +117,64 @@ def _security_rules(resource_type: str, props: Mapping[str, Any]) -> Iterator[tu
 
 
 def no_ssh_from_everywhere(resource_type: str, props: Mapping[str, Any]) -> Iterator[str]:
+    # Judged by coverage over every rule of the resource that lets SSH in: two rules (or two
+    # prefixes of one rule) for 0.0.0.0/1 and 128.0.0.0/1 open SSH to everyone as surely as one
+    # rule for 0.0.0.0/0. Deny rules are not subtracted: an allow-everywhere rule is refused as is.
+    names: list[str] = []
+    sources: list[str] = []
     for name, rule in _security_rules(resource_type, props):
-        if _rule_opens_ssh_to_everyone(rule):
-            yield f"security rule {name} allows SSH (22) from everywhere; list the networks that need it"
+        if _allows_ssh_in(rule):
+            names.append(name)
+            sources += _sources(rule)
+    if names and (reason := everywhere_reason(sources)) is not None:
+        yield (
+            f"security rule {', '.join(names)} allows SSH (22) from everywhere ({reason}); "
+            "list the networks that need it"
+        )
+
+
+def _nsg_of(resource_type: str, props: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """Which NSG a resource's rules belong to, when the properties say so; None otherwise."""
+    group = props.get("resourceGroupName")
+    if resource_type == "azure-native:network:NetworkSecurityGroup":
+        name = props.get("networkSecurityGroupName") or props.get("name")
+    elif resource_type == "azure-native:network:SecurityRule":
+        name = props.get("networkSecurityGroupName")
+    elif _generic(resource_type, props, "Microsoft.Network", "networkSecurityGroups"):
+        name = props.get("resourceName")
+    elif _generic(resource_type, props, "Microsoft.Network", "securityRules"):
+        name = str(props.get("parentResourcePath") or "").rpartition("/")[2]
+    else:
+        return None
+    if not isinstance(group, str) or not isinstance(name, str) or not group or not name:
+        return None  # unknown during preview: judged per resource only
+    # Typed and generic (Hub) declarations live in different clouds: never one NSG.
+    kind = "typed" if resource_type.startswith("azure-native:network:") else "generic"
+    return (kind, group.lower(), name.lower())
+
+
+def no_ssh_from_everywhere_across_resources(resources: list[tuple[str, Mapping[str, Any]]]) -> Iterator[str]:
+    """The same coverage rule over an NSG and its separately declared rules taken together.
+
+    Only what no single resource shows: one that opens SSH to everywhere alone is reported by
+    no-ssh-from-everywhere already.
+    """
+    groups: dict[tuple[str, ...], tuple[list[str], list[str]]] = {}
+    for resource_type, props in resources:
+        key = _nsg_of(resource_type, props)
+        if key is None or next(no_ssh_from_everywhere(resource_type, props), None) is not None:
+            continue
+        names, sources = groups.setdefault(key, ([], []))
+        for name, rule in _security_rules(resource_type, props):
+            if _allows_ssh_in(rule):
+                names.append(name)
+                sources += _sources(rule)
+    for (_, group, nsg), (names, sources) in groups.items():
+        if names and (reason := everywhere_reason(sources)) is not None:
+            yield (
+                f"security rules {', '.join(names)} of NSG {nsg} ({group}) together allow SSH (22) from "
+                f"everywhere ({reason}); list the networks that need it"
+            )
 
 
 # --- VMs -----------------------------------------------------------------------------------------
@@ -244,9 +297,15 @@ def _policy(name: str, description: str, check: Check, level: EnforcementLevel) 
     return ResourceValidationPolicy(name=name, description=description, validate=validate, enforcement_level=level)
 
 
+def _stack_validate(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+    resources = [(r.resource_type, _raw(r.props)) for r in args.resources]
+    for message in no_ssh_from_everywhere_across_resources(resources):
+        report_violation(message, None)
+
+
 MANDATORY, ADVISORY = EnforcementLevel.MANDATORY, EnforcementLevel.ADVISORY
 
-POLICIES: list[ResourceValidationPolicy] = [
+POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
     _policy("no-ssh-from-everywhere", "No NSG rule allows SSH from everywhere (typed or Hub).",
             no_ssh_from_everywhere, MANDATORY),
     _policy("vm-password-authentication-disabled", "VMs take SSH keys only.",
@@ -259,6 +318,9 @@ POLICIES: list[ResourceValidationPolicy] = [
     _policy("hub-api-versions", "Generic (Hub) resources only at Hub-profile API versions.",
             hub_api_versions, MANDATORY),
     _policy("no-plaintext-secrets", "Secret-named properties are Pulumi secrets.", no_plaintext_secrets, MANDATORY),
+    StackValidationPolicy(name="no-ssh-from-everywhere-across-rules",
+                          description="No NSG with its separately declared rules allows SSH from everywhere.",
+                          validate=_stack_validate, enforcement_level=MANDATORY),
     _policy("public-network-access-noted", "Workspace and registry public network access (advisory).",
             public_network_access_noted, ADVISORY),
 ]  # fmt: skip

@@ -150,10 +150,15 @@ def test_every_problem_is_reported_in_one_error() -> None:
 
 def test_invalid_config_registers_no_resource() -> None:
     config = dev_stack_config() | {"hubVmSize": "Standard_NC6", "registryName": "x"}
+    # Cleared first: a monitor left by an earlier test would make "nothing recorded" meaningless.
+    pulumi_mocks.LastRun.monitor = None
     with pytest.raises(stack_config.ConfigError):
         pulumi_mocks.run_program(config, secret_keys=DEV_SECRET_KEYS)
-    assert pulumi_mocks.LastRun.monitor is not None
-    assert pulumi_mocks.LastRun.monitor.recorded == []
+    monitor = pulumi_mocks.LastRun.monitor
+    assert monitor is not None, "the program did not run"
+    assert monitor.recorded == []
+    # The same program with valid config does declare resources, so the empty list is the check's doing.
+    assert pulumi_mocks.run_program(dev_stack_config(), secret_keys=DEV_SECRET_KEYS).resources
 
 
 @pytest.mark.parametrize(

@@ -6,12 +6,23 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pulumi_policy import EnforcementLevel, PolicyResourceOptions, ResourceValidationArgs, Secret
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyResource,
+    PolicyResourceOptions,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    Secret,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
 
 from policy.baseline import POLICIES
 from tests.harness import pulumi_mocks
 
-BY_NAME = {p.name: p for p in POLICIES}
+BY_NAME = {p.name: p for p in POLICIES if isinstance(p, ResourceValidationPolicy)}
+STACK_POLICIES = {p.name: p for p in POLICIES if isinstance(p, StackValidationPolicy)}
+OPTIONS = PolicyResourceOptions(False, [], None, [], None, [])  # type: ignore[arg-type]
 
 
 def violations(policy: str, resource_type: str, props: dict[str, Any]) -> list[str]:
@@ -21,10 +32,22 @@ def violations(policy: str, resource_type: str, props: dict[str, Any]) -> list[s
         props=props,
         urn=f"urn:pulumi:dev::edge-training::{resource_type}::r",
         name="r",
-        opts=PolicyResourceOptions(False, [], None, [], None, []),  # type: ignore[arg-type]
+        opts=OPTIONS,
         provider=None,
     )
     BY_NAME[policy].validate(args, lambda message, urn=None: found.append(message))
+    return found
+
+
+def stack_violations(policy: str, resources: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    found: list[str] = []
+    args = StackValidationArgs(
+        resources=[
+            PolicyResource(t, props, f"urn:pulumi:dev::edge-training::{t}::r{i}", f"r{i}", OPTIONS, None, None, [], {})
+            for i, (t, props) in enumerate(resources)
+        ]
+    )
+    STACK_POLICIES[policy].validate(args, lambda message, urn=None: found.append(message))
     return found
 
 
@@ -52,7 +75,7 @@ def generic(namespace: str, kind: str, properties: dict[str, Any], version: str 
 
 
 CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
-    # (policy, type, compliant props, violating props)
+    # (policy, type, compliant props, violating props); EXPECTED below says why each must fail
     (
         "no-ssh-from-everywhere",
         "azure-native:network:NetworkSecurityGroup",
@@ -208,16 +231,136 @@ CASES: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
 ]
 
 
+# What each violating case must be flagged for: any violation would not do, the right one must.
+EXPECTED = [
+    "from everywhere",
+    "from everywhere",
+    "from everywhere",
+    "admin password",
+    "disablePasswordAuthentication must be true",  # properties arriving as one secret
+    "disablePasswordAuthentication must be true",
+    "admin password",  # in a HubArmResource's secretProperties
+    "minimumTlsVersion",
+    "supportsHttpsTrafficOnly",
+    "public access is Blob",
+    "adminUserEnabled",
+    "enablePurgeProtection",
+    "containerRegistry",
+    "2024-07-01",
+    "not in Azure Stack Hub profile",
+    "the stable version declared is 2026-05-01",
+    "clientSecret holds a secret",
+    "properties.osProfile.adminPassword",
+    "reachable from the internet",
+]
+
+
 @pytest.mark.parametrize(
-    ("policy", "resource_type", "good", "bad"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)]
+    ("policy", "resource_type", "good", "bad", "expected"),
+    [(*c, e) for c, e in zip(CASES, EXPECTED, strict=True)],
+    ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)],
 )
-def test_each_policy_passes_compliant_and_flags_violating(policy, resource_type, good, bad) -> None:
+def test_each_policy_passes_compliant_and_flags_violating(policy, resource_type, good, bad, expected) -> None:
     assert violations(policy, resource_type, good) == []
-    assert violations(policy, resource_type, bad) != []
+    found = violations(policy, resource_type, bad)
+    assert any(expected in m for m in found), found
+
+
+def nsg(*rules: dict[str, Any]) -> dict[str, Any]:
+    return {"securityRules": [{**rule, "name": f"rule{i}"} for i, rule in enumerate(rules)]}
+
+
+def split_rule(*sources: str, port: str = "22", access: str = "Allow", protocol: str = "Tcp") -> dict[str, Any]:
+    rule = nsg_rule(port=port, access=access)
+    del rule["sourceAddressPrefix"]
+    return {**rule, "sourceAddressPrefixes": list(sources), "protocol": protocol}
+
+
+# "Everywhere" is judged by coverage: the union of every rule's sources that lets SSH in.
+SSH_COVERAGE: list[tuple[str, str, dict[str, Any], bool]] = [
+    ("0::/0", "azure-native:network:NetworkSecurityGroup", nsg(nsg_rule("0::/0")), True),
+    ("netmask form", "azure-native:network:NetworkSecurityGroup", nsg(nsg_rule("0.0.0.0/0.0.0.0")), True),
+    ("host bits on /0", "azure-native:network:NetworkSecurityGroup", nsg(nsg_rule("10.1.2.3/0")), True),
+    ("halves in one rule", "azure-native:network:NetworkSecurityGroup",
+     nsg(split_rule("0.0.0.0/1", "128.0.0.0/1")), True),
+    ("halves in two rules", "azure-native:network:NetworkSecurityGroup",
+     nsg(nsg_rule("0.0.0.0/1"), nsg_rule("128.0.0.0/1", port="20-30")), True),
+    ("ipv6 halves", "azure-native:network:NetworkSecurityGroup", nsg(split_rule("::/1", "8000::/1")), True),
+    ("ipv4-mapped", "azure-native:network:SecurityRule", nsg_rule("::ffff:0:0/96"), True),
+    ("typed rule, 0::/0", "azure-native:network:SecurityRule", nsg_rule("0::/0"), True),
+    ("Hub NSG, halves in two rules", "azure-native:resources:Resource",
+     generic("Microsoft.Network", "networkSecurityGroups", {"securityRules": [
+         {"name": "a", "properties": nsg_rule("0.0.0.0/1")},
+         {"name": "b", "properties": nsg_rule("128.0.0.0/1")},
+     ]}), True),
+    ("half the internet", "azure-native:network:NetworkSecurityGroup", nsg(nsg_rule("0.0.0.0/1")), False),
+    ("halves, one on 443", "azure-native:network:NetworkSecurityGroup",
+     nsg(nsg_rule("0.0.0.0/1"), nsg_rule("128.0.0.0/1", port="443")), False),
+    ("halves, one denied", "azure-native:network:NetworkSecurityGroup",
+     nsg(nsg_rule("0.0.0.0/1"), nsg_rule("128.0.0.0/1", access="Deny")), False),
+    ("halves over UDP", "azure-native:network:NetworkSecurityGroup",
+     nsg(split_rule("0.0.0.0/1", "128.0.0.0/1", protocol="Udp")), False),
+    ("one address short", "azure-native:network:NetworkSecurityGroup",
+     nsg(split_rule("0.0.0.0/1", "128.0.0.0/2", "192.0.0.0/3", "224.0.0.0/4", "240.0.0.0/5")), False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("resource_type", "props", "everywhere"), [c[1:] for c in SSH_COVERAGE], ids=[c[0] for c in SSH_COVERAGE]
+)
+def test_ssh_from_everywhere_is_judged_by_coverage(resource_type, props, everywhere) -> None:
+    found = violations("no-ssh-from-everywhere", resource_type, props)
+    assert (found != []) is everywhere, found
+    if everywhere:
+        assert len(found) == 1 and "allows SSH (22) from everywhere" in found[0]
 
 
 def test_every_policy_has_a_compliant_and_a_violating_case() -> None:
     assert {c[0] for c in CASES} == set(BY_NAME)
+    assert set(STACK_POLICIES) == {"no-ssh-from-everywhere-across-rules"}  # cases below
+
+
+def typed_rule(nsg_name: str, source: str, group: str = "rg", **kwargs: Any) -> tuple[str, dict[str, Any]]:
+    return (
+        "azure-native:network:SecurityRule",
+        {**nsg_rule(source, **kwargs), "resourceGroupName": group, "networkSecurityGroupName": nsg_name},
+    )
+
+
+def hub_rule(nsg_name: str, source: str) -> tuple[str, dict[str, Any]]:
+    props = generic("Microsoft.Network", "securityRules", nsg_rule(source))
+    return GENERIC, {**props, "resourceGroupName": "rg", "parentResourcePath": f"networkSecurityGroups/{nsg_name}"}
+
+
+GENERIC = "azure-native:resources:Resource"
+TYPED_NSG = "azure-native:network:NetworkSecurityGroup"
+
+# Rules declared as separate resources are judged together with their NSG.
+ACROSS_RESOURCES: list[tuple[str, list[tuple[str, dict[str, Any]]], str | None]] = [
+    ("two typed rules, halves", [typed_rule("nsg", "0.0.0.0/1"), typed_rule("NSG", "128.0.0.0/1")], "together"),
+    ("typed NSG plus a rule", [
+        (TYPED_NSG, {"resourceGroupName": "rg", "networkSecurityGroupName": "nsg",
+                     "securityRules": [{**nsg_rule("0.0.0.0/1"), "name": "inline"}]}),
+        typed_rule("nsg", "128.0.0.0/1"),
+    ], "inline"),
+    ("two Hub rules, halves", [hub_rule("nsg", "::/1"), hub_rule("nsg", "8000::/1")], "IPv6"),
+    ("halves in different NSGs", [typed_rule("a", "0.0.0.0/1"), typed_rule("b", "128.0.0.0/1")], None),
+    ("halves in different groups", [typed_rule("n", "0.0.0.0/1", "g1"), typed_rule("n", "128.0.0.0/1", "g2")], None),
+    ("one half denied", [typed_rule("nsg", "0.0.0.0/1"), typed_rule("nsg", "128.0.0.0/1", access="Deny")], None),
+    # One resource alone open to everywhere is the per-resource policy's to report, not reported twice.
+    ("one rule alone", [typed_rule("nsg", "0.0.0.0/0"), typed_rule("nsg", "10.0.0.0/8")], None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("resources", "expected"), [c[1:] for c in ACROSS_RESOURCES], ids=[c[0] for c in ACROSS_RESOURCES]
+)
+def test_rules_declared_apart_are_judged_together(resources, expected) -> None:
+    found = stack_violations("no-ssh-from-everywhere-across-rules", resources)
+    if expected is None:
+        assert found == []
+    else:
+        assert len(found) == 1 and expected in found[0] and "from everywhere" in found[0], found
 
 
 def test_levels_are_deliberate() -> None:
@@ -248,9 +391,11 @@ def _recorded_as_policy_input(resource: pulumi_mocks.Resource) -> dict[str, Any]
 )
 def test_the_program_passes_every_mandatory_policy(run_stack, overrides) -> None:
     recording = run_stack(overrides)
+    everything = [(r.type, _recorded_as_policy_input(r)) for r in recording.resources]
+    assert stack_violations("no-ssh-from-everywhere-across-rules", everything) == []
     checked = set()
     for resource in recording.resources:
-        for policy in POLICIES:
+        for policy in BY_NAME.values():
             found = violations(policy.name, resource.type, _recorded_as_policy_input(resource))
             if policy.enforcement_level == EnforcementLevel.MANDATORY:
                 assert found == [], f"{policy.name} on {resource.name}: {found}"
@@ -271,6 +416,39 @@ def test_the_program_with_ssh_open_to_everyone_is_stopped_by_the_pack(run_stack)
         for m in violations("no-ssh-from-everywhere", r.type, _recorded_as_policy_input(r))
     ]
     assert len(found) == 1 and "everywhere" in found[0]
+
+
+SOURCE_LISTS = [
+    ["0.0.0.0/1", "128.0.0.0/1"],
+    ["0::/0"],
+    ["0.0.0.0/0.0.0.0"],
+    ["Any"],
+    ["203.0.113.0/24", "0.0.0.0/1"],
+    ["203.0.113.0/24", "2001:db8::/32"],
+]
+
+
+@pytest.mark.parametrize("sources", SOURCE_LISTS, ids=["+".join(s) for s in SOURCE_LISTS])
+def test_the_program_and_the_pack_agree_on_what_is_everywhere(run_stack, sources) -> None:
+    # The program refuses a list without the opt-out exactly when the pack flags the NSG the
+    # program declares from it with the opt-out: one judgement, policy/address_space.py.
+    from components import config as stack_config
+
+    try:
+        run_stack({"hubSshSourceCidrs": sources})
+        refused = False
+    except stack_config.ConfigError as error:
+        assert error.keys == {"hubSshSourceCidrs"}
+        refused = True
+    recording = run_stack({"hubSshSourceCidrs": sources, "hubAllowSshFromAnywhere": True})
+    flagged = [
+        m
+        for r in recording.resources
+        for m in violations("no-ssh-from-everywhere", r.type, _recorded_as_policy_input(r))
+    ]
+    assert refused is bool(flagged), (refused, flagged)
+    # Both verdicts occur in the table, so agreement is not the trivial "never".
+    assert any(sources == s for s in SOURCE_LISTS[:4]) is refused
 
 
 def test_the_pack_and_the_program_agree_on_the_hub_api_versions() -> None:
