@@ -313,19 +313,22 @@ def assemble_snapshot(code: Path, destination: Path) -> Path:
 # --- the guard ------------------------------------------------------------------------------------
 
 
-def _nodes(job: Any, where: str = "job") -> Iterator[tuple[str, Any]]:
-    """The job and every job inside it: a sweep's trial, a pipeline's steps. By type: nodes
-    answer any attribute name (azure-ai-ml's AttrDict), so probing with getattr would loop."""
+def _nodes(job: Any, where: str = "job", base: Path | None = None) -> Iterator[tuple[str, Any, Path]]:
+    """The job and every job inside it (a sweep's trial, a pipeline's steps), each with the
+    folder its relative paths start from (a trial has none of its own: its sweep's). By type:
+    nodes answer any attribute name (azure-ai-ml's AttrDict), so probing with getattr loops."""
     from azure.ai.ml.entities import PipelineJob
     from azure.ai.ml.entities._builders.sweep import Sweep
     from azure.ai.ml.sweep import SweepJob
 
-    yield where, job
+    own = vars(job).get("_base_path") if hasattr(job, "__dict__") else None
+    base = Path(str(own)) if own else (base or Path.cwd())
+    yield where, job, base
     if isinstance(job, SweepJob | Sweep) and job.trial is not None:
-        yield from _nodes(job.trial, f"{where}.trial")
+        yield from _nodes(job.trial, f"{where}.trial", base)
     if isinstance(job, PipelineJob):
         for name, child in (job.jobs or {}).items():
-            yield from _nodes(child, f"{where}.jobs.{name}")
+            yield from _nodes(child, f"{where}.jobs.{name}", base)
 
 
 def _path_of(value: Any) -> str | None:
@@ -341,7 +344,7 @@ def _is_local(path: str) -> bool:
 def egress_findings(job: Any) -> list[str]:
     """Everything in `job` that would send data or secrets to the cloud."""
     problems = []
-    for where, node in _nodes(job):
+    for where, node, base in _nodes(job):
         for name, value in (getattr(node, "inputs", None) or {}).items():
             path = _path_of(value)
             if path is not None and _is_local(path):
@@ -357,9 +360,7 @@ def egress_findings(job: Any) -> list[str]:
                 )
         code = getattr(node, "code", None)
         if isinstance(code, str | Path) and _is_local(str(code)):
-            folder = Path(str(code).removeprefix("file://"))
-            if not folder.is_absolute():
-                folder = Path(str(getattr(node, "base_path", "."))) / folder
+            folder = base / str(code).removeprefix("file://")
             if folder.is_dir():
                 problems += code_findings(folder)
         for name, value in (getattr(node, "environment_variables", None) or {}).items():
@@ -381,12 +382,15 @@ def load(body: Mapping[str, Any], base_dir: Path) -> Any:
     """The azure-ai-ml job for a spec: load_job, exactly as `az ml job create -f` reads a file."""
     from azure.ai.ml import load_job
     from azure.ai.ml.exceptions import ValidationException
+    from marshmallow import ValidationError
 
+    # relative_origin is taken as a file whose folder relative paths start from.
+    origin = str(base_dir / "job.yml")
     try:
-        return load_job(io.StringIO(yaml.safe_dump(dict(body), sort_keys=False)), relative_origin=str(base_dir))
-    except (ValidationException, ValueError, TypeError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise JobSpecError(f"azure-ai-ml does not accept the job: {first}") from None
+        return load_job(io.StringIO(yaml.safe_dump(dict(body), sort_keys=False)), relative_origin=origin)
+    except (ValidationException, ValidationError, ValueError, TypeError) as error:
+        text = " ".join(str(error).split())
+        raise JobSpecError(f"azure-ai-ml does not accept the job: {text[:400] or type(error).__name__}") from None
 
 
 @contextmanager
@@ -395,6 +399,13 @@ def prepare(spec: JobSpec, settings: SubmitSettings) -> Iterator[PreparedJob]:
 
     The guard sees the user's code folder first, so a refused job copies nothing; the assembled
     snapshot is checked again, since that is what is uploaded."""
+    kind = spec.body.get("type", "command")
+    if kind != "command":
+        # Refused either way; the guard first, since what a job would upload matters most.
+        findings = egress_findings(load(spec.body, spec.base_dir))
+        if findings:
+            raise EgressRefused("refusing to submit: " + "; ".join(findings))
+        raise JobSpecError(f"{spec.source}: only command jobs run on the edge compute, not type {kind!r}")
     body, _ = apply_settings(spec, settings)
     code = _code_dir(spec)
     if (code / "edge_train").exists():
@@ -450,7 +461,10 @@ def submit(ml_client: Any, job: Any, stream: bool = True) -> JobOutcome:
         except JobException as failed:  # raised by stream when the job fails
             error = str(failed)
     final = ml_client.jobs.get(created.name)
-    status = str(final.status)
+    # JobStatus is a str enum: str() of it is "JobStatus.COMPLETED", its value "Completed".
+    status = str(getattr(final.status, "value", final.status))
     if status != "Completed" and error is None:
-        error = str(getattr(final, "error", None) or f"job ended {status}; see {getattr(final, 'studio_url', '')}")
+        # Job entities answer any attribute (AttrDict); only a real error, never a stand-in object.
+        reported = vars(final).get("error") if hasattr(final, "__dict__") else None
+        error = str(reported or f"job ended {status}; see {getattr(final, 'studio_url', '')}")
     return JobOutcome(created.name, status, _paragraph(error) if error is not None else None)
