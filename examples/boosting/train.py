@@ -31,6 +31,16 @@ except ModuleNotFoundError:  # a checkout of this repository (the test suite)
 
 log = logging.getLogger("boosting")
 LABEL = "label"
+# skops (MLflow's safe format for scikit-learn) asks which types to trust on load; this one is
+# ours, written by this script.
+TRUSTED = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
+
+
+def requirements() -> list[str]:
+    """Stated, so that MLflow does not infer them by loading the model in a child process."""
+    import sklearn
+
+    return [f"mlflow-skinny=={mlflow.__version__}", f"scikit-learn=={sklearn.__version__}", f"pandas=={pd.__version__}"]
 
 
 def load(paths: tuple[Path, ...]) -> pd.DataFrame:
@@ -74,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     if model_dir.exists():  # save_model refuses an existing folder; this one is ours to replace
         shutil.rmtree(model_dir)
-    mlflow.sklearn.save_model(model, model_dir, signature=signature)
+    saving = {"signature": signature, "pip_requirements": requirements(), "skops_trusted_types": TRUSTED}
+    mlflow.sklearn.save_model(model, model_dir, **saving)
     lineage = {"data_fingerprint": fingerprint, "hub_location": staged.location.uri, "hyperparameters": params}
     (args.output_dir / "lineage.json").write_text(json.dumps(lineage, indent=2))
     run_id = None
@@ -84,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             mlflow.log_params(params)
             mlflow.log_metrics(metrics)
             mlflow.set_tags({**edge_train.lineage_tags(staged, fingerprint), "example": "boosting"})
-            mlflow.sklearn.log_model(model, name="model", signature=signature)
+            mlflow.sklearn.log_model(model, name="model", **saving)
     summary = {
         "metrics": metrics,
         "data_fingerprint": fingerprint,

@@ -108,6 +108,15 @@ def run(service: Any, config: TrainConfig) -> TrainResult:
     return TrainResult(model_dir / "model.joblib", metrics, fingerprint, staged, run_id)
 
 
+def requirements() -> list[str]:
+    """What serving the model needs, stated: MLflow would otherwise infer it by loading the model
+    in a child process, which costs seconds per save."""
+    import mlflow
+    import sklearn
+
+    return [f"mlflow-skinny=={mlflow.__version__}", f"scikit-learn=={sklearn.__version__}"]
+
+
 def _save_mlflow_model(trained: Any, model_dir: Path, x: Any) -> None:
     import mlflow.sklearn
     from mlflow.models import infer_signature
@@ -116,7 +125,12 @@ def _save_mlflow_model(trained: Any, model_dir: Path, x: Any) -> None:
         import shutil
 
         shutil.rmtree(model_dir)
-    mlflow.sklearn.save_model(trained, model_dir, signature=infer_signature(x[:5], trained.predict(x[:5])))
+    mlflow.sklearn.save_model(
+        trained,
+        model_dir,
+        signature=infer_signature(x[:5], trained.predict(x[:5])),
+        pip_requirements=requirements(),
+    )
 
 
 def _track(
@@ -136,7 +150,12 @@ def _track(
         mlflow.log_params(asdict(config.hyperparameters))
         mlflow.log_metrics({k: float(v) for k, v in metrics.as_dict().items()})
         mlflow.set_tags({**edge_train.lineage_tags(staged, fingerprint), "example": "churn"})
-        mlflow.sklearn.log_model(trained, name="model", signature=infer_signature(x[:5], trained.predict(x[:5])))
+        mlflow.sklearn.log_model(
+            trained,
+            name="model",
+            signature=infer_signature(x[:5], trained.predict(x[:5])),
+            pip_requirements=requirements(),
+        )
         return active.info.run_id
 
 
