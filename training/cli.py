@@ -37,11 +37,24 @@ class UsageError(ValueError):
     """Bad input found by a command itself (argparse finds the rest)."""
 
 
+# Secret-shaped values a mistaken argument may carry; argparse echoes what it cannot parse.
+SECRET_VALUE = re.compile(r"((?:AccountKey|SharedAccessSignature|sig|password)=)[^;&'\"\s]+", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    return SECRET_VALUE.sub(r"\1***", text)
+
+
 class OneLineParser(argparse.ArgumentParser):
-    """argparse's errors as one line (it prints the whole usage first by default)."""
+    """argparse's errors as one line (it prints the whole usage first by default), secrets
+    redacted; no abbreviations, so that --connection-string is not taken for a longer flag."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        self.exit(USAGE, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(USAGE, f"{self.prog}: error: {redact(message)} (see --help)\n")
 
 
 def _outputs(args: argparse.Namespace) -> stack_outputs.StackOutputs:
@@ -308,12 +321,14 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 
 def _one_line(error: BaseException) -> str:
     text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-    return text or type(error).__name__
+    return redact(text) or type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)
+    # azure-ai-ml announces each preview class it loads; nothing a data scientist can act on.
+    logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
     args = parser().parse_args(argv)
     try:
         return int(args.handler(args))

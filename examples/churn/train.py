@@ -19,7 +19,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import joblib
 
@@ -166,8 +166,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments as one line naming them (argparse prints its whole usage first otherwise)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="hub://<container>/<prefix> of the CSV files")
     p.add_argument("--account-url", help="Hub blob endpoint (default: $EDGE_ACCOUNT_URL)")
     p.add_argument("--credential-file", default=None, help="default: /etc/edge-training/storage-credential")
