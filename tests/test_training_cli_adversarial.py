@@ -112,7 +112,8 @@ CASES = {
     "local container not a name": Case(("run", "--local", "--container", "Data"), "Data"),
     "local example unknown": Case(("run", "--local", "--example", "nope"), "nope"),
     "connection string on the command line": Case(
-        ("run", "--local", "--connection-string", f"AccountKey={SECRET}"), "--connection-string"
+        ("run", "--local", "--connection-string", f"AccountKey={SECRET}"),
+        "unrecognized arguments: --connection-string AccountKey=***",
     ),
     "connection string garbage": Case(
         ("run", "--local"),
