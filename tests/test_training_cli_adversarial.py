@@ -231,3 +231,17 @@ def test_csvs_with_other_columns_are_named(tmp_path) -> None:
     (tmp_path / "b.csv").write_text("g0,label\n1,1\n")
     with pytest.raises(estimator.DataError, match=r"b\.csv has columns"):
         estimator.load_csvs([tmp_path / "a.csv", tmp_path / "b.csv"])
+
+
+def test_building_the_parser_imports_no_sdk() -> None:
+    """--help must answer at once (its time is measured in bench, not here): the parser may not
+    import azure-ai-ml, the blob SDK, scikit-learn or MLflow; the commands import them."""
+    probe = (
+        "import sys; from training import cli; cli.parser(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'mlflow', 'pandas', 'numpy') "
+        "or m.startswith(('azure.ai.ml', 'azure.storage', 'azure.core', 'azure.identity'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"

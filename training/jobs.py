@@ -247,8 +247,9 @@ def apply_settings(spec: JobSpec, settings: SubmitSettings) -> tuple[dict[str, A
         mount = f"-v {CREDENTIAL_DIRECTORY}:{CREDENTIAL_DIRECTORY}:ro"
         resources["docker_args"] = " ".join(a for a in (str(resources.get("docker_args") or ""), mount) if a)
     else:
-        # Kubernetes: the cluster mounts the credential secret at the same path (see
-        # components/edge_kubernetes); docker_args do not exist there.
+        # Kubernetes: the cluster mounts the credential at the same path into every job, from a
+        # volume claim annotated ml.azure.com/mountpath (Azure ML's Arc extension mounts such
+        # claims into command and sweep jobs); there are no docker_args on Kubernetes.
         resources.pop("docker_args", None)
     if not resources:
         body.pop("resources", None)
