@@ -340,11 +340,3 @@ def test_deploy_refuses_an_unexpected_host_key(ssh_server, ssh_user_key, vm) -> 
     with pytest.raises(deploy.DeployError, match="not the recorded"):
         deploy.deploy(wrong, release("v1"))
     assert not (vm / "calls").exists()
-
-
-# --- run --local through the CLI ---------------------------------------------------------------------------
-
-
-def test_run_local_through_the_cli(tmp_path, capsys) -> None:
-    assert cli.main(["run", "--local", "--workdir", str(tmp_path / "demo"), "--rows", "800"]) == cli.OK
-    assert json.loads(capsys.readouterr().out)["metrics"]["rows"] == 800
