@@ -584,3 +584,11 @@ def test_git_commit_marks_a_dirty_tree(tmp_path) -> None:
     assert registry.git_commit(repo) == head
     (repo / "train.py").write_text("print(2)\n")
     assert registry.git_commit(repo) == f"{head}-dirty"
+
+
+def test_an_image_replaces_the_environment_as_it_is(tmp_path, workspace) -> None:
+    image = "credge.azurecr.io/trainers/torch:2.6"
+    assert submit(tmp_path, "-f", str(jobs.EXAMPLES / "boosting" / "job.yml"), "--image", image) == cli.OK
+    (environment,) = [r for r in workspace.fake.requests if r.method == "PUT" and "/environments/" in r.path]
+    assert environment.body["properties"]["image"] == image
+    assert "condaFile" not in environment.body["properties"]
