@@ -7,7 +7,7 @@ from dataclasses import MISSING, fields
 import pytest
 
 from components import config as stack_config
-from training.stack_outputs import StackOutputs
+from training.stack_outputs import OutputsError, StackOutputs
 
 
 def test_the_example_stack_declares_the_whole_pattern_and_exports_every_output(run_stack) -> None:
@@ -20,12 +20,23 @@ def test_the_example_stack_declares_the_whole_pattern_and_exports_every_output(r
         "edge-training:edge:HubNetwork",
         "edge-training:edge:HubVm",
     } <= components
-    # Everything the training CLI reads is exported, with a value.
-    wanted = set(StackOutputs.__dataclass_fields__)
+    # Everything the training CLI needs is exported, with a value, and the CLI takes the result.
+    required = {f.name for f in fields(StackOutputs) if f.default is MISSING}
     empty = {k for k, e in recording.exports.items() if e.value in (None, "", [], {})}
-    missing = {f.name for f in fields(StackOutputs) if f.default is MISSING} - set(recording.exports)
+    missing = required - set(recording.exports)
     assert not missing, f"not exported: {sorted(missing)}"
-    assert not (empty & wanted), f"exported empty: {sorted(empty & wanted)}"
+    assert not (empty & required), f"exported empty: {sorted(empty & required)}"
+    values = {k: e.value for k, e in recording.exports.items()}
+    assert StackOutputs.from_mapping(values, "the example stack").edgeComputeMode == "kubernetes"
+
+
+def test_the_virtual_machine_mode_exports_the_recorded_host_key(run_stack) -> None:
+    recording = run_stack({"edgeComputeMode": "virtual-machine"})
+    values = {k: e.value for k, e in recording.exports.items()}
+    outputs = StackOutputs.from_mapping(values, "the virtual-machine stack")
+    assert outputs.sshHostKeyFingerprint.startswith("SHA256:")
+    with pytest.raises(OutputsError, match="sshHostKeyFingerprint"):
+        StackOutputs.from_mapping(values | {"sshHostKeyFingerprint": ""}, "a stack")
 
 
 def test_the_private_key_must_reach_the_program_as_a_secret(run_stack) -> None:

@@ -1,26 +1,21 @@
-"""The training CLI: stack outputs, the job and its egress guard, register through the real
-MLClient at the HTTP boundary, the package request, and deploy over real SSH."""
+"""The training CLI: stack outputs, the package request through the real MLClient at the HTTP
+boundary, and deploy over real SSH. Submit and register: tests/test_training_jobs.py."""
 
 from __future__ import annotations
 
 import json
 import re
-import shlex
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from azure.ai.ml import Input
 
 from tests.harness import pulumi_mocks, services
-from tests.harness.arm_models import rest_field_problems
 from tests.harness.arm_server import ArmEndpoint, RecordingTransport, Reply, StaticCredential, serve_arm
 from tests.harness.keys import KeyPair
-from training import cli, deploy, jobs, models, packaging, stack_outputs
-from training.src import train
+from training import cli, deploy, jobs, packaging, stack_outputs
 from training.workspace import ml_client
 
 
@@ -51,131 +46,7 @@ def test_missing_outputs_are_named(tmp_path, capsys) -> None:
     assert "computeName" in error and "hubBlobEndpoint" in error and "pulumi up" in error
 
 
-# --- submit ------------------------------------------------------------------------------------------
-
-
-def substituted_command(job: Any) -> list[str]:
-    line = job.command
-    for name, value in job.environment_variables.items():
-        line = line.replace(f"${name}", value)
-    return shlex.split(line)
-
-
-def test_the_job_runs_the_entrypoint_on_the_edge_compute_with_locations_only(outputs) -> None:
-    job = jobs.build_job(outputs, jobs.JobRequest(prefix="churn/", hyperparameters={"c": 0.5, "max_iter": 200}))
-    assert job.compute == "edge-vm"
-    assert job.experiment_name == "edge-training"
-    assert job.environment.image == jobs.BASE_IMAGE
-    pinned = job.environment.conda_file["dependencies"][-1]["pip"]
-    assert "scikit-learn==1.9.1" in pinned and "azure-storage-blob==12.31.1" in pinned
-    assert not job.inputs
-    assert set(job.environment_variables) == {"EDGE_ACCOUNT_URL", "EDGE_CONTAINER", "EDGE_PREFIX"}
-    assert job.resources.docker_args == "-v /etc/edge-training:/etc/edge-training:ro"
-    argv = substituted_command(job)
-    assert argv[:2] == ["python", "train.py"]
-    parsed = train.parser().parse_args(argv[2:])  # the command is one the entrypoint accepts
-    assert (parsed.account_url, parsed.container, parsed.prefix) == (outputs.hubBlobEndpoint, "training-data", "churn/")
-    assert (parsed.c, parsed.max_iter) == (0.5, 200)
-    assert parsed.credential_file == "/etc/edge-training/storage-credential"
-    assert Path(str(job.code)) == jobs.SOURCE
-
-
-def test_the_egress_guard_refuses_a_local_input(outputs) -> None:
-    job = jobs.build_job(outputs, jobs.JobRequest(prefix="x/"))
-    job.inputs["data"] = Input(type="uri_folder", path="./data")
-    with pytest.raises(jobs.EgressRefused, match=re.escape("local path './data'")):
-        jobs.egress_guard(job)
-    job.inputs["data"] = Input(type="uri_folder", path="https://hub.blob.local/training-data/x/")
-    jobs.egress_guard(job)  # a storage location is fine
-
-
-@pytest.mark.parametrize(
-    ("name", "value"),
-    [
-        ("STORAGE_KEY", "abc"),
-        ("AZURE_STORAGE_CONNECTION_STRING", "x"),
-        ("DATA", "DefaultEndpoints;AccountKey=abc"),
-        ("URL", "https://a.blob/c?sv=1&sig=abc"),
-    ],
-)
-def test_the_egress_guard_refuses_secrets_in_the_job(outputs, name: str, value: str) -> None:
-    job = jobs.build_job(outputs, jobs.JobRequest(prefix="x/"))
-    job.environment_variables[name] = value
-    with pytest.raises(jobs.EgressRefused, match=name):
-        jobs.egress_guard(job)
-
-
-def test_the_egress_guard_refuses_data_in_the_code_snapshot(outputs, tmp_path) -> None:
-    code = tmp_path / "src"
-    shutil.copytree(jobs.SOURCE, code, ignore=shutil.ignore_patterns("__pycache__"))
-    job = jobs.build_job(outputs, jobs.JobRequest(prefix="x/"))
-    (code / "edge_train" / "sample.csv").write_text("a,b\n")
-    job.code = str(code)
-    # .amlignore keeps *.csv out of the snapshot, so this one is fine...
-    jobs.egress_guard(job)
-    (code / "edge_train" / "dump.npy").write_bytes(b"\x93NUMPY")
-    with pytest.raises(jobs.EgressRefused, match=r"dump\.npy"):
-        jobs.egress_guard(job)
-
-
-class StubJobs:
-    """The job operations' control flow only (create, stream, get): the job body itself is checked
-    above; what matters here is how submit reacts to the service's answers."""
-
-    def __init__(self, status: str, stream_error: str | None = None) -> None:
-        self.calls: list[str] = []
-        self.status, self.stream_error = status, stream_error
-
-    def create_or_update(self, job: Any) -> Any:
-        self.calls.append("create")
-        return type("J", (), {"name": "job-1", "studio_url": ""})()
-
-    def stream(self, name: str) -> None:
-        self.calls.append(f"stream {name}")
-        if self.stream_error:
-            from azure.ai.ml.exceptions import JobException
-
-            raise JobException(message=self.stream_error, no_personal_data_message="job failed")
-
-    def get(self, name: str) -> Any:
-        return type("J", (), {"status": self.status, "error": None, "studio_url": "https://ml.azure.com/x"})()
-
-
-def test_submit_guards_streams_and_reports_the_status(outputs) -> None:
-    client = type("C", (), {"jobs": StubJobs("Completed")})()
-    job = jobs.build_job(outputs, jobs.JobRequest(prefix="x/"))
-    assert jobs.submit(client, job) == jobs.JobOutcome("job-1", "Completed", None)
-    assert client.jobs.calls == ["create", "stream job-1"]
-    job.inputs["data"] = Input(type="uri_file", path="local.csv")
-    with pytest.raises(jobs.EgressRefused):
-        jobs.submit(client, job)
-    assert client.jobs.calls == ["create", "stream job-1"]  # nothing sent the second time
-
-
-def test_a_failed_job_is_reported_with_the_services_message_not_a_traceback(
-    outputs, tmp_path, monkeypatch, capsys
-) -> None:
-    failing = type("C", (), {"jobs": StubJobs("Failed", "Execution failed: ModuleNotFoundError sklearn\nlog tail")})()
-    outcome = jobs.submit(failing, jobs.build_job(outputs, jobs.JobRequest(prefix="x/")))
-    assert outcome.status == "Failed" and "ModuleNotFoundError sklearn" in (outcome.error or "")
-
-    monkeypatch.setattr("training.workspace.ml_client", lambda _outputs: failing)
-    outputs_file = tmp_path / "outputs.json"
-    outputs_file.write_text(json.dumps(outputs.__dict__))
-    assert cli.main(["submit", "--outputs", str(outputs_file), "--prefix", "x/"]) == cli.JOB_FAILED
-    captured = capsys.readouterr()
-    assert json.loads(captured.out)["status"] == "Failed"
-    assert "ended Failed: Execution failed: ModuleNotFoundError sklearn" in captured.err
-    assert "Traceback" not in captured.err
-
-
-def test_a_failed_job_without_streaming_still_says_where_to_look(outputs) -> None:
-    client = type("C", (), {"jobs": StubJobs("Canceled")})()
-    outcome = jobs.submit(client, jobs.build_job(outputs, jobs.JobRequest(prefix="x/")), stream=False)
-    assert outcome.status == "Canceled" and "https://ml.azure.com/x" in (outcome.error or "")
-
-
-# --- register at the HTTP boundary ---------------------------------------------------------------------
+# --- the HTTP boundary ------------------------------------------------------------------------------------
 
 
 class RedirectingTransport(RecordingTransport):
@@ -202,86 +73,6 @@ def models_path(outputs: stack_outputs.StackOutputs, name: str) -> str:
         f"/subscriptions/{outputs.azureSubscriptionId}/resourceGroups/{outputs.resourceGroupName}/providers/"
         f"Microsoft.MachineLearningServices/workspaces/{outputs.workspaceName}/models/{name}/versions"
     )
-
-
-def version_json(outputs: stack_outputs.StackOutputs, name: str, version: str, **properties: Any) -> dict[str, Any]:
-    return {
-        "id": f"{models_path(outputs, name)}/{version}",
-        "name": version,
-        "type": "Microsoft.MachineLearningServices/workspaces/models/versions",
-        # As the service answers: every map present, if empty.
-        "properties": {
-            "modelType": "custom_model",
-            "modelUri": "azureml://x",
-            "flavors": {},
-            "tags": {},
-            "properties": {},
-            "isAnonymous": False,
-            "isArchived": False,
-            **properties,
-        },
-    }
-
-
-def test_register_sends_the_next_version_with_its_lineage(outputs, arm) -> None:
-    base = models_path(outputs, "edge-model")
-    # Version 7 is archived: its number stays taken, so only a listing of all versions is right.
-    arm.fake.script(
-        "GET",
-        base,
-        Reply(
-            200,
-            {
-                "value": [
-                    version_json(outputs, "edge-model", "1"),
-                    version_json(outputs, "edge-model", "7", isArchived=True),
-                    version_json(outputs, "edge-model", "2"),
-                ]
-            },
-        ),
-    )
-    arm.fake.script("PUT", f"{base}/8", Reply(201, version_json(outputs, "edge-model", "8")))
-    client = ml_client(outputs, credential=StaticCredential(), transport=RedirectingTransport(arm))
-    lineage = models.Lineage("job-42", "f" * 64, {"c": 0.5}, "abc123")
-    registered = models.register(client, outputs, "edge-model", lineage)
-    assert registered.version == "8"
-
-    listing = next(r for r in arm.fake.requests if r.method == "GET" and "listViewType" in r.query)
-    assert listing.query["listViewType"] == ["All"]
-    (put,) = [r for r in arm.fake.requests if r.method == "PUT"]
-    assert put.path == f"{base}/8"
-    assert put.query["api-version"][0].startswith("20")
-    body = put.body["properties"]
-    assert body["modelType"] == "custom_model"
-    assert body["modelUri"] == "azureml://jobs/job-42/outputs/artifacts/paths/outputs/model/"
-    assert body["tags"] == {
-        "data_fingerprint": "f" * 64,
-        "git_commit": "abc123",
-        "job": "job-42",
-        "compute": "edge-vm",
-        "stack": "dev",
-        "hyperparameters": '{"c": 0.5}',
-    }
-    assert "edge-vm" in body["description"]
-    # Every field is one Microsoft's generated model of the model-version resource has, and writable.
-    from azure.ai.ml._restclient.arm_ml_service import models as ml
-
-    nested = {ml.ModelVersion: {"properties": ml.ModelVersionProperties}}
-    assert rest_field_problems(put.body, ml.ModelVersion, nested) == []
-
-
-def test_register_starts_at_version_one(outputs, arm) -> None:
-    base = models_path(outputs, "new-model")
-    arm.fake.script("GET", base, Reply(200, {"value": []}))
-    arm.fake.script("PUT", f"{base}/1", Reply(201, version_json(outputs, "new-model", "1")))
-    client = ml_client(outputs, credential=StaticCredential(), transport=RedirectingTransport(arm))
-    assert models.register(client, outputs, "new-model", models.Lineage("j", "a", {}, "c")).version == "1"
-
-
-def test_git_commit_marks_a_dirty_tree(tmp_path) -> None:
-    assert models.git_commit(tmp_path) == "unknown"
-    head = models.git_commit()
-    assert len(head.removesuffix("-dirty")) == 40
 
 
 # --- package ------------------------------------------------------------------------------------------
@@ -552,11 +343,3 @@ def test_deploy_refuses_an_unexpected_host_key(ssh_server, ssh_user_key, vm) -> 
     with pytest.raises(deploy.DeployError, match="not the recorded"):
         deploy.deploy(wrong, release("v1"))
     assert not (vm / "calls").exists()
-
-
-# --- run --local through the CLI ---------------------------------------------------------------------------
-
-
-def test_run_local_through_the_cli(tmp_path, capsys) -> None:
-    assert cli.main(["run", "--local", "--workdir", str(tmp_path / "demo"), "--rows", "800"]) == cli.OK
-    assert json.loads(capsys.readouterr().out)["metrics"]["rows"] == 800

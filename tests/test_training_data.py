@@ -15,10 +15,11 @@ import joblib
 import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
+from examples.churn import estimator as model
+from examples.churn import train
 from tests.harness import services
 from training import local
-from training.src import train
-from training.src.edge_train import credentials, model, staging
+from training.src.edge_train import credentials, staging
 
 
 class HttpLog:
@@ -201,7 +202,7 @@ def test_the_entrypoint_fails_clearly_without_a_credential(tmp_path, monkeypatch
     monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
     monkeypatch.delenv("AZURE_STORAGE_SAS_TOKEN", raising=False)
     status = train.main(
-        ["--container", "c", "--credential-file", str(tmp_path / "none"), "--output-dir", str(tmp_path)]
+        ["--data", "hub://ccc/", "--credential-file", str(tmp_path / "none"), "--output-dir", str(tmp_path)]
     )
     assert status == 2
     assert "no storage credential" in caplog.text
@@ -210,15 +211,18 @@ def test_the_entrypoint_fails_clearly_without_a_credential(tmp_path, monkeypatch
 def test_the_entrypoint_runs_as_a_script_the_way_a_job_runs_it(tmp_path, container, azurite) -> None:
     upload(container)
     script = Path(train.__file__)
-    env = {"PATH": "/usr/bin:/bin", "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string}
+    # edge_train importable as if installed (training/src/pyproject.toml), nothing else of the repository.
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string,
+        "PYTHONPATH": str(local.PACKAGE_ROOT),
+    }
     out = subprocess.run(
         [
             sys.executable,
             script.name,
-            "--container",
-            container.container_name,
-            "--prefix",
-            "data/",
+            "--data",
+            f"hub://{container.container_name}/data/",
             "--cache-dir",
             str(tmp_path / "cache"),
             "--output-dir",

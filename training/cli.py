@@ -1,13 +1,13 @@
 """python -m training <command>: the data scientists' side of edge-training.
 
-  run --local   the whole training flow here, against the storage emulator (no Azure needed)
-  submit        a training job on the attached edge compute; the data stays on the Hub
-  register      the job's model as a new, tagged model version
+  run --local   an example trainer here, against the storage emulator, MLflow to .edge-training/
+  submit        your training code as a job on the edge compute; the data stays on the Hub
+  register      the job's model as a new, tagged MLflow model version
   package       a container image of a model version, in the workspace's registry
   deploy        the image on the Hub VM (--target edge) or a managed online endpoint (--target cloud)
 
 Every command but run reads the stack's outputs: `pulumi stack output --json` (--stack), or a
-file of them (--outputs).
+file of them (--outputs). Building the parser imports no SDK: each command imports what it uses.
 """
 
 from __future__ import annotations
@@ -15,24 +15,73 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
 from training import stack_outputs
 
 log = logging.getLogger("training")
 
 OK, JOB_FAILED, USAGE = 0, 1, 2
+# Azure ML asset and job names: letters, digits, '-', '_' (and '.' for assets), starting with a
+# letter or digit, at most 255 characters.
+ASSET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")
+DEBUG_VARIABLE = "EDGE_TRAINING_DEBUG"
+
+
+class UsageError(ValueError):
+    """Bad input found by a command itself (argparse finds the rest)."""
+
+
+# Secret-shaped values a mistaken argument may carry; argparse echoes what it cannot parse.
+SECRET_VALUE = re.compile(r"((?:AccountKey|SharedAccessSignature|sig|password)=)[^;&'\"\s]+", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    return SECRET_VALUE.sub(r"\1***", text)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's errors as one line (it prints the whole usage first by default), secrets
+    redacted; no abbreviations, so that --connection-string is not taken for a longer flag."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE, f"{self.prog}: error: {redact(message)} (see --help)\n")
 
 
 def _outputs(args: argparse.Namespace) -> stack_outputs.StackOutputs:
     return stack_outputs.load(stack=args.stack, outputs_file=args.outputs)
 
 
-def _client(args: argparse.Namespace):  # noqa: ANN202 (MLClient; imported lazily, it is slow)
+def _client(args: argparse.Namespace) -> Any:
     from training.workspace import ml_client
 
     return ml_client(_outputs(args))
+
+
+def _with_stack(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--stack", help="Pulumi stack to read outputs from (default: the selected one)")
+    p.add_argument("--outputs", type=Path, help="a file of `pulumi stack output --json` instead")
+    return p
+
+
+# --- run --local ------------------------------------------------------------------------------------
+
+
+def configure_run(commands: Any) -> None:
+    from training import local  # stdlib and the location parser only, until it runs
+
+    run = commands.add_parser("run", help="train here against the storage emulator")
+    local.configure_parser(run)
+    run.set_defaults(handler=cmd_run)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -41,19 +90,96 @@ def cmd_run(args: argparse.Namespace) -> int:
     return local.run(args)
 
 
+# --- submit -----------------------------------------------------------------------------------------
+
+
+def _hub_input(text: str) -> tuple[str, str]:
+    name, separator, uri = text.partition("=")
+    if not separator or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=hub://<container>/<prefix>")
+    from training.src.edge_train.location import HubLocation, LocationError
+
+    try:
+        return name, HubLocation.parse(uri).uri
+    except LocationError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def configure_submit(commands: Any) -> None:
+    submit = _with_stack(commands.add_parser("submit", help="train on the edge compute"))
+    what = submit.add_mutually_exclusive_group()
+    what.add_argument("-f", "--file", type=Path, help="a command job in Azure ML's YAML schema (az ml job create -f)")
+    what.add_argument("--code", type=Path, help="your training code's folder (the job's code snapshot)")
+    what.add_argument("--example", help="one of examples/ (default: churn, when neither -f nor --code is given)")
+    submit.add_argument("--command", help='with --code: the command, e.g. "python train.py --data ${{inputs.data}}"')
+    submit.add_argument(
+        "--input",
+        type=_hub_input,
+        action="append",
+        default=[],
+        metavar="NAME=hub://CONTAINER/PREFIX",
+        help="Hub data the job reads in place, as ${{inputs.NAME}} and $EDGE_INPUT_NAME (repeatable)",
+    )
+    submit.add_argument("--prefix", help="shorthand for --input data=hub://<the stack's data container>/PREFIX")
+    environment = submit.add_mutually_exclusive_group()
+    environment.add_argument("--environment", type=Path, help="a conda.yaml, built on the pinned base image")
+    environment.add_argument("--image", help="a complete image to run in, as it is")
+    submit.add_argument(
+        "--blob-api-version", help="x-ms-version for Hub storage (default: hubBlobApiVersion, 2019-07-07)"
+    )
+    submit.add_argument("--dry-run", action="store_true", help="print the job and the guard's findings; send nothing")
+    submit.add_argument("--no-stream", action="store_true", help="do not follow the job's logs")
+    submit.set_defaults(handler=cmd_submit)
+
+
+def _job_spec(args: argparse.Namespace, outputs: stack_outputs.StackOutputs) -> Any:
+    from training import jobs
+
+    inputs = dict(args.input)
+    if args.prefix is not None:
+        from training.src.edge_train.location import HubLocation, LocationError
+
+        try:
+            inputs.setdefault("data", HubLocation(outputs.hubDataContainer, args.prefix).uri)
+        except LocationError as error:
+            raise UsageError(f"--prefix: {error}") from None
+    environment = jobs.environment_option(args.environment, args.image)
+    if args.code is not None:
+        if not args.command:
+            raise UsageError("--code needs --command (what to run in that folder)")
+        return jobs.spec_from_code(args.code, args.command, inputs, environment)
+    if args.command:
+        raise UsageError("--command goes with --code")
+    if args.file is not None:
+        spec = jobs.spec_from_file(args.file)
+    else:
+        name = args.example or "churn"
+        if not (jobs.EXAMPLES / name / "job.yml").is_file():
+            raise UsageError(f"--example {name!r} is not a folder of {jobs.EXAMPLES} with a job.yml")
+        spec = jobs.example_spec(name)
+    if inputs or environment:
+        body = dict(spec.body)
+        body["inputs"] = {**(body.get("inputs") or {}), **inputs}
+        if environment:
+            body["environment"] = environment
+        spec = jobs.JobSpec(body, spec.base_dir, spec.source)
+    return spec
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from training import jobs
 
     outputs = _outputs(args)
-    request = jobs.JobRequest(
-        prefix=args.prefix,
-        hyperparameters={"c": args.c, "max_iter": args.max_iter, "seed": args.seed},
-        image=args.image,
-    )
-    job = jobs.build_job(outputs, request)
-    from training.workspace import ml_client
+    settings = jobs.SubmitSettings.from_outputs(outputs, args.blob_api_version)
+    with jobs.prepare(_job_spec(args, outputs), settings) as prepared:
+        if args.dry_run:
+            print(jobs.render(prepared))
+            return USAGE if prepared.findings else OK
+        if prepared.findings:
+            raise jobs.EgressRefused("refusing to submit: " + "; ".join(prepared.findings))
+        from training.workspace import ml_client
 
-    outcome = jobs.submit(ml_client(outputs), job, stream=not args.no_stream)
+        outcome = jobs.submit(ml_client(outputs), prepared.job, stream=not args.no_stream)
     print(json.dumps({"job": outcome.name, "status": outcome.status}))
     if outcome.status != "Completed":
         print(f"error: job {outcome.name} ended {outcome.status}: {outcome.error}", file=sys.stderr)
@@ -61,27 +187,57 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return OK
 
 
-def cmd_register(args: argparse.Namespace) -> int:
-    from training import models
+# --- register ---------------------------------------------------------------------------------------
 
-    outputs = _outputs(args)
+
+def _asset_name(text: str) -> str:
+    if not ASSET_NAME.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an Azure ML asset name (letters, digits, . _ -)")
+    return text
+
+
+def _job_name(text: str) -> str:
+    if not JOB_NAME.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an Azure ML job name (letters, digits, _ -)")
+    return text
+
+
+def configure_register(commands: Any) -> None:
+    register = _with_stack(commands.add_parser("register", help="register a job's model"))
+    register.add_argument("--job", required=True, type=_job_name)
+    register.add_argument("--name", default="edge-model", type=_asset_name)
+    lineage = register.add_mutually_exclusive_group(required=True)
+    lineage.add_argument("--lineage", type=Path, help="the job's outputs/lineage.json")
+    lineage.add_argument("--data-fingerprint")
+    register.set_defaults(handler=cmd_register)
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from training import registry
+
     if args.lineage:
-        lineage = json.loads(args.lineage.read_text())
-        fingerprint, params = lineage["data_fingerprint"], lineage.get("hyperparameters", {})
+        fingerprint, params = registry.read_lineage(args.lineage)
     else:
         fingerprint, params = args.data_fingerprint, {}
+    lineage = registry.Lineage(
+        job_name=args.job, data_fingerprint=fingerprint, hyperparameters=params, git_commit=registry.git_commit()
+    )
+    outputs = _outputs(args)
     from training.workspace import ml_client
 
-    model = models.register(
-        ml_client(outputs),
-        outputs,
-        args.name,
-        models.Lineage(
-            job_name=args.job, data_fingerprint=fingerprint, hyperparameters=params, git_commit=models.git_commit()
-        ),
-    )
+    model = registry.register(ml_client(outputs), outputs, args.name, lineage)
     print(json.dumps({"model": model.name, "version": model.version}))
     return OK
+
+
+# --- package and deploy -----------------------------------------------------------------------------
+
+
+def configure_package(commands: Any) -> None:
+    package = _with_stack(commands.add_parser("package", help="build a model image into the registry"))
+    package.add_argument("--model", required=True)
+    package.add_argument("--version", required=True)
+    package.set_defaults(handler=cmd_package)
 
 
 def cmd_package(args: argparse.Namespace) -> int:
@@ -89,6 +245,18 @@ def cmd_package(args: argparse.Namespace) -> int:
 
     print(packaging.package(_client(args), args.model, args.version))
     return OK
+
+
+def configure_deploy(commands: Any) -> None:
+    deploy = _with_stack(commands.add_parser("deploy", help="run a model image"))
+    deploy.add_argument("--target", choices=["edge", "cloud"], default="edge")
+    deploy.add_argument("--image", help="image reference (from `package`)")
+    deploy.add_argument("--token-name", help="registry token with pull rights on the repository")
+    deploy.add_argument("--token-password-file", type=Path, help="file holding that token's password")
+    deploy.add_argument("--ssh-key", type=Path, help="the VM admin's private key file")
+    deploy.add_argument("--model", help="--target cloud: model name")
+    deploy.add_argument("--version", help="--target cloud: model version")
+    deploy.set_defaults(handler=cmd_deploy)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -122,75 +290,64 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return OK
 
 
+# --- the program ------------------------------------------------------------------------------------
+
+
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(
+    root = OneLineParser(
         prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = root.add_subparsers(dest="command", required=True)
-
-    def with_stack(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--stack", help="Pulumi stack to read outputs from (default: the selected one)")
-        p.add_argument("--outputs", type=Path, help="a file of `pulumi stack output --json` instead")
-        return p
-
-    from training import local
-
-    run = commands.add_parser("run", help="train here against the storage emulator")
-    local.configure_parser(run)
-    run.set_defaults(handler=cmd_run)
-
-    submit = with_stack(commands.add_parser("submit", help="train on the edge compute"))
-    submit.add_argument("--prefix", required=True, help="blob prefix of the training data in the Hub container")
-    submit.add_argument("--c", type=float, default=1.0)
-    submit.add_argument("--max-iter", type=int, default=500)
-    submit.add_argument("--seed", type=int, default=0)
-    submit.add_argument("--image", default=None, help="base image (default: the pinned one)")
-    submit.add_argument("--no-stream", action="store_true", help="do not follow the job's logs")
-    submit.set_defaults(handler=cmd_submit)
-
-    register = with_stack(commands.add_parser("register", help="register a job's model"))
-    register.add_argument("--job", required=True)
-    register.add_argument("--name", default="edge-model")
-    lineage = register.add_mutually_exclusive_group(required=True)
-    lineage.add_argument("--lineage", type=Path, help="the job's outputs/lineage.json")
-    lineage.add_argument("--data-fingerprint")
-    register.set_defaults(handler=cmd_register)
-
-    package = with_stack(commands.add_parser("package", help="build a model image into the registry"))
-    package.add_argument("--model", required=True)
-    package.add_argument("--version", required=True)
-    package.set_defaults(handler=cmd_package)
-
-    deploy = with_stack(commands.add_parser("deploy", help="run a model image"))
-    deploy.add_argument("--target", choices=["edge", "cloud"], default="edge")
-    deploy.add_argument("--image", help="image reference (from `package`)")
-    deploy.add_argument("--token-name", help="registry token with pull rights on the repository")
-    deploy.add_argument("--token-password-file", type=Path, help="file holding that token's password")
-    deploy.add_argument("--ssh-key", type=Path, help="the VM admin's private key file")
-    deploy.add_argument("--model", help="--target cloud: model name")
-    deploy.add_argument("--version", help="--target cloud: model version")
-    deploy.set_defaults(handler=cmd_deploy)
+    configure_run(commands)
+    configure_submit(commands)
+    configure_register(commands)
+    configure_package(commands)
+    configure_deploy(commands)
     return root
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the input's or the service's fault: one line, no traceback. Imported
+    here, after the command ran, so that the parser stays free of SDK imports."""
+    known: list[type[BaseException]] = [stack_outputs.OutputsError, UsageError, OSError, RuntimeError, ValueError]
+    for module, names in (
+        ("azure.core.exceptions", ("ClientAuthenticationError", "HttpResponseError", "ServiceRequestError")),
+        ("azure.ai.ml.exceptions", ("MlException",)),
+    ):
+        loaded = sys.modules.get(module)
+        known += [getattr(loaded, n) for n in names if loaded is not None and hasattr(loaded, n)]
+    return tuple(known)
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return redact(text) or type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)
+    # azure-ai-ml announces each preview class it loads; nothing a data scientist can act on.
+    logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
     args = parser().parse_args(argv)
-    if args.command == "submit" and args.image is None:
-        from training.jobs import BASE_IMAGE
-
-        args.image = BASE_IMAGE
     try:
         return int(args.handler(args))
-    except stack_outputs.OutputsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return USAGE
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
     except Exception as error:
-        from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
-
-        known = (ClientAuthenticationError, HttpResponseError, ServiceRequestError, RuntimeError, OSError)
-        if not isinstance(error, known):
+        if os.environ.get(DEBUG_VARIABLE):
             raise
-        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
-        return JOB_FAILED
+        usage = isinstance(error, stack_outputs.OutputsError | UsageError | ValueError) or type(error).__name__ in (
+            "EgressRefused",
+            "LocalRunError",
+        )
+        if usage or isinstance(error, _known_errors()):
+            print(f"error: {_one_line(error)}", file=sys.stderr)
+        else:
+            print(
+                f"error: unexpected {type(error).__name__}: {_one_line(error)} "
+                f"(set {DEBUG_VARIABLE}=1 for the traceback)",
+                file=sys.stderr,
+            )
+        return USAGE if usage else JOB_FAILED

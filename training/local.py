@@ -1,8 +1,12 @@
 """`python -m training run --local`: the whole training flow on this machine, no Azure needed.
 
-Starts the storage emulator (or uses --connection-string), writes a seeded sample dataset into
-it as CSV blobs, then runs the real training entrypoint against it: staging, fingerprint,
-model, metrics. Run it twice to see the cache: the second run downloads nothing.
+Starts the storage emulator (or uses the storage named by $AZURE_STORAGE_CONNECTION_STRING or
+--connection-string-file), writes a seeded sample dataset into it as CSV blobs, then runs an
+example trainer (examples/<name>/train.py) the way a job runs it: as a script, the connection
+string in its environment (never on a command line, where `ps` shows it), edge_train importable
+as if installed, MLflow logging to a local tracking store in <workdir>/mlflow. Run it twice to
+see the cache: the second run downloads nothing. `mlflow ui --backend-store-uri <tracking uri>`
+shows the runs.
 """
 
 from __future__ import annotations
@@ -14,25 +18,35 @@ import hashlib
 import io
 import json
 import logging
+import os
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-from azure.storage.blob import BlobServiceClient
-from sklearn.datasets import make_classification
-
-from training.emulator import Azurite
-from training.src import train
-from training.src.edge_train import model
+from training.src.edge_train.location import HubLocation, LocationError, check_container
 
 log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+PACKAGE_ROOT = Path(__file__).resolve().parent / "src"
 DEFAULT_WORKDIR = Path(".edge-training/demo")
+CONNECTION_STRING_VARIABLE = "AZURE_STORAGE_CONNECTION_STRING"
+LABEL = "label"
+EXPERIMENT = "edge-training-local"
+TRAINER_TIMEOUT_SECONDS = 1800
+
+
+class LocalRunError(RuntimeError):
+    """Bad input to run --local, or a trainer that failed."""
 
 
 def sample_csvs(rows: int, seed: int, parts: int = 4, features: int = 8) -> dict[str, bytes]:
     """A learnable binary classification table, split into `parts` CSV files."""
+    from sklearn.datasets import make_classification
+
     x, y = make_classification(n_samples=rows, n_features=features, n_informative=5, class_sep=1.5, random_state=seed)
-    header = [f"f{i}" for i in range(features)] + [model.LABEL]
+    header = [f"f{i}" for i in range(features)] + [LABEL]
     files: dict[str, bytes] = {}
     for part in range(parts):
         buffer = io.StringIO()
@@ -44,7 +58,9 @@ def sample_csvs(rows: int, seed: int, parts: int = 4, features: int = 8) -> dict
     return files
 
 
-def upload_sample(service: BlobServiceClient, container: str, prefix: str, rows: int, seed: int) -> int:
+def upload_sample(service: Any, container: str, prefix: str, rows: int, seed: int) -> int:
+    from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
     client = service.get_container_client(container)
     with contextlib.suppress(ResourceExistsError):
         client.create_container()
@@ -61,56 +77,151 @@ def upload_sample(service: BlobServiceClient, container: str, prefix: str, rows:
     return len(files)
 
 
+def _rows(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 100 <= value <= 10_000_000:
+        raise argparse.ArgumentTypeError(f"{value} is outside 100..10000000 (a split needs rows in both classes)")
+    return value
+
+
+def _container(text: str) -> str:
+    try:
+        return check_container(text)
+    except LocationError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def examples() -> list[str]:
+    return sorted(p.parent.name for p in EXAMPLES.glob("*/train.py"))
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local", action="store_true", required=True, help="run here against the storage emulator")
-    parser.add_argument("--connection-string", help="use this storage instead of starting the emulator")
-    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="emulator data, cache and outputs")
-    parser.add_argument("--container", default="training-data")
-    parser.add_argument("--prefix", default="demo/")
-    parser.add_argument("--rows", type=int, default=5000)
-    parser.add_argument("--seed", type=int, default=7)
-
-
-def _train(service: BlobServiceClient, args: argparse.Namespace) -> train.TrainResult:
-    blobs = upload_sample(service, args.container, args.prefix, args.rows, args.seed)
-    log.info("uploaded %d sample blobs to %s/%s", blobs, args.container, args.prefix)
-    return train.run(
-        service,
-        train.TrainConfig(
-            container=args.container,
-            prefix=args.prefix,
-            cache_dir=args.workdir / "cache",
-            output_dir=args.workdir / "outputs",
-            hyperparameters=model.Hyperparameters(seed=args.seed),
-        ),
+    parser.add_argument(
+        "--connection-string-file",
+        type=Path,
+        help=f"a file holding the connection string of other storage (or set ${CONNECTION_STRING_VARIABLE})",
     )
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="emulator data, cache, outputs, MLflow")
+    parser.add_argument("--container", type=_container, default="training-data")
+    parser.add_argument("--prefix", default="demo/", help="a folder in the container (no '..', no leading '/')")
+    parser.add_argument("--rows", type=_rows, default=5000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--example", default="churn", help=f"the trainer to run: {', '.join(examples())}")
+
+
+def connection_string(args: argparse.Namespace, environ: dict[str, str] | os._Environ[str]) -> str | None:
+    """From --connection-string-file, else the environment, else None (start the emulator)."""
+    if args.connection_string_file is not None:
+        try:
+            text = args.connection_string_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise LocalRunError(f"--connection-string-file {args.connection_string_file}: {error}") from None
+        source = f"--connection-string-file {args.connection_string_file}"
+    elif environ.get(CONNECTION_STRING_VARIABLE):
+        text, source = environ[CONNECTION_STRING_VARIABLE].strip(), f"${CONNECTION_STRING_VARIABLE}"
+    else:
+        return None
+    from azure.storage.blob import BlobServiceClient
+
+    try:  # parsed here so a typo fails before anything starts; never echoed, it holds a key
+        BlobServiceClient.from_connection_string(text).close()
+    except ValueError:
+        raise LocalRunError(f"{source} does not hold a storage connection string") from None
+    return text
+
+
+def tracking_store(workdir: Path) -> tuple[str, str]:
+    """(tracking URI, artifact location) under the workdir. SQLite: MLflow 3 refuses its file
+    store unless told otherwise (mlflow/store/tracking/file_store.py), and `mlflow ui` reads it."""
+    store = (workdir / "mlflow").resolve()
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'mlflow.db'}", (store / "artifacts").as_uri()
+
+
+def _experiment(tracking_uri: str, artifacts: str) -> None:
+    """Created with its artifacts beside the database (by default they would land in ./mlruns)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    if client.get_experiment_by_name(EXPERIMENT) is None:
+        client.create_experiment(EXPERIMENT, artifact_location=artifacts)
+
+
+def run_trainer(
+    example: str, location: HubLocation, workdir: Path, connection: str, seed: int, tracking_uri: str
+) -> dict[str, Any]:
+    """The example's train.py as a job runs it; its summary (the last line it prints)."""
+    script = EXAMPLES / example / "train.py"
+    environment = {
+        **{k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AZURE_STORAGE_SAS_TOKEN")},
+        CONNECTION_STRING_VARIABLE: connection,
+        "PYTHONPATH": str(PACKAGE_ROOT),  # edge_train as if installed (training/src/pyproject.toml)
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "MLFLOW_EXPERIMENT_NAME": EXPERIMENT,
+    }
+    argv = [
+        sys.executable,
+        str(script),
+        "--data",
+        location.uri,
+        "--cache-dir",
+        str((workdir / "cache").resolve()),
+        "--output-dir",
+        str((workdir / "outputs" / example).resolve()),
+        "--seed",
+        str(seed),
+    ]
+    done = subprocess.run(
+        argv,
+        cwd=workdir,
+        env=environment,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=TRAINER_TIMEOUT_SECONDS,
+        check=False,
+    )
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        raise LocalRunError(f"examples/{example}/train.py ended with exit code {done.returncode} (its log is above)")
+    return json.loads(lines[-1])
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)  # one line per HTTP request otherwise
-    if args.connection_string:
-        with BlobServiceClient.from_connection_string(args.connection_string) as service:
-            result = _train(service, args)
+    if args.example not in examples():
+        raise LocalRunError(f"--example {args.example!r} is not one of {', '.join(examples())}")
+    try:
+        location = HubLocation(args.container, args.prefix)
+    except LocationError as error:
+        raise LocalRunError(f"--prefix: {error}") from None
+    connection = connection_string(args, os.environ)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    tracking_uri, artifacts = tracking_store(args.workdir)
+    _experiment(tracking_uri, artifacts)
+
+    from azure.storage.blob import BlobServiceClient
+
+    def train(conn: str) -> dict[str, Any]:
+        # Closed before the emulator stops: Azurite's graceful stop waits for open connections.
+        with BlobServiceClient.from_connection_string(conn) as service:
+            blobs = upload_sample(service, location.container, location.prefix, args.rows, args.seed)
+        log.info("uploaded %d sample blobs to %s", blobs, location)
+        return run_trainer(args.example, location, args.workdir, conn, args.seed, tracking_uri)
+
+    if connection is not None:
+        summary = train(connection)
     else:
+        from training.emulator import Azurite
+
         with Azurite(args.workdir / "azurite") as emulator:
             log.info("storage emulator on 127.0.0.1:%d", emulator.port)
-            # Closed before the emulator stops: Azurite's graceful stop waits for open connections.
-            with BlobServiceClient.from_connection_string(emulator.connection_string) as service:
-                result = _train(service, args)
-    print(
-        json.dumps(
-            {
-                "model": str(result.model_path),
-                "metrics": result.metrics.as_dict(),
-                "data_fingerprint": result.fingerprint,
-                "downloaded_blobs": result.staging.downloaded,
-                "reused_blobs": result.staging.reused,
-                "bytes_downloaded": result.staging.bytes_downloaded,
-            },
-            indent=2,
-        )
-    )
+            summary = train(emulator.connection_string)
+    print(json.dumps({**summary, "tracking_uri": tracking_uri, "experiment": EXPERIMENT}, indent=2))
     return 0
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+COMPUTE_MODES = ("virtual-machine", "kubernetes")
 
 
 class OutputsError(RuntimeError):
@@ -31,34 +33,65 @@ class StackOutputs:
     hubDataContainer: str
     hubVmPublicIp: str
     hubVmAdminUsername: str
-    sshHostKeyFingerprint: str
+    # Optional: stacks from before these outputs existed mean the defaults.
+    edgeComputeMode: str = "virtual-machine"
+    """"kubernetes" (Arc-enabled cluster on the Hub) or "virtual-machine" (the attached VM)."""
+    hubBlobApiVersion: str = "2019-07-07"
+    """The x-ms-version the Hub's blob service accepts (Hub storage pins 2019-07-07)."""
+    sshHostKeyFingerprint: str = ""
+    """Recorded by the SSH attach: required in virtual-machine mode; empty in kubernetes mode,
+    where nothing attaches over SSH."""
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], source: str) -> StackOutputs:
-        names = [f.name for f in fields(cls)]
-        missing = [n for n in names if not values.get(n)]
+    def from_mapping(cls, values: Any, source: str) -> StackOutputs:
+        if not isinstance(values, Mapping):
+            raise OutputsError(
+                f"{source} holds {type(values).__name__}, not the JSON object `pulumi stack output --json` prints"
+            )
+        required = [f.name for f in fields(cls) if f.default is MISSING]
+        optional = [f.name for f in fields(cls) if f.default is not MISSING]
+        missing = [n for n in required if not values.get(n)]
         if missing:
             raise OutputsError(
                 f"{source} lacks the stack outputs {', '.join(missing)}: run `pulumi up` for the stack first, "
                 "or pass --outputs with a file from `pulumi stack output --json`"
             )
-        return cls(**{n: str(values[n]) for n in names})
+        chosen = {n: str(values[n]) for n in required} | {n: str(values[n]) for n in optional if values.get(n)}
+        outputs = cls(**chosen)
+        if outputs.edgeComputeMode not in COMPUTE_MODES:
+            raise OutputsError(
+                f"{source}: edgeComputeMode {outputs.edgeComputeMode!r} is not one of {', '.join(COMPUTE_MODES)}"
+            )
+        if outputs.edgeComputeMode == "virtual-machine" and not outputs.sshHostKeyFingerprint:
+            raise OutputsError(
+                f"{source} lacks the stack output sshHostKeyFingerprint, which the virtual-machine mode's attach "
+                "records: run `pulumi up` for the stack first"
+            )
+        return outputs
 
 
 def load(stack: str | None = None, outputs_file: Path | None = None) -> StackOutputs:
     if outputs_file is not None:
         try:
-            values = json.loads(outputs_file.read_text())
+            values = json.loads(outputs_file.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise OutputsError(f"{outputs_file} does not exist") from None
+            raise OutputsError(f"--outputs {outputs_file} does not exist") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise OutputsError(f"--outputs {outputs_file} cannot be read as UTF-8 text ({error})") from None
         except json.JSONDecodeError as error:
-            raise OutputsError(f"{outputs_file} is not JSON ({error})") from None
+            raise OutputsError(f"--outputs {outputs_file} is not JSON ({error})") from None
         return StackOutputs.from_mapping(values, str(outputs_file))
     command = ["pulumi", "stack", "output", "--json", *(["--stack", stack] if stack else [])]
     try:
         done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
     except FileNotFoundError:
         raise OutputsError("the pulumi CLI is not installed: pass --outputs <file> instead") from None
+    except subprocess.TimeoutExpired:
+        raise OutputsError(f"`{' '.join(command)}` did not answer within 120 s: pass --outputs <file>") from None
     if done.returncode != 0:
         raise OutputsError(f"`{' '.join(command)}` failed: {done.stderr.strip()}")
-    return StackOutputs.from_mapping(json.loads(done.stdout), f"stack {stack or '(selected)'}")
+    try:
+        values = json.loads(done.stdout)
+    except json.JSONDecodeError as error:
+        raise OutputsError(f"`{' '.join(command)}` did not print JSON ({error})") from None
+    return StackOutputs.from_mapping(values, f"stack {stack or '(selected)'}")

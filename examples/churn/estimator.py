@@ -1,4 +1,4 @@
-"""Train a classifier on the staged CSV files and measure it."""
+"""The churn example's estimator: a scaled logistic regression on CSV files, and its metrics."""
 
 from __future__ import annotations
 
@@ -42,21 +42,34 @@ class DataError(ValueError):
     pass
 
 
+def _read(path: Path, header: list[str] | None, rows: list[list[float]]) -> list[str] | None:
+    """Append the file's rows to `rows`; the header all files share."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        this_header = next(reader, None)
+        if this_header is None:
+            return header
+        if header is not None and this_header != header:
+            raise DataError(f"{path.name} has columns {this_header}, expected {header}")
+        for line, row in enumerate(reader, start=2):
+            if len(row) != len(this_header):
+                raise DataError(f"{path.name} line {line} has {len(row)} values, the header {len(this_header)}")
+            try:
+                rows.append([float(v) for v in row])
+            except ValueError:
+                raise DataError(f"{path.name} line {line} holds a value that is not a number") from None
+    return this_header
+
+
 def load_csvs(paths: Iterable[Path]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Features and labels from CSV files that share one header with a `label` column."""
     header: list[str] | None = None
-    rows: list[list[str]] = []
+    rows: list[list[float]] = []
     for path in sorted(paths):
-        with path.open(newline="") as handle:
-            reader = csv.reader(handle)
-            this_header = next(reader, None)
-            if this_header is None:
-                continue
-            if header is None:
-                header = this_header
-            elif this_header != header:
-                raise DataError(f"{path.name} has columns {this_header}, expected {header}")
-            rows.extend(reader)
+        try:
+            header = _read(path, header, rows)
+        except UnicodeDecodeError:
+            raise DataError(f"{path.name} is not UTF-8 text") from None
     if header is None or not rows:
         raise DataError("no rows in the staged CSV files")
     if LABEL not in header:

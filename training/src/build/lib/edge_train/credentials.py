@@ -1,0 +1,68 @@
+"""Where the storage credential comes from: the machine, never the job definition.
+
+The job definition lives in the cloud, so it carries only locations. On the edge VM the operator
+provisions the credential in a root-owned file that `python -m training submit` mounts read-only
+into the job's container; on a laptop an environment variable does.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from azure.storage.blob import BlobServiceClient
+
+CONNECTION_STRING_VARIABLE = "AZURE_STORAGE_CONNECTION_STRING"
+SAS_TOKEN_VARIABLE = "AZURE_STORAGE_SAS_TOKEN"  # noqa: S105 (a variable name)
+CREDENTIAL_DIRECTORY = "/etc/edge-training"
+DEFAULT_CREDENTIAL_FILE = f"{CREDENTIAL_DIRECTORY}/storage-credential"
+
+
+class CredentialNotFound(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class StorageCredential:
+    source: str
+    """Where it was found, for messages; never the value."""
+    connection_string: str | None = field(default=None, repr=False)
+    sas_token: str | None = field(default=None, repr=False)
+
+    def service_client(self, account_url: str | None) -> BlobServiceClient:
+        if self.connection_string:
+            return BlobServiceClient.from_connection_string(self.connection_string)
+        if not account_url:
+            raise CredentialNotFound(f"a SAS token ({self.source}) needs --account-url")
+        return BlobServiceClient(account_url, credential=self.sas_token)
+
+
+def _parse(text: str, source: str) -> StorageCredential:
+    value = text.strip()
+    if "AccountKey=" in value or "SharedAccessSignature=" in value:
+        return StorageCredential(source, connection_string=value)
+    if "sig=" in value:
+        return StorageCredential(source, sas_token=value.lstrip("?"))
+    raise CredentialNotFound(f"{source} holds neither a connection string nor a SAS token")
+
+
+def resolve(credential_file: str | None = None, environ: dict[str, str] | None = None) -> StorageCredential:
+    """In order: $AZURE_STORAGE_CONNECTION_STRING, $AZURE_STORAGE_SAS_TOKEN, the credential file
+    (--credential-file, default /etc/edge-training/storage-credential)."""
+    env = os.environ if environ is None else environ
+    if env.get(CONNECTION_STRING_VARIABLE):
+        return _parse(env[CONNECTION_STRING_VARIABLE], f"${CONNECTION_STRING_VARIABLE}")
+    if env.get(SAS_TOKEN_VARIABLE):
+        return _parse(env[SAS_TOKEN_VARIABLE], f"${SAS_TOKEN_VARIABLE}")
+    path = Path(credential_file or DEFAULT_CREDENTIAL_FILE)
+    try:
+        return _parse(path.read_text(), str(path))
+    except FileNotFoundError:
+        pass
+    except PermissionError as error:
+        raise CredentialNotFound(f"{path} exists but cannot be read ({error})") from error
+    raise CredentialNotFound(
+        f"no storage credential: tried ${CONNECTION_STRING_VARIABLE}, ${SAS_TOKEN_VARIABLE} and {path}. "
+        f"On the edge VM, put a connection string or SAS token in {DEFAULT_CREDENTIAL_FILE} (mode 0600)"
+    )
