@@ -87,7 +87,32 @@ def cmd_register(args: argparse.Namespace) -> int:
 def cmd_package(args: argparse.Namespace) -> int:
     from training import packaging
 
-    print(packaging.package(_client(args), args.model, args.version))
+    if args.azureml_packaging:
+        print(packaging.package(_client(args), args.model, args.version))
+        return OK
+    import tempfile
+
+    from training import image_build, models
+
+    outputs = _outputs(args)
+    with tempfile.TemporaryDirectory(prefix="edge-training-model-") as downloaded:
+        if args.model_dir:
+            model_dir = args.model_dir
+            spec = packaging.local_model(
+                args.model, args.version, model_dir, args.data_fingerprint, models.git_commit()
+            )
+        else:
+            model_dir, spec = packaging.registered_model(_client(args), args.model, args.version, Path(downloaded))
+        context = image_build.build_context(model_dir)
+        built = image_build.build_image(
+            image_build.registry_client(outputs.azureSubscriptionId),
+            outputs.resourceGroupName,
+            outputs.registryName,
+            outputs.registryLoginServer,
+            spec,
+            context,
+        )
+    print(json.dumps({"image": built.image, "tag": built.tag, "digest": built.digest, "run": built.run_id}))
     return OK
 
 
@@ -159,6 +184,11 @@ def parser() -> argparse.ArgumentParser:
     package = with_stack(commands.add_parser("package", help="build a model image into the registry"))
     package.add_argument("--model", required=True)
     package.add_argument("--version", required=True)
+    package.add_argument("--model-dir", type=Path, help="a local model folder (run --local's outputs/model) instead")
+    package.add_argument("--data-fingerprint", help="with --model-dir: default from the folder's ../lineage.json")
+    package.add_argument(
+        "--azureml-packaging", action="store_true", help="use Azure ML model packaging (preview) instead of ACR Tasks"
+    )
     package.set_defaults(handler=cmd_package)
 
     deploy = with_stack(commands.add_parser("deploy", help="run a model image"))
