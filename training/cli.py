@@ -119,9 +119,13 @@ def cmd_package(args: argparse.Namespace) -> int:
 def cmd_deploy(args: argparse.Namespace) -> int:
     outputs = _outputs(args)
     if args.target == "cloud":
+        from dataclasses import asdict
+
         from training.cloud_endpoint import deploy_online
 
-        print(deploy_online(_client(args), args.model, args.version))
+        if not (args.model and args.version):
+            raise stack_outputs.OutputsError("--target cloud needs --model and --version (and --image from `package`)")
+        print(json.dumps(asdict(deploy_online(_client(args), args.model, args.version, image=args.image))))
         return OK
     from training import deploy
 
