@@ -212,3 +212,38 @@ def test_no_generated_password_is_an_error_without_secrets(arm) -> None:
     client = image_build.registry_client(SUB, StaticCredential(), base_url=arm.url, transport=arm.transport())
     with pytest.raises(deploy.DeployError, match="generated no password2 for token edge-pull"):
         deploy.generate_pull_password(client, RG, REGISTRY, TOKEN_ID)
+
+
+# --- the CLI ---------------------------------------------------------------------------------------------
+
+
+def cli_outputs(tmp_path: Path, **extra: str) -> Path:
+    from tests.test_image_build import stack_outputs
+
+    path = tmp_path / "outputs.json"
+    path.write_text(json.dumps({**stack_outputs(), **extra}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("argv", "extra", "message"),
+    [
+        ([], {}, "--target edge needs --image"),
+        (["--image", IMAGE, "--ssh-key", "k"], {}, "no pull token: pass --token-name"),
+        (["--image", IMAGE, "--ssh-key", "k", "--token-name", "t"], {}, "no pull password"),
+        (["--image", IMAGE, "--ssh-key", "k"], {"registryPullTokenName": "edge-pull"}, "no pull password"),
+    ],
+)
+def test_deploy_edge_names_what_is_missing(tmp_path, capsys, argv, extra, message) -> None:
+    from training import cli
+
+    outputs = cli_outputs(tmp_path, **extra)
+    assert cli.main(["deploy", "--target", "edge", "--outputs", str(outputs), *argv]) == cli.USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_deploy_cloud_needs_the_model_and_version(tmp_path, capsys) -> None:
+    from training import cli
+
+    assert cli.main(["deploy", "--target", "cloud", "--outputs", str(cli_outputs(tmp_path))]) == cli.USAGE
+    assert "--target cloud needs --model and --version" in capsys.readouterr().err

@@ -166,3 +166,12 @@ def test_hadolint_fails_a_dockerfile_that_runs_as_root(tmp_path) -> None:
     broken.write_text(DOCKERFILE.replace("USER 10001:10001", "USER root"))
     done = subprocess.run([hadolint(), "--no-color", str(broken)], capture_output=True, text=True)
     assert done.returncode != 0 and "DL3002" in done.stdout
+
+
+def test_serve_local_without_a_model_fails_with_one_line_naming_it(tmp_path, capsys) -> None:
+    assert cli.main(["serve", "--local", "--model", str(tmp_path / "nope"), "--workdir", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert error.strip() == f"error: ServeError: --model {tmp_path / 'nope'}: no model.joblib in it " + (
+        "(`python -m training run --local` trains one)"
+    )
+    assert not list(tmp_path.glob("serving-venv-*"))  # refused before building anything

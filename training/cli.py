@@ -5,6 +5,7 @@
   register      the job's model as a new, tagged model version
   package       a container image of a model version, in the workspace's registry
   deploy        the image on the Hub VM (--target edge) or a managed online endpoint (--target cloud)
+  serve --local the image's server process here, on a model folder (no Docker needed)
 
 Every command but run reads the stack's outputs: `pulumi stack output --json` (--stack), or a
 file of them (--outputs).
@@ -117,7 +118,6 @@ def cmd_package(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    outputs = _outputs(args)
     if args.target == "cloud":
         from dataclasses import asdict
 
@@ -129,26 +129,65 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return OK
     from training import deploy
 
-    if not (args.image and args.token_name and args.token_password_file and args.ssh_key):
+    values, source = stack_outputs.load_values(args.stack, args.outputs)
+    outputs = stack_outputs.StackOutputs.from_mapping(values, source)
+    if not (args.image and args.ssh_key):
+        raise stack_outputs.OutputsError("--target edge needs --image (from `package`) and --ssh-key")
+    token_name = args.token_name or values.get("registryPullTokenName")
+    if not token_name:
         raise stack_outputs.OutputsError(
-            "--target edge needs --image, --token-name, --token-password-file and --ssh-key"
+            "no pull token: pass --token-name, or update the stack (registryPullTokenName)"
         )
+    if args.token_password_file:
+        password = args.token_password_file.read_text().strip()
+    elif values.get("registryPullTokenId"):
+        from training import image_build
+
+        password = deploy.generate_pull_password(
+            image_build.registry_client(outputs.azureSubscriptionId),
+            outputs.resourceGroupName,
+            outputs.registryName,
+            str(values["registryPullTokenId"]),
+        )
+    else:
+        raise stack_outputs.OutputsError("no pull password: pass --token-password-file (the stack has no token id)")
+    where = deploy.DeployTarget(
+        address=outputs.hubVmPublicIp,
+        username=outputs.hubVmAdminUsername,
+        private_key=args.ssh_key.read_text(),
+        host_key_fingerprint=outputs.sshHostKeyFingerprint,
+    )
+    if deploy.edge_mode(values) == "kubernetes":
+        from edge.serving_manifests import ServingRelease
+
+        release = ServingRelease(
+            app=args.app,
+            image=args.image,
+            registry=outputs.registryLoginServer,
+            token_name=str(token_name),
+            token_password=password,
+            model=f"{args.model}:{args.version}" if args.model and args.version else "",
+        )
+        print(json.dumps({"deployment": deploy.deploy_kubernetes(where, release), "image": args.image}))
+        return OK
     name = deploy.deploy(
-        deploy.DeployTarget(
-            address=outputs.hubVmPublicIp,
-            username=outputs.hubVmAdminUsername,
-            private_key=args.ssh_key.read_text(),
-            host_key_fingerprint=outputs.sshHostKeyFingerprint,
-        ),
+        where,
         deploy.Release(
             image=args.image,
             registry=outputs.registryLoginServer,
-            token_name=args.token_name,
-            token_password=args.token_password_file.read_text().strip(),
+            token_name=str(token_name),
+            token_password=password,
+            app=args.app,
         ),
     )
     print(json.dumps({"container": name, "image": args.image}))
     return OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from training import local_server
+
+    return local_server.serve(args.model, root=args.workdir, port=args.port)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -198,12 +237,22 @@ def parser() -> argparse.ArgumentParser:
     deploy = with_stack(commands.add_parser("deploy", help="run a model image"))
     deploy.add_argument("--target", choices=["edge", "cloud"], default="edge")
     deploy.add_argument("--image", help="image reference (from `package`)")
-    deploy.add_argument("--token-name", help="registry token with pull rights on the repository")
-    deploy.add_argument("--token-password-file", type=Path, help="file holding that token's password")
+    deploy.add_argument("--token-name", help="pull token (default: the stack's registryPullTokenName)")
+    deploy.add_argument(
+        "--token-password-file", type=Path, help="file holding its password (default: a new one, valid 2 hours)"
+    )
+    deploy.add_argument("--app", default="edge-model", help="--target edge: container / Kubernetes app name")
     deploy.add_argument("--ssh-key", type=Path, help="the VM admin's private key file")
     deploy.add_argument("--model", help="--target cloud: model name")
     deploy.add_argument("--version", help="--target cloud: model version")
     deploy.set_defaults(handler=cmd_deploy)
+
+    serve = commands.add_parser("serve", help="run the model image's server here, on a model folder")
+    serve.add_argument("--local", action="store_true", required=True, help="here, on 127.0.0.1 (no Docker)")
+    serve.add_argument("--model", type=Path, required=True, help="model folder (from run --local: outputs/model)")
+    serve.add_argument("--port", type=int, default=5001, help="port on 127.0.0.1 (default 5001, as in the image)")
+    serve.add_argument("--workdir", type=Path, default=Path(".edge-training"), help="where the serving virtualenv goes")
+    serve.set_defaults(handler=cmd_serve)
     return root
 
 

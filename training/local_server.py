@@ -126,6 +126,24 @@ def _probe(url: str) -> bool:
         return False
 
 
+def check_model_dir(model_dir: Path) -> None:
+    if not model_dir.is_dir() or not any(model_dir.rglob("model.joblib")):
+        raise ServeError(f"--model {model_dir}: no model.joblib in it (`python -m training run --local` trains one)")
+
+
+def serve(model_dir: Path, root: Path = DEFAULT_ROOT, host: str = "127.0.0.1", port: int = 5001) -> int:
+    """`serve --local`: run until interrupted; the server's exit code if it stops by itself."""
+    check_model_dir(model_dir)
+    python = serving_virtualenv(root)
+    try:
+        with running(model_dir, python, host=host, port=port) as server:
+            log.info("liveness: GET %s/   scoring: POST %s/score   (Ctrl-C stops)", server.url, server.url)
+            code = server.process.wait()
+            raise ServeError(f"the server stopped with {code}:\n{server.log_tail()}")
+    except KeyboardInterrupt:
+        return 0
+
+
 @contextlib.contextmanager
 def running(
     model_dir: Path,
@@ -137,8 +155,7 @@ def running(
     """Start the server, wait until its liveness route answers 200, stop it on exit.
 
     Port 0 lets the system choose; the address is read from gunicorn's "Listening at" line."""
-    if not any(model_dir.rglob("model.joblib")):
-        raise ServeError(f"--model {model_dir}: no model.joblib in it (`python -m training run --local` trains one)")
+    check_model_dir(model_dir)
     process = subprocess.Popen(
         server_command(python, host, port),
         env=server_environment(model_dir),

@@ -46,6 +46,12 @@ class StackOutputs:
 
 
 def load(stack: str | None = None, outputs_file: Path | None = None) -> StackOutputs:
+    values, source = load_values(stack, outputs_file)
+    return StackOutputs.from_mapping(values, source)
+
+
+def load_values(stack: str | None = None, outputs_file: Path | None = None) -> tuple[dict[str, Any], str]:
+    """Every output as read (optional ones included, e.g. edgeComputeMode), and where from."""
     if outputs_file is not None:
         try:
             values = json.loads(outputs_file.read_text())
@@ -53,7 +59,9 @@ def load(stack: str | None = None, outputs_file: Path | None = None) -> StackOut
             raise OutputsError(f"{outputs_file} does not exist") from None
         except json.JSONDecodeError as error:
             raise OutputsError(f"{outputs_file} is not JSON ({error})") from None
-        return StackOutputs.from_mapping(values, str(outputs_file))
+        if not isinstance(values, dict):
+            raise OutputsError(f"{outputs_file} is not a JSON object of stack outputs")
+        return values, str(outputs_file)
     command = ["pulumi", "stack", "output", "--json", *(["--stack", stack] if stack else [])]
     try:
         done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
@@ -61,4 +69,4 @@ def load(stack: str | None = None, outputs_file: Path | None = None) -> StackOut
         raise OutputsError("the pulumi CLI is not installed: pass --outputs <file> instead") from None
     if done.returncode != 0:
         raise OutputsError(f"`{' '.join(command)}` failed: {done.stderr.strip()}")
-    return StackOutputs.from_mapping(json.loads(done.stdout), f"stack {stack or '(selected)'}")
+    return json.loads(done.stdout), f"stack {stack or '(selected)'}"
