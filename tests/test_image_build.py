@@ -264,3 +264,24 @@ def test_a_local_model_takes_its_fingerprint_from_the_runs_lineage(model_dir) ->
     (model_dir.parent / "lineage.json").unlink()
     with pytest.raises(image_build.ImageBuildError, match="pass --data-fingerprint"):
         packaging.local_model("m", "1", model_dir, None, "c" * 40)
+
+
+def test_package_through_the_cli_prints_the_image_by_digest(
+    arm, blobs, model_dir, tmp_path, monkeypatch, capsys
+) -> None:
+    script_build(arm, blobs, SUCCEEDED)
+    (model_dir.parent / "lineage.json").write_text(json.dumps({"data_fingerprint": "f" * 64}))
+    real = client(arm)
+    monkeypatch.setattr(image_build, "registry_client", lambda subscription: real if subscription == SUB else None)
+    monkeypatch.setattr(image_build.time, "sleep", GrowingLog(blobs).sleep)
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(stack_outputs()))
+    argv = ["package", "--outputs", str(outputs), "--model", "Edge-Model", "--version", "7"]
+    argv += ["--model-dir", str(model_dir)]
+    assert cli.main(argv) == cli.OK
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == {"image": f"{LOGIN}/edge-model@{DIGEST}", "tag": f"{LOGIN}/edge-model:7", "digest": DIGEST,
+                       "run": "cb7"}  # fmt: skip
+    schedule = next(r for r in arm.fake.requests if r.path.endswith("/scheduleRun"))
+    arguments = {a["name"]: a["value"] for a in schedule.body["arguments"]}
+    assert arguments["DATA_FINGERPRINT"] == "f" * 64 and len(arguments["GIT_COMMIT"].removesuffix("-dirty")) == 40
