@@ -285,3 +285,17 @@ def test_package_through_the_cli_prints_the_image_by_digest(
     schedule = next(r for r in arm.fake.requests if r.path.endswith("/scheduleRun"))
     arguments = {a["name"]: a["value"] for a in schedule.body["arguments"]}
     assert arguments["DATA_FINGERPRINT"] == "f" * 64 and len(arguments["GIT_COMMIT"].removesuffix("-dirty")) == 40
+
+
+def test_a_failed_upload_is_reported_without_the_upload_sas(arm, blobs, model_dir) -> None:
+    script_build(arm, blobs, SUCCEEDED)
+    # A SAS for another container: the storage refuses it, as it would an expired one.
+    gone = blobs.sas_url("source/context.tar.gz", BlobSasPermissions(create=True, write=True)).replace(
+        f"/{blobs.container}/", "/no-such-container/"
+    )
+    arm.fake.script("POST", f"{BASE}/listBuildSourceUploadUrl", Reply(200, {"uploadUrl": gone, "relativePath": "x"}))
+    with pytest.raises(image_build.ImageBuildError) as caught:
+        image_build.build_image(client(arm), RG, REGISTRY, LOGIN, SPEC, image_build.build_context(model_dir))
+    assert str(caught.value) == f"uploading the build context to {REGISTRY} failed (AuthorizationFailure)"
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    assert not any(r.path.endswith("/scheduleRun") for r in arm.fake.requests)  # nothing built from nothing

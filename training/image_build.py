@@ -191,12 +191,19 @@ def build_image(
     sleep: Callable[[float], None] | None = None,
 ) -> BuiltImage:
     """Upload `context`, build and push `spec.tag`, follow the log; the pushed image's digest."""
-    clock, sleep = clock or time.monotonic, sleep or time.sleep
+    from azure.core.exceptions import AzureError
     from azure.storage.blob import BlobClient
 
+    clock, sleep = clock or time.monotonic, sleep or time.sleep
     source = client.registries.get_build_source_upload_url(resource_group, registry)
-    # The upload URL is a write SAS: never logged. The relative path is what the build reads.
-    BlobClient.from_blob_url(source.upload_url).upload_blob(context, overwrite=True)
+    # The upload URL is a write SAS: never logged, never in an error. The relative path is what
+    # the build reads.
+    try:
+        BlobClient.from_blob_url(source.upload_url).upload_blob(context, overwrite=True)
+    except AzureError as error:
+        code = getattr(error, "error_code", None) or type(error).__name__
+        code = getattr(code, "value", code)  # StorageErrorCode is a str enum
+        raise ImageBuildError(f"uploading the build context to {registry} failed ({code})") from None
     run = client.registries.schedule_run(
         resource_group, registry, docker_build_request(source.relative_path, spec, timeout_seconds)
     )
