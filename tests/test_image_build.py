@@ -299,3 +299,27 @@ def test_a_failed_upload_is_reported_without_the_upload_sas(arm, blobs, model_di
     assert str(caught.value) == f"uploading the build context to {REGISTRY} failed (AuthorizationFailure)"
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
     assert not any(r.path.endswith("/scheduleRun") for r in arm.fake.requests)  # nothing built from nothing
+
+
+@pytest.mark.parametrize(
+    ("tags", "missing"),
+    [({}, "data_fingerprint, git_commit"), ({"data_fingerprint": "f" * 64}, "git_commit"),
+     ({"data_fingerprint": "", "git_commit": "c" * 40}, "data_fingerprint")],
+)  # fmt: skip
+def test_a_registered_model_without_lineage_is_refused_before_download(arm, tmp_path, tags, missing) -> None:
+    """Through the real MLClient: the image's labels come from the tags `register` sets."""
+    from tests.test_cloud_endpoint import OUTPUTS, WS
+    from tests.test_training_cli import RedirectingTransport
+    from training import packaging
+    from training.workspace import ml_client
+
+    version = {"id": f"{WS}/models/edge-model/versions/3", "name": "3",
+               "type": "Microsoft.MachineLearningServices/workspaces/models/versions",
+               "properties": {"modelType": "custom_model", "modelUri": "azureml://x", "flavors": {}, "tags": tags,
+                              "properties": {}, "isAnonymous": False, "isArchived": False}}  # fmt: skip
+    arm.fake.script("GET", f"{WS}/models/edge-model/versions/3", Reply(200, version))
+    client = ml_client(OUTPUTS, credential=StaticCredential(), transport=RedirectingTransport(arm))
+    refused = f"edge-model:3 lacks the tags {missing} that `register` sets"
+    with pytest.raises(image_build.ImageBuildError, match=refused):
+        packaging.registered_model(client, "edge-model", "3", tmp_path)
+    assert [r.method for r in arm.fake.requests] == ["GET"]  # nothing downloaded
