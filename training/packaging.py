@@ -3,11 +3,11 @@ option, Azure ML model packaging.
 
 The default path builds our own image (training/serving/Dockerfile) with ACR Tasks
 (training/image_build.py). Azure ML model packaging (preview in azure-ai-ml 1.35) stays available
-with `package --azureml-packaging`; it copies the model into the image (ModelConfiguration
-mode="copy"): without copy mode the image downloads the model from the workspace when it starts,
-which an image running on the Hub cannot do (Microsoft Learn, "Package and deploy models outside
-Azure Machine Learning": "packages that will be deployed outside of Azure Machine Learning
-require the model to be copied").
+with `package --azureml-packaging`, with the model copied into the image (ModelConfiguration
+mode="Copy"; the azure-ai-ml reference lists "Copy" and "Download"). In download mode the image
+fetches the model from the workspace when it starts, which an image on the Hub cannot rely on;
+Microsoft Learn's "Package and deploy models outside Azure Machine Learning (preview)" is the
+guide for packages that leave Azure ML.
 """
 
 from __future__ import annotations
