@@ -1,11 +1,11 @@
 """`deploy --target cloud`: the model behind an Azure ML managed online endpoint.
 
 Blue/green by deployment: each model version is a new deployment `v<version>` on the model's
-endpoint. Traffic moves to it only when it is healthy, and then all of it: a managed online
-deployment reports provisioningState Succeeded only after its container has passed the readiness
-probe (Microsoft Learn, "Troubleshoot online endpoint deployment": a deployment whose container
-never gets ready fails with ResourceNotReady). A deployment that is not healthy leaves the
-endpoint's traffic as it was, and its log tail is reported.
+endpoint. Traffic moves to it only when it is healthy, and then all of it. Healthy means its
+provisioningState, read back after the create, is Succeeded: a deployment whose container
+crashes or never starts serving ends Failed instead (ResourceNotReady and friends in Microsoft
+Learn's "Troubleshooting online endpoints deployment and scoring"). A deployment that is not
+healthy leaves the endpoint's traffic as it was, and its log tail is reported.
 
 What runs: with `--image` (from `package`), that very image (a custom container: our Dockerfile
 with azureml-inference-server-http; liveness/readiness on GET /, scoring on POST /score, port
