@@ -18,12 +18,15 @@ from components.hub_network import HubNetwork, HubNetworkArgs
 from components.hub_storage import HubStorage, HubStorageArgs
 from components.hub_vm import HubVm, HubVmArgs
 from components.ml_workspace import MlWorkspace, MlWorkspaceArgs
+from components.registry_pull_token import RegistryPullToken, RegistryPullTokenArgs
 
 config = from_pulumi()  # validates every key; raises ConfigError before any resource exists
 
 # 1. Cloud side: Azure ML workspace, its storage, key vault, App Insights, our registry.
 azure = azure_provider(config.azure)
 cloud = MlWorkspace("cloud", MlWorkspaceArgs(config.azure, config.tags, azure))
+# The Hub pulls model images with a token scoped to the model's repository, not the admin user.
+pull_token = RegistryPullToken("edge", RegistryPullTokenArgs(cloud.resource_group_name, cloud.registry_name, azure))
 
 # 2. Edge side: Hub storage for the private data, and an Ubuntu VM (Docker, and K3s in kubernetes
 #    mode), each resource through the Hub's own Resource Manager at its profile's API versions.
@@ -110,6 +113,8 @@ pulumi.export("workspaceId", cloud.workspace_id)
 pulumi.export("registryName", cloud.registry_name)
 pulumi.export("registryLoginServer", cloud.registry_login_server)
 pulumi.export("registryId", cloud.registry_id)
+pulumi.export("registryPullTokenName", pull_token.token_name)
+pulumi.export("registryPullTokenId", pull_token.token_id)
 pulumi.export("workspaceStorageAccountId", cloud.storage_account_id)
 pulumi.export("hubResourceGroupName", config.hub.resource_group_name)
 pulumi.export("hubStorageAccountName", hub_storage.account_name)

@@ -124,6 +124,29 @@ CASES = {
     "connection string file garbage": Case(
         ("run", "--local", "--connection-string-file", "c.txt"), "c.txt", {"c.txt": f"AccountKey={SECRET}".encode()}
     ),
+    # deploy: the VM's host key is pinned; a kubernetes-mode stack records none, so it must be named
+    "edge deploy without a host key to pin": Case(
+        (
+            "deploy",
+            "--outputs=k8s.json",
+            "--target",
+            "edge",
+            "--image",
+            "cr.azurecr.io/edge-model@sha256:" + "0" * 64,
+            "--ssh-key",
+            "id",
+            "--token-name",
+            "edge-pull",
+            "--token-password-file",
+            "pw",
+        ),
+        "--host-key-fingerprint",
+        {
+            "k8s.json": json.dumps(OUTPUTS | {"edgeComputeMode": "kubernetes", "sshHostKeyFingerprint": ""}).encode(),
+            "id": b"not read before the host key is known",
+            "pw": SECRET.encode(),
+        },
+    ),
     # anything else
     "unknown command": Case(("train",), "train"),
 }

@@ -5,6 +5,7 @@
   register      the job's model as a new, tagged MLflow model version
   package       a container image of a model version, in the workspace's registry
   deploy        the image on the Hub VM (--target edge) or a managed online endpoint (--target cloud)
+  serve --local the image's server process here, on a model folder (no Docker needed)
 
 Every command but run reads the stack's outputs: `pulumi stack output --json` (--stack), or a
 file of them (--outputs). Building the parser imports no SDK: each command imports what it uses.
@@ -237,13 +238,43 @@ def configure_package(commands: Any) -> None:
     package = _with_stack(commands.add_parser("package", help="build a model image into the registry"))
     package.add_argument("--model", required=True)
     package.add_argument("--version", required=True)
+    package.add_argument("--model-dir", type=Path, help="a local model folder (run --local's outputs/model) instead")
+    package.add_argument("--data-fingerprint", help="with --model-dir: default from the folder's ../lineage.json")
+    package.add_argument(
+        "--azureml-packaging", action="store_true", help="use Azure ML model packaging (preview) instead of ACR Tasks"
+    )
     package.set_defaults(handler=cmd_package)
 
 
 def cmd_package(args: argparse.Namespace) -> int:
     from training import packaging
 
-    print(packaging.package(_client(args), args.model, args.version))
+    if args.azureml_packaging:
+        print(packaging.package(_client(args), args.model, args.version))
+        return OK
+    import tempfile
+
+    from training import image_build, registry
+
+    outputs = _outputs(args)
+    with tempfile.TemporaryDirectory(prefix="edge-training-model-") as downloaded:
+        if args.model_dir:
+            model_dir = args.model_dir
+            spec = packaging.local_model(
+                args.model, args.version, model_dir, args.data_fingerprint, registry.git_commit()
+            )
+        else:
+            model_dir, spec = packaging.registered_model(_client(args), args.model, args.version, Path(downloaded))
+        context = image_build.build_context(model_dir)
+        built = image_build.build_image(
+            image_build.registry_client(outputs.azureSubscriptionId),
+            outputs.resourceGroupName,
+            outputs.registryName,
+            outputs.registryLoginServer,
+            spec,
+            context,
+        )
+    print(json.dumps({"image": built.image, "tag": built.tag, "digest": built.digest, "run": built.run_id}))
     return OK
 
 
@@ -251,43 +282,109 @@ def configure_deploy(commands: Any) -> None:
     deploy = _with_stack(commands.add_parser("deploy", help="run a model image"))
     deploy.add_argument("--target", choices=["edge", "cloud"], default="edge")
     deploy.add_argument("--image", help="image reference (from `package`)")
-    deploy.add_argument("--token-name", help="registry token with pull rights on the repository")
-    deploy.add_argument("--token-password-file", type=Path, help="file holding that token's password")
+    deploy.add_argument("--token-name", help="pull token (default: the stack's registryPullTokenName)")
+    deploy.add_argument(
+        "--token-password-file", type=Path, help="file holding its password (default: a new one, valid 2 hours)"
+    )
+    deploy.add_argument("--app", default="edge-model", help="--target edge: container / Kubernetes app name")
     deploy.add_argument("--ssh-key", type=Path, help="the VM admin's private key file")
+    deploy.add_argument(
+        "--host-key-fingerprint",
+        help="--target edge: the VM's SHA256 host key (default: the one the attach recorded in the stack)",
+    )
     deploy.add_argument("--model", help="--target cloud: model name")
     deploy.add_argument("--version", help="--target cloud: model version")
     deploy.set_defaults(handler=cmd_deploy)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    outputs = _outputs(args)
     if args.target == "cloud":
+        from dataclasses import asdict
+
         from training.cloud_endpoint import deploy_online
 
-        print(deploy_online(_client(args), args.model, args.version))
+        if not (args.model and args.version):
+            raise stack_outputs.OutputsError("--target cloud needs --model and --version (and --image from `package`)")
+        print(json.dumps(asdict(deploy_online(_client(args), args.model, args.version, image=args.image))))
         return OK
     from training import deploy
 
-    if not (args.image and args.token_name and args.token_password_file and args.ssh_key):
+    values, source = stack_outputs.load_values(args.stack, args.outputs)
+    outputs = stack_outputs.StackOutputs.from_mapping(values, source)
+    if not (args.image and args.ssh_key):
+        raise stack_outputs.OutputsError("--target edge needs --image (from `package`) and --ssh-key")
+    token_name = args.token_name or values.get("registryPullTokenName")
+    if not token_name:
         raise stack_outputs.OutputsError(
-            "--target edge needs --image, --token-name, --token-password-file and --ssh-key"
+            "no pull token: pass --token-name, or update the stack (registryPullTokenName)"
         )
+    if args.token_password_file:
+        password = args.token_password_file.read_text().strip()
+    elif values.get("registryPullTokenId"):
+        from training import image_build
+
+        password = deploy.generate_pull_password(
+            image_build.registry_client(outputs.azureSubscriptionId),
+            outputs.resourceGroupName,
+            outputs.registryName,
+            str(values["registryPullTokenId"]),
+        )
+    else:
+        raise stack_outputs.OutputsError("no pull password: pass --token-password-file (the stack has no token id)")
+    # The VM's host key is pinned: the one the attach recorded, or (kubernetes mode, where nothing
+    # attaches over SSH) the one the operator names. Never trusted on first use here.
+    fingerprint = args.host_key_fingerprint or outputs.sshHostKeyFingerprint
+    if not fingerprint:
+        raise stack_outputs.OutputsError(
+            "--target edge needs the VM's host key: pass --host-key-fingerprint SHA256:... "
+            "(ssh-keygen -lf on the VM's /etc/ssh/ssh_host_rsa_key.pub); the stack recorded none"
+        )
+    where = deploy.DeployTarget(
+        address=outputs.hubVmPublicIp,
+        username=outputs.hubVmAdminUsername,
+        private_key=args.ssh_key.read_text(),
+        host_key_fingerprint=fingerprint,
+    )
+    if deploy.edge_mode(values) == "kubernetes":
+        from edge.serving_manifests import ServingRelease
+
+        release = ServingRelease(
+            app=args.app,
+            image=args.image,
+            registry=outputs.registryLoginServer,
+            token_name=str(token_name),
+            token_password=password,
+            model=f"{args.model}:{args.version}" if args.model and args.version else "",
+        )
+        print(json.dumps({"deployment": deploy.deploy_kubernetes(where, release), "image": args.image}))
+        return OK
     name = deploy.deploy(
-        deploy.DeployTarget(
-            address=outputs.hubVmPublicIp,
-            username=outputs.hubVmAdminUsername,
-            private_key=args.ssh_key.read_text(),
-            host_key_fingerprint=outputs.sshHostKeyFingerprint,
-        ),
+        where,
         deploy.Release(
             image=args.image,
             registry=outputs.registryLoginServer,
-            token_name=args.token_name,
-            token_password=args.token_password_file.read_text().strip(),
+            token_name=str(token_name),
+            token_password=password,
+            app=args.app,
         ),
     )
     print(json.dumps({"container": name, "image": args.image}))
     return OK
+
+
+def configure_serve(commands: Any) -> None:
+    serve = commands.add_parser("serve", help="run the model image's server here, on a model folder")
+    serve.add_argument("--local", action="store_true", required=True, help="here, on 127.0.0.1 (no Docker)")
+    serve.add_argument("--model", type=Path, required=True, help="model folder (from run --local: outputs/model)")
+    serve.add_argument("--port", type=int, default=5001, help="port on 127.0.0.1 (default 5001, as in the image)")
+    serve.add_argument("--workdir", type=Path, default=Path(".edge-training"), help="where the serving virtualenv goes")
+    serve.set_defaults(handler=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from training import local_server
+
+    return local_server.serve(args.model, root=args.workdir, port=args.port)
 
 
 # --- the program ------------------------------------------------------------------------------------
@@ -303,6 +400,7 @@ def parser() -> argparse.ArgumentParser:
     configure_register(commands)
     configure_package(commands)
     configure_deploy(commands)
+    configure_serve(commands)
     return root
 
 

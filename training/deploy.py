@@ -1,9 +1,18 @@
-"""`deploy --target edge`: run a model image on the Hub VM over SSH, replacing the old container.
+"""`deploy --target edge`: run a model image on the Hub, over SSH, by the stack's edge mode.
 
-The registry credential is a repository-scoped token (never the registry's admin user), handed
-to `docker login --password-stdin`, so it appears on no command line and in no process list.
-Replacement: the old container is stopped, the new one started and health-checked; if it does
-not become healthy in time, it is removed and the old one started again.
+virtual-machine mode (stack output edgeComputeMode missing or "virtual-machine"): `docker run`.
+The old container is stopped, the new one started and health-checked (its HEALTHCHECK, or the
+server's liveness route GET / when the image has none); if it does not become healthy in time,
+it is removed and the old one started again.
+
+kubernetes mode: the manifests of edge/serving_manifests.py applied to the K3s cluster with
+`kubectl apply -f -` from stdin, then `kubectl rollout status`; a rollout that does not finish in
+time is undone (`kubectl rollout undo`), and a first one that fails is removed.
+
+The registry credential is the repository-scoped pull token (never the registry's admin user),
+its password generated on request (generate_pull_password) and handed over stdin only: to
+`docker login --password-stdin`, or inside the pull secret to `kubectl apply -f -`. It appears on
+no command line and in no process list.
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import paramiko
+
+from edge import serving_manifests
 
 log = logging.getLogger(__name__)
 LABEL = "edge-training.app"
@@ -145,6 +156,7 @@ def deploy(
             release.image,
         )
         status = _wait_healthy(remote, new, release.host_port, health_deadline_seconds, clock, sleep)
+        log.info("%s: %s", new, status)
         if status != "healthy":
             logs = remote.run("docker", "logs", "--tail", "20", new, check=False)
             remote.run("docker", "rm", "-f", new, check=False)
@@ -164,6 +176,8 @@ def deploy(
 # What `docker inspect` prints on stderr for an image built without a HEALTHCHECK: the template
 # has no State.Health to read. Such a container is judged by the server's own liveness route.
 _NO_HEALTHCHECK = 'map has no entry for key "Health"'
+# What older Docker templates print instead of failing: no status is not a healthy status.
+_NO_STATUS = ("", "<no value>")
 
 
 def _wait_healthy(
@@ -184,13 +198,87 @@ def _wait_healthy(
     while True:
         try:
             status = remote.run("docker", "inspect", "--format", "{{.State.Health.Status}}", name)
+            probe = status in _NO_STATUS
         except DeployError as error:
-            if _NO_HEALTHCHECK not in str(error):
-                status = "unknown"
-            else:
-                answered = remote.succeeds("curl", "-fsS", "-o", "/dev/null", "--max-time", "5", url)
-                status = "healthy" if answered else f"no answer on {url}"
+            status, probe = "unknown", _NO_HEALTHCHECK in str(error)
+        if probe:
+            answered = remote.succeeds("curl", "-fsS", "-o", "/dev/null", "--max-time", "5", url)
+            status = "healthy" if answered else f"no answer on {url}"
         if status in ("healthy", "unhealthy") or clock() >= end:
             return status
         sleep(min(delay, max(0.0, end - clock())))
         delay = min(delay * 2, 15.0)
+
+
+# --- kubernetes mode ----------------------------------------------------------------------------------
+
+KUBECTL = ("kubectl",)
+"""K3s installs kubectl; the admin user reads the cluster's kubeconfig (K3s write-kubeconfig-mode)."""
+
+
+def deploy_kubernetes(
+    target: DeployTarget,
+    release: serving_manifests.ServingRelease,
+    rollout_seconds: int = 300,
+    kubectl: tuple[str, ...] = KUBECTL,
+) -> str:
+    """Apply the manifests and wait for the rollout; undo it if it does not finish in time.
+
+    Returns the Deployment's name."""
+    remote = _Remote(target)
+    where = ("--namespace", release.namespace)
+    deployment = f"deployment/{release.app}"
+    try:
+        existed = remote.succeeds(*kubectl, "get", deployment, *where)
+        remote.run(*kubectl, "apply", "-f", "-", stdin=serving_manifests.as_list(release))
+        done = remote.succeeds(*kubectl, "rollout", "status", deployment, *where, f"--timeout={rollout_seconds}s")
+        if done:
+            log.info("%s rolled out %s", deployment, release.image)
+            return release.app
+        logs = remote.run(*kubectl, "logs", deployment, *where, "--tail=20", check=False)
+        if existed:
+            remote.run(*kubectl, "rollout", "undo", deployment, *where, check=False)
+            remote.run(*kubectl, "rollout", "status", deployment, *where, f"--timeout={rollout_seconds}s", check=False)
+            kept = "rolled back to the previous revision"
+        else:
+            names = f"deployment/{release.app},service/{release.app},secret/{release.pull_secret}"
+            remote.run(*kubectl, "delete", names, *where, "--ignore-not-found", check=False)
+            kept = "removed it (there was no previous revision)"
+        raise DeployError(
+            f"{deployment} did not become ready within {rollout_seconds}s; {kept}. Last log lines:\n{logs}"
+        )
+    finally:
+        remote.close()
+
+
+def edge_mode(values: dict[str, object]) -> str:
+    """The stack output edgeComputeMode; a stack without it predates Kubernetes: virtual-machine."""
+    mode = str(values.get("edgeComputeMode") or "virtual-machine")
+    if mode not in ("kubernetes", "virtual-machine"):
+        raise DeployError(f"stack output edgeComputeMode is {mode!r}, expected kubernetes or virtual-machine")
+    return mode
+
+
+# --- the pull password, generated on request -----------------------------------------------------------
+
+
+def generate_pull_password(
+    client: object, resource_group: str, registry: str, token_id: str, lifetime_hours: float = 2.0
+) -> str:
+    """A new password for the pull token, valid for `lifetime_hours` (registries/generateCredentials).
+
+    password2 is the one rotated here, so a password1 an operator set by hand keeps working."""
+    import datetime
+
+    from azure.mgmt.containerregistry.v2025_03_01_preview import models
+
+    expiry = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=lifetime_hours)
+    result = client.registries.begin_generate_credentials(  # type: ignore[attr-defined]
+        resource_group,
+        registry,
+        models.GenerateCredentialsParameters(token_id=token_id, expiry=expiry, name="password2"),
+    ).result()
+    passwords = [p.value for p in result.passwords or [] if p.name == "password2" and p.value]
+    if not passwords:
+        raise DeployError(f"the registry generated no password2 for token {token_id.rsplit('/', 1)[-1]}")
+    return passwords[0]

@@ -1,12 +1,18 @@
-"""`package`: a container image of a registered model, built into the workspace's registry.
+"""`package`: the registered model, fetched with its lineage, for the image build; and, as an
+option, Azure ML model packaging.
 
-Uses Azure ML model packaging (preview in azure-ai-ml 1.35): the service builds an image with the
-model, the scoring script and the inference server, and pushes it to the workspace's registry,
-which is the project's own registry (admin user off).
+The default path builds our own image (training/serving/Dockerfile) with ACR Tasks
+(training/image_build.py). Azure ML model packaging (preview in azure-ai-ml 1.35) stays available
+with `package --azureml-packaging`, with the model copied into the image (ModelConfiguration
+mode="Copy"; the azure-ai-ml reference lists "Copy" and "Download"). In download mode the image
+fetches the model from the workspace when it starts, which an image on the Hub cannot rely on;
+Microsoft Learn's "Package and deploy models outside Azure Machine Learning (preview)" is the
+guide for packages that leave Azure ML.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +21,11 @@ from azure.ai.ml.entities import (
     BaseEnvironment,
     CodeConfiguration,
     Environment,
+    ModelConfiguration,
     ModelPackage,
 )
 
+from training.image_build import ImageBuildError, ImageSpec
 from training.jobs import BASE_IMAGE, CONDA_FILE
 
 SERVING = Path(__file__).resolve().parent / "serving"
@@ -30,14 +38,42 @@ def package_request(model_name: str, model_version: str, base_environment_id: st
             code_configuration=CodeConfiguration(code=str(SERVING), scoring_script="score.py")
         ),
         base_environment_source=BaseEnvironment(type="EnvironmentAsset", resource_id=base_environment_id),
+        model_configuration=ModelConfiguration(mode="Copy"),  # the REST enum: "Copy" | "Download"
         tags={"model": f"{model_name}:{model_version}"},
     )
 
 
 def package(ml_client: Any, model_name: str, model_version: str, image: str = BASE_IMAGE) -> str:
-    """Build the image and return its reference in the registry."""
+    """Azure ML model packaging: build the image and return its reference in the registry."""
     base = ml_client.environments.create_or_update(
         Environment(name="edge-training-serving", image=image, conda_file=str(CONDA_FILE))
     )
     built = ml_client.models.package(model_name, model_version, package_request(model_name, model_version, base.id))
     return str(built.image)
+
+
+def registered_model(ml_client: Any, name: str, version: str, destination: Path) -> tuple[Path, ImageSpec]:
+    """Download a registered model version; its folder and its lineage (the tags `register` set)."""
+    model = ml_client.models.get(name, version)
+    tags = dict(model.tags or {})
+    missing = [t for t in ("data_fingerprint", "git_commit") if not tags.get(t)]
+    if missing:
+        raise ImageBuildError(f"model {name}:{version} lacks the tags {', '.join(missing)} that `register` sets")
+    ml_client.models.download(name, version, download_path=str(destination))
+    found = sorted(destination.rglob("model.joblib"))
+    if not found:
+        raise ImageBuildError(f"model {name}:{version} has no model.joblib")
+    return found[0].parent, ImageSpec(name, str(version), tags["data_fingerprint"], tags["git_commit"])
+
+
+def local_model(name: str, version: str, model_dir: Path, data_fingerprint: str | None, git_commit: str) -> ImageSpec:
+    """A model folder from `run --local` (outputs/model): its lineage is outputs/lineage.json."""
+    if data_fingerprint is None:
+        lineage = model_dir.parent / "lineage.json"
+        try:
+            data_fingerprint = str(json.loads(lineage.read_text())["data_fingerprint"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ImageBuildError(
+                f"--model-dir {model_dir}: no readable {lineage} with data_fingerprint; pass --data-fingerprint"
+            ) from None
+    return ImageSpec(name, version, data_fingerprint, git_commit)

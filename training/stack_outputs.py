@@ -71,6 +71,12 @@ class StackOutputs:
 
 
 def load(stack: str | None = None, outputs_file: Path | None = None) -> StackOutputs:
+    values, source = load_values(stack, outputs_file)
+    return StackOutputs.from_mapping(values, source)
+
+
+def load_values(stack: str | None = None, outputs_file: Path | None = None) -> tuple[dict[str, Any], str]:
+    """Every output as read (optional ones included, e.g. edgeComputeMode), and where from."""
     if outputs_file is not None:
         try:
             values = json.loads(outputs_file.read_text(encoding="utf-8"))
@@ -80,7 +86,7 @@ def load(stack: str | None = None, outputs_file: Path | None = None) -> StackOut
             raise OutputsError(f"--outputs {outputs_file} cannot be read as UTF-8 text ({error})") from None
         except json.JSONDecodeError as error:
             raise OutputsError(f"--outputs {outputs_file} is not JSON ({error})") from None
-        return StackOutputs.from_mapping(values, str(outputs_file))
+        return _object(values, f"--outputs {outputs_file}"), str(outputs_file)
     command = ["pulumi", "stack", "output", "--json", *(["--stack", stack] if stack else [])]
     try:
         done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
@@ -94,4 +100,12 @@ def load(stack: str | None = None, outputs_file: Path | None = None) -> StackOut
         values = json.loads(done.stdout)
     except json.JSONDecodeError as error:
         raise OutputsError(f"`{' '.join(command)}` did not print JSON ({error})") from None
-    return StackOutputs.from_mapping(values, f"stack {stack or '(selected)'}")
+    return _object(values, f"`{' '.join(command)}`"), f"stack {stack or '(selected)'}"
+
+
+def _object(values: Any, source: str) -> dict[str, Any]:
+    if not isinstance(values, dict):
+        raise OutputsError(
+            f"{source} holds {type(values).__name__}, not the JSON object `pulumi stack output --json` prints"
+        )
+    return values
