@@ -88,6 +88,11 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ).stdout.strip()
     )
     (site / "project-dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    # From a copy: setuptools builds in the source folder (build/, *.egg-info), which must stay clean.
+    source = tmp_path_factory.mktemp("source") / "src"
+    shutil.copytree(
+        ROOT / "training" / "src", source, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info")
+    )
     subprocess.run(
         [
             sys.executable,
@@ -100,7 +105,7 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--no-deps",
             "--no-build-isolation",
             "--no-index",
-            str(ROOT / "training" / "src"),
+            str(source),
         ],
         check=True,
         timeout=300,
