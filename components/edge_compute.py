@@ -16,8 +16,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pulumi
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from pulumi.dynamic import (
     CheckFailure,
     CheckResult,
@@ -29,7 +27,7 @@ from pulumi.dynamic import (
 )
 from pulumi.runtime import rpc
 
-from clients import ssh
+from clients import ssh, ssh_keys
 from clients.cloud import PUBLIC, discover
 from clients.credentials import credential_from_environment
 from clients.deadline import Deadline
@@ -79,30 +77,14 @@ def _key_digest(private_key: str) -> str:
     return hashlib.sha256(private_key.encode()).hexdigest()
 
 
-def to_traditional_pem(private_key: str) -> str:
-    """Azure ML takes the key as PEM ("BEGIN RSA PRIVATE KEY"); an OpenSSH-format key is converted."""
-    data = private_key.encode()
-    if b"OPENSSH PRIVATE KEY" in data:
-        key = serialization.load_ssh_private_key(data, password=None)
-        return key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
-        ).decode()
-    return private_key
-
-
 def _check_private_key(value: Any) -> str | None:
     if not isinstance(value, str) or not value.strip():
         return "is required"
     try:
-        data = value.encode()
-        key = (
-            serialization.load_ssh_private_key(data, password=None)
-            if b"OPENSSH PRIVATE KEY" in data
-            else serialization.load_pem_private_key(data, password=None)
-        )
-    except (ValueError, TypeError):
-        return "is not an unencrypted PEM or OpenSSH private key"
-    return None if isinstance(key, rsa.RSAPrivateKey) else "must be an RSA key (Azure ML attaches with RSA)"
+        ssh_keys.parse_private_key(value)
+    except ssh_keys.KeyFormatError as error:
+        return str(error)
+    return None
 
 
 class EdgeComputeProvider(ResourceProvider):
@@ -185,7 +167,7 @@ class EdgeComputeProvider(ResourceProvider):
                 address=props["address"],
                 ssh_port=int(props["sshPort"]),
                 username=props["adminUsername"],
-                private_key_pem=to_traditional_pem(props["privateKey"]),
+                private_key_pem=ssh_keys.to_azure_ml_pem(props["privateKey"]),
                 resource_id=props.get("resourceId") or None,
                 owner=str(props.get("owner") or ""),
             )

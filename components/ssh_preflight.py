@@ -13,11 +13,8 @@ import time
 from dataclasses import dataclass, field
 
 import paramiko
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
-from clients import ssh
+from clients import ssh, ssh_keys
 from clients.deadline import Clock, Deadline, Sleep, retry_until
 
 log = logging.getLogger(__name__)
@@ -56,28 +53,16 @@ class PreflightResult:
 
 def load_private_key(text: str) -> paramiko.PKey:
     """An unencrypted RSA key in any of the formats ssh-keygen and openssl write (OpenSSH,
-    traditional PEM, PKCS#8); Azure ML attaches with RSA only. Read by `cryptography`, because
-    paramiko's own PEM reader refuses PKCS#8 ("BEGIN PRIVATE KEY").
-
-    Helper "config"'s clients/ssh_keys.py `parse_private_key` is meant to become the one place
-    that parses keys; this then calls it."""
-    data = text.encode()
+    traditional PEM, PKCS#8), read by clients/ssh_keys.py, the one place keys are parsed; Azure ML
+    attaches with RSA only. paramiko's own PEM reader would refuse PKCS#8 ("BEGIN PRIVATE KEY")."""
     try:
-        key = (
-            serialization.load_ssh_private_key(data, password=None)
-            if b"OPENSSH PRIVATE KEY" in data
-            else serialization.load_pem_private_key(data, password=None)
-        )
-    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
+        key = ssh_keys.parse_private_key(text)
+    except ssh_keys.KeyFormatError as error:
         raise PreflightError(
             "ssh-key",
-            f"sshPrivateKey is not an unencrypted private key ({type(error).__name__})",
-            "set sshPrivateKey to the private half of hubSshPublicKey (OpenSSH or PEM format, no passphrase)",
+            f"sshPrivateKey {error}",
+            "set sshPrivateKey to the private half of hubSshPublicKey (RSA, no passphrase)",
         ) from None
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise PreflightError(
-            "ssh-key", "sshPrivateKey is not an RSA key", "Azure ML attaches with RSA keys: ssh-keygen -t rsa -b 4096"
-        )
     return paramiko.RSAKey(key=key)
 
 
