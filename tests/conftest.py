@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,19 @@ from tests.harness import pulumi_mocks, services
 from tests.harness.keys import KeyPair, rsa_key
 
 ROOT = Path(__file__).resolve().parent.parent
+# What pulumi's serialize_provider leaves patched: every dynamic resource it serializes wraps
+# pickle._Pickler._batch_setitems and save_dict in one more sorting layer and never restores them
+# (pulumi/dynamic/dynamic.py; likely pulumi/pulumi#17803). A `pulumi up` serializes a few dozen
+# providers; this suite runs the program hundreds of times in one process, and the chain then
+# overflows the recursion limit in any later pickle that uses _Pickler (joblib's model dumps do).
+_PICKLER_AS_IMPORTED = (pickle._Pickler._batch_setitems, pickle._Pickler.save_dict)
 PROJECT = pulumi_mocks.PROJECT
+
+
+@pytest.fixture(autouse=True)
+def _pickle_restored() -> Iterator[None]:
+    yield
+    pickle._Pickler._batch_setitems, pickle._Pickler.save_dict = _PICKLER_AS_IMPORTED
 
 
 # --- stack configuration and the program under mocks ------------------------------------------
