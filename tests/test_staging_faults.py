@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -161,7 +162,8 @@ from pathlib import Path
 from azure.storage.blob import BlobServiceClient
 from training.src.edge_train import staging
 
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+# Python ignores SIGXFSZ (the write then fails with EFBIG); by default the signal kills mid-write.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN if sys.argv[4] == "refused" else signal.SIG_DFL)
 resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
 container = BlobServiceClient.from_connection_string(sys.argv[1]).get_container_client(sys.argv[2])
 try:
@@ -172,22 +174,38 @@ except staging.StagingError as error:
 """
 
 
-def test_a_write_that_fails_midway_leaves_no_file_and_names_the_blob(tmp_path, container, azurite) -> None:
+@pytest.mark.parametrize("ending", ["refused", "killed"])
+def test_a_write_that_fails_midway_leaves_no_file_that_looks_complete(tmp_path, container, azurite, ending) -> None:
     container.upload_blob("data/a-small.bin", b"s" * 50_000)
     container.upload_blob("data/b-too-big.bin", b"t" * 200_000)  # over the file-size limit
     cache = tmp_path / "cache"
     out = subprocess.run(
-        [sys.executable, "-c", FILE_SIZE_LIMIT_SCRIPT, azurite.connection_string, container.container_name, cache],
+        [
+            sys.executable,
+            "-c",
+            FILE_SIZE_LIMIT_SCRIPT,
+            azurite.connection_string,
+            container.container_name,
+            cache,
+            ending,
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert out.returncode == 3, out.stderr
-    assert "'data/b-too-big.bin'" in out.stdout and "File too large" in out.stdout
-    assert not (cache / "data/b-too-big.bin").exists()
-    assert partials(cache) == []
-    assert manifest(cache) == {"data/a-small.bin": manifest(cache)["data/a-small.bin"]}
+    assert not (cache / "data/b-too-big.bin").exists()  # never at its final path half-written
+    if ending == "refused":  # one error naming the blob, nothing left behind
+        assert out.returncode == 3, out.stderr
+        assert "'data/b-too-big.bin'" in out.stdout and "File too large" in out.stdout
+        assert partials(cache) == []
+        assert list(manifest(cache)) == ["data/a-small.bin"]
+    else:  # killed before the manifest was written: it vouches for nothing; the next run recovers
+        assert out.returncode == -signal.SIGXFSZ, out.stderr
+        assert not (cache / staging.MANIFEST).exists()
+        again = staging.stage_blobs(container, "data/", cache)
+        assert again.downloaded == 2 and partials(cache) == []
+        assert (cache / "data/b-too-big.bin").read_bytes() == b"t" * 200_000
 
 
 BAD_LISTINGS: list[tuple[str, list[str], str]] = [
@@ -294,7 +312,7 @@ def test_the_first_failure_cancels_the_pending_downloads(tmp_path, container, wi
     wire.on_request = fail
     with pytest.raises(staging.StagingError, match=r"'data/00.bin': simulated network failure"):
         staging.stage_blobs(container, "data/", tmp_path / "cache", workers=1)
-    assert len(wire.gets) == 1
+    assert len(wire.gets) == 1  # queued downloads cancelled, and started ones see the stop flag
 
 
 def test_a_held_cache_lock_is_waited_for_until_a_deadline(tmp_path, container) -> None:
