@@ -16,7 +16,7 @@ import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from tests.harness import services
-from training import local
+from training import emulator, local
 from training.src import train
 from training.src.edge_train import credentials, model, staging
 
@@ -252,3 +252,18 @@ def test_the_local_demo_runs_twice_with_its_own_emulator_and_leaves_nothing_runn
     assert second["data_fingerprint"] == first["data_fingerprint"]
     running = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert running.stdout == "", f"left running: {running.stdout}"
+
+
+def test_the_emulator_stops_with_a_client_connected_and_keeps_its_data(tmp_path) -> None:
+    """Azurite's graceful stop waits on keep-alive connections forever; ours waits only for its
+    metadata to be saved (the "closed" line), then ends the group."""
+    with emulator.Azurite(tmp_path / "az") as first:
+        service = BlobServiceClient.from_connection_string(first.connection_string)
+        service.create_container("kept").upload_blob("a", b"saved")  # leaves a keep-alive connection open
+        pid = first.process.pid
+    assert first.process.returncode is not None
+    running = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True)
+    assert running.stdout == ""
+    with emulator.Azurite(tmp_path / "az") as second:
+        again = BlobServiceClient.from_connection_string(second.connection_string)
+        assert again.get_blob_client("kept", "a").download_blob().readall() == b"saved"
