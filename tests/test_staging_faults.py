@@ -230,6 +230,16 @@ def test_a_listing_the_filesystem_cannot_hold_is_refused_before_any_download(
     assert not (cache / staging.MANIFEST).exists()
 
 
+@pytest.mark.parametrize(
+    ("option", "value"), [("workers", 0), ("workers", -1), ("large_blob_concurrency", 0), ("workers", True)]
+)
+def test_a_pool_size_below_one_is_refused_naming_the_option(tmp_path, container, wire, option, value) -> None:
+    container.upload_blob("data/a", b"a")
+    with pytest.raises(staging.StagingError, match=rf"{option} must be a whole number of at least 1, not {value}"):
+        staging.stage_blobs(container, "data/", tmp_path / "cache", **{option: value})
+    assert wire.gets == [] and not (tmp_path / "cache").exists()
+
+
 def test_a_name_of_250_characters_is_staged(tmp_path, container) -> None:
     name = "data/" + "n" * 250  # the old temporary name (".<name>.<random>.partial") exceeded 255
     container.upload_blob(name, b"long")

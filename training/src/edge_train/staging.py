@@ -510,8 +510,8 @@ def _download_all(run: _Run, todo: list[BlobProperties], workers: int, large_blo
     large = [b for b in todo if b.size >= LARGE_BLOB_BYTES]
     futures: list[Future[None]] = []
     pools = [
-        ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="stage"),
-        ThreadPoolExecutor(max_workers=max(1, large_blob_concurrency), thread_name_prefix="stage-range"),
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stage"),
+        ThreadPoolExecutor(max_workers=large_blob_concurrency, thread_name_prefix="stage-range"),
     ]
     downloads: list[_LargeDownload] = []
     try:
@@ -544,6 +544,9 @@ def stage_blobs(
     lock_timeout_s: float = LOCK_TIMEOUT_S,
 ) -> StageResult:
     """Make `destination` hold every blob under `prefix` as it is in storage now."""
+    for name, value in (("workers", workers), ("large_blob_concurrency", large_blob_concurrency)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise StagingError(f"{name} must be a whole number of at least 1, not {value!r}")
     try:
         destination.mkdir(parents=True, exist_ok=True)
         root = destination.resolve()  # once; every blob path below is checked on its name alone
