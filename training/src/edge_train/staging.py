@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import re
+import stat
 import sys
 import tempfile
 import threading
@@ -207,9 +208,10 @@ class _Manifest:
         if entry is None or entry["etag"] != blob.etag or entry["size"] != blob.size:
             return False
         try:
-            return path.stat().st_size == blob.size and path.is_file()
+            status = path.stat()  # one system call per blob on a warm run
         except OSError:
             return False
+        return stat.S_ISREG(status.st_mode) and status.st_size == blob.size
 
     def record(self, blob: BlobProperties, sha256: str) -> None:
         self.entries[blob.name] = {"etag": blob.etag, "size": blob.size, "sha256": sha256}
