@@ -56,16 +56,31 @@ class StorageCredential:
         from azure.storage.blob import BlobServiceClient
 
         env = os.environ if environ is None else environ
-        options = {
+        transport = _pooled_transport(pool_connections)
+        options: dict[str, Any] = {
             "api_version": api_version or env.get(API_VERSION_VARIABLE) or HUB_BLOB_API_VERSION,
-            "transport": _pooled_transport(pool_connections),
+            "transport": transport,
             **client_options,
         }
+        # What requests would read from the environment on every request, read once (see
+        # _pooled_transport): a CA bundle for the Hub's certificates...
+        if bundle := os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE"):
+            options.setdefault("connection_verify", bundle)
         if self.connection_string:
-            return BlobServiceClient.from_connection_string(self.connection_string, **options)
-        if not account_url:
+            client = BlobServiceClient.from_connection_string(self.connection_string, **options)
+        elif not account_url:
             raise CredentialNotFound(f"a SAS token ({self.source}) needs --account-url")
-        return BlobServiceClient(account_url, credential=self.sas_token, **options)
+        else:
+            client = BlobServiceClient(account_url, credential=self.sas_token, **options)
+        # ... and the proxy for the one host this client talks to (honouring NO_PROXY).
+        transport.session.proxies = _environment_proxies(client.url)
+        return client
+
+
+def _environment_proxies(url: str) -> dict[str, str]:
+    import requests
+
+    return requests.utils.get_environ_proxies(url)
 
 
 def _pooled_transport(connections: int) -> Any:
@@ -77,6 +92,10 @@ def _pooled_transport(connections: int) -> Any:
     from urllib3.util.retry import Retry
 
     session = requests.Session()
+    # With trust_env, requests re-reads the proxy variables, NO_PROXY and ~/.netrc on every
+    # request: about 0.4 ms of CPU per blob here (profiled), over 10% of a small download. The
+    # client asks once instead (service_client) for its one host.
+    session.trust_env = False
     adapter = requests.adapters.HTTPAdapter(
         pool_connections=4,
         pool_maxsize=max(1, connections),
