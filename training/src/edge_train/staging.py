@@ -56,7 +56,9 @@ LOCK = ".edge-staging.lock"
 TEMPORARY = ".edge-staging-tmp"
 RESERVED = frozenset({MANIFEST, LOCK, TEMPORARY})
 LARGE_BLOB_BYTES = 32 * 1024 * 1024
-RANGE_BYTES = 4 * 1024 * 1024  # the SDK's own default chunk for ranged GETs (max_chunk_get_size)
+# Twice the SDK's default chunk (max_chunk_get_size, 4 MiB): half the requests, measured faster
+# here (bench/stage_blobs.py), and 8 in flight stay well under the 200 MiB peak-RSS budget.
+RANGE_BYTES = 8 * 1024 * 1024
 HASH_READ_BYTES = 1024 * 1024
 LOCK_TIMEOUT_S = 600.0
 
@@ -437,7 +439,7 @@ class _LargeDownload:
             with self.state:
                 self.done.add(index)
                 complete = len(self.done) == self.ranges
-            self._hash_front(wait_for_turn=complete)
+            self._hash_front(wait_for_turn=complete, own=(index, data))
             if complete:
                 sha256 = self.check.finish()
                 os.close(self.fd)  # no other range of this blob is in flight any more
@@ -448,9 +450,10 @@ class _LargeDownload:
             self.run.stop.set()
             raise _blob_error(self.blob.name, error) from error
 
-    def _hash_front(self, wait_for_turn: bool) -> None:
+    def _hash_front(self, wait_for_turn: bool, own: tuple[int, bytes]) -> None:
         """Hash the ranges that are now contiguous from the start. Whoever holds `hashing` does it;
-        the thread completing the last range waits its turn so nothing is left unhashed."""
+        the thread completing the last range waits its turn so nothing is left unhashed. Its own
+        range, still in memory, is hashed from there; the others are read back from the file."""
         if not self.hashing.acquire(blocking=wait_for_turn):
             return
         try:
@@ -459,6 +462,11 @@ class _LargeDownload:
                     if self.hashed not in self.done:
                         return
                     index = self.hashed
+                if index == own[0]:
+                    self.check.update(own[1])
+                    with self.state:
+                        self.hashed = index + 1
+                    continue
                 offset = index * RANGE_BYTES
                 end = min(offset + RANGE_BYTES, self.blob.size)
                 while offset < end:  # from the page cache, just written; hashlib releases the GIL
