@@ -8,6 +8,8 @@ outputs the training CLI consumes.
 
 from __future__ import annotations
 
+import gc
+
 import pulumi
 
 from components.azure_provider import azure_provider
@@ -136,3 +138,7 @@ if kubernetes:
     pulumi.export("hubAgentCount", config.edge.agent_count)
 pulumi.export("stackName", config.stack)
 pulumi.export("experimentName", config.attach.experiment_name)
+
+# Last: the interpreter's shutdown would walk every object of the ~700 azure-native modules the
+# program imported; frozen, the collector skips them (bench/program_eval.py: 0.68x the time).
+gc.freeze()

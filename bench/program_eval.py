@@ -1,75 +1,128 @@
-"""Time evaluating the whole Pulumi program under mocks against an empty program, in one run.
+"""Startup costs, timed from outside the process: the Pulumi program under mocks against an empty
+program, `python -m training --help`, and a warm `run --local` demo.
 
-Each evaluation runs in a fresh interpreter so that imports and peak memory are its own:
+    .venv/bin/python bench/program_eval.py [--rounds 5] [--skip-demo]
 
-    .venv/bin/python bench/program_eval.py [--runs 5]
-
-Prints wall time (median and min over the runs, imports included) and peak RSS for both, and
-how many resources the full program declared.
+Every sample is a fresh interpreter timed by this process's clock from spawn to exit, so imports
+and interpreter shutdown count. Variants run interleaved, round by round (the machine is shared
+and noisy: a slow minute hits every variant alike). The "empty" baseline does what the full
+evaluation does minus our program: import Pulumi and the mocks harness, run a program that
+declares nothing; it loads no pytest and makes no key (the config, keys included, is made once
+here and handed to both through a file). Prints medians, minimums and one verdict per goal.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
+import platform
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+PYTHON = sys.executable
+
+CHILD = """
+import gc, json, sys
+from pathlib import Path
+from tests.harness import pulumi_mocks
+
+kind, config_file, empty_main = sys.argv[1:4]
+config = json.loads(Path(config_file).read_text())
+main = Path(empty_main) if kind == "empty" else pulumi_mocks.MAIN
+recording = pulumi_mocks.run_program(config, secret_keys=("sshPrivateKey",), main=main)
+Path(config_file + "." + kind + ".count").write_text(str(len(recording.resources)))
+if kind == "full+freeze":
+    gc.freeze()  # what the program could do last: the collector skips every object at shutdown
+"""
 
 
-def child(kind: str) -> None:
+def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
     started = time.perf_counter()
-    from tests.conftest import DEV_SECRET_KEYS, dev_stack_config
-    from tests.harness import pulumi_mocks
-
-    with tempfile.TemporaryDirectory() as tmp:
-        main = pulumi_mocks.MAIN
-        if kind == "empty":
-            main = Path(tmp) / "__main__.py"
-            main.write_text('"""An empty Pulumi program."""\n')
-        config = dev_stack_config()
-        if kind == "full-vm":  # the virtual-machine edge compute mode; "full" is the default (kubernetes)
-            config["edgeComputeMode"] = "virtual-machine"
-        recording = pulumi_mocks.run_program(config, secret_keys=DEV_SECRET_KEYS, main=main)
-    elapsed = time.perf_counter() - started
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": elapsed, "peak_mib": peak_kib / 1024, "resources": len(recording.resources)}))
+    subprocess.run(argv, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return time.perf_counter() - started
 
 
-def measure(kind: str, runs: int) -> dict[str, float]:
-    samples = []
-    for _ in range(runs):
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", kind], check=True, capture_output=True, text=True, cwd=ROOT
-        ).stdout
-        samples.append(json.loads(out.strip().splitlines()[-1]))
-    return {
-        "median_s": statistics.median(s["seconds"] for s in samples),
-        "min_s": min(s["seconds"] for s in samples),
-        "peak_mib": max(s["peak_mib"] for s in samples),
-        "resources": samples[0]["resources"],
-    }
+def interleaved(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for round_ in range(rounds):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:  # rotate the order
+            samples[name].append(variants[name]())
+    return samples
+
+
+def verdict(goal: str, ratio: float, limit: float, unit: str = "x", at_most: bool = True) -> str:
+    ok = ratio <= limit if at_most else ratio >= limit
+    sign = "<=" if at_most else ">="
+    return f"{'PASS' if ok else 'FAIL'}  {goal}: {ratio:.2f}{unit} (goal {sign} {limit}{unit})"
+
+
+def machine() -> str:
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), platform.processor())
+    load = os.getloadavg()[0]
+    return f"{os.cpu_count()} x {cpu}, Python {platform.python_version()}, {platform.system()}; load {load:.1f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--child", choices=["full", "full-vm", "empty"], help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--skip-demo", action="store_true", help="leave out the demo (it trains a model)")
     args = parser.parse_args()
-    if args.child:
-        child(args.child)
-        return
-    print(f"{'program':<10}{'median s':>10}{'min s':>10}{'peak MiB':>10}{'resources':>11}   ({args.runs} runs)")
-    for kind in ("empty", "full", "full-vm"):
-        m = measure(kind, args.runs)
-        print(f"{kind:<10}{m['median_s']:>10.2f}{m['min_s']:>10.2f}{m['peak_mib']:>10.0f}{m['resources']:>11.0f}")
+    sys.path.insert(0, str(ROOT))
+    from tests.conftest import dev_stack_config
+
+    work = Path(tempfile.mkdtemp(prefix="program-bench-"))
+    try:
+        config_file = work / "config.json"
+        config_file.write_text(json.dumps(dev_stack_config()))
+        empty_main = work / "__main__.py"
+        empty_main.write_text('"""An empty Pulumi program."""\n')
+
+        def program(kind: str) -> Callable[[], float]:
+            return lambda: timed([PYTHON, "-c", CHILD, kind, str(config_file), str(empty_main)])
+
+        help_env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        variants = {
+            "empty program": program("empty"),
+            "full program": program("full"),
+            "full program, gc.freeze()": program("full+freeze"),
+            "python -m training --help": lambda: timed([PYTHON, "-m", "training", "--help"], help_env),
+        }
+        demo = work / "demo"
+        if not args.skip_demo:
+            timed([PYTHON, "-m", "training", "run", "--local", "--workdir", str(demo)])  # cold, not counted
+            variants["warm demo (run --local, 2nd run)"] = lambda: timed(
+                [PYTHON, "-m", "training", "run", "--local", "--workdir", str(demo)]
+            )
+
+        print(f"machine: {machine()}")
+        print(f"{args.rounds} rounds, variants interleaved; wall seconds from spawn to exit\n")
+        samples = interleaved(variants, args.rounds)
+        print(f"{'variant':<36}{'median s':>10}{'min s':>9}")
+        for name, values in samples.items():
+            print(f"{name:<36}{statistics.median(values):>10.3f}{min(values):>9.3f}")
+        counts = {kind: (config_file.parent / f"config.json.{kind}.count").read_text() for kind in ("empty", "full")}
+        print(f"resources declared: empty {counts['empty']}, full {counts['full']}")
+
+        med = {name: statistics.median(values) for name, values in samples.items()}
+        print("\ngoals:")
+        print(verdict("program under mocks / empty program", med["full program"] / med["empty program"], 3.0))
+        freeze = med["full program, gc.freeze()"] / med["full program"]
+        print(f"info  gc.freeze() before exit: {freeze:.2f}x the full program's time")
+        print(verdict("python -m training --help", med["python -m training --help"], 0.3, unit=" s"))
+        if not args.skip_demo:
+            print(verdict("warm demo", med["warm demo (run --local, 2nd run)"], 2.0, unit=" s"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

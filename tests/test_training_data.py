@@ -18,7 +18,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 from examples.churn import estimator as model
 from examples.churn import train
 from tests.harness import services
-from training import local
+from training import emulator, local
 from training.src.edge_train import credentials, staging
 
 
@@ -107,7 +107,7 @@ def test_a_changed_blob_is_downloaded_again_and_changes_the_fingerprint(tmp_path
 
 
 def leftovers(cache: Path) -> list[str]:
-    return sorted(p.name for p in cache.rglob("*.partial"))
+    return sorted(p.name for p in cache.rglob("*") if p.is_file() and p.name.endswith(".partial"))
 
 
 def test_an_interrupted_download_leaves_nothing_that_looks_complete(tmp_path, container, http) -> None:
@@ -115,7 +115,7 @@ def test_an_interrupted_download_leaves_nothing_that_looks_complete(tmp_path, co
         container.upload_blob(f"data/blob-{i}.bin", bytes([i]) * 50_000)
     http.fail_on = lambda method, url: method == "GET" and url.split("?")[0].endswith("blob-3.bin")
     cache = tmp_path / "cache"
-    with pytest.raises(ConnectionError):
+    with pytest.raises(staging.StagingError, match=r"'data/blob-3.bin'"):
         staging.stage_blobs(container, "data/", cache, workers=2)
     assert not (cache / "data/blob-3.bin").exists()
     assert leftovers(cache) == []
@@ -132,6 +132,7 @@ def test_an_interrupted_download_leaves_nothing_that_looks_complete(tmp_path, co
 
 def test_an_interrupted_large_parallel_download_leaves_no_file(tmp_path, azurite, http, monkeypatch) -> None:
     monkeypatch.setattr(staging, "LARGE_BLOB_BYTES", 64 * 1024)  # make a 3 MiB blob "large"
+    monkeypatch.setattr(staging, "RANGE_BYTES", 1024 * 1024)  # in three ranges
     service = BlobServiceClient.from_connection_string(  # 1 MiB ranges, so it takes several requests
         azurite.connection_string,
         raw_request_hook=http,
@@ -149,16 +150,17 @@ def test_an_interrupted_large_parallel_download_leaves_no_file(tmp_path, azurite
         return len(reads) == 2
 
     http.fail_on = second_range_fails
-    with pytest.raises(ConnectionError):
+    with pytest.raises(staging.StagingError, match=r"'data/big.bin'"):
         staging.stage_blobs(container, "data/", tmp_path / "cache")
     assert not (tmp_path / "cache/data/big.bin").exists()
     assert leftovers(tmp_path / "cache") == []
 
 
-def test_blob_names_cannot_escape_the_cache(tmp_path) -> None:
-    assert staging._local_path(tmp_path, "data/a.csv") == (tmp_path / "data/a.csv").resolve()
+@pytest.mark.parametrize("name", ["data/../../escape.csv", "/etc/passwd", "data//a.csv", "data/./a.csv", ".."])
+def test_blob_names_cannot_escape_the_cache(tmp_path, name) -> None:
+    assert staging._local_path(tmp_path, "data/a.csv") == tmp_path / "data/a.csv"
     with pytest.raises(staging.StagingError, match="outside"):
-        staging._local_path(tmp_path, "data/../../escape.csv")
+        staging._local_path(tmp_path, name)
 
 
 def test_an_empty_prefix_is_a_clear_error(tmp_path, container) -> None:
@@ -254,3 +256,18 @@ def test_the_local_demo_runs_twice_with_its_own_emulator_and_leaves_nothing_runn
     assert second["data_fingerprint"] == first["data_fingerprint"]
     running = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True)
     assert running.stdout == "", f"left running: {running.stdout}"
+
+
+def test_the_emulator_stops_with_a_client_connected_and_keeps_its_data(tmp_path) -> None:
+    """Azurite's graceful stop waits on keep-alive connections forever; ours waits only for its
+    metadata to be saved (the "closed" line), then ends the group."""
+    with emulator.Azurite(tmp_path / "az") as first:
+        service = BlobServiceClient.from_connection_string(first.connection_string)
+        service.create_container("kept").upload_blob("a", b"saved")  # leaves a keep-alive connection open
+        pid = first.process.pid
+    assert first.process.returncode is not None
+    running = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True)
+    assert running.stdout == ""
+    with emulator.Azurite(tmp_path / "az") as second:
+        again = BlobServiceClient.from_connection_string(second.connection_string)
+        assert again.get_blob_client("kept", "a").download_blob().readall() == b"saved"

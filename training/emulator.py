@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
+import selectors
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 LISTENING = re.compile(rf"listens on http://{re.escape(LOOPBACK)}:(\d+)")
+CLOSED = re.compile(r"Blob service successfully closed")
 # Azurite's development account: public, fixed and documented by Microsoft; not a secret.
 ACCOUNT = "devstoreaccount1"
+log = logging.getLogger(__name__)
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
@@ -79,21 +85,43 @@ class Azurite:
     def connection_string(self) -> str:
         return connection_string(self.port)
 
-    def stop(self, grace_seconds: float = 1.0) -> None:
-        """SIGTERM first: Azurite saves its metadata at once, which keeps data across runs. Its
-        server then waits for clients' keep-alive connections, so after a short grace, SIGKILL."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.process.wait(timeout=grace_seconds)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+    def stop(self, deadline_s: float = 10.0) -> None:
+        """SIGTERM first: Azurite then closes its metadata store, which saves it (so data survives
+        to the next run), and prints CLOSED. Its HTTP server would go on waiting for clients'
+        keep-alive connections, so once that line is out the group is killed: no fixed wait."""
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        else:
+            if not self._wait_for_line(CLOSED, deadline_s):
+                log.warning("Azurite did not report closing within %.0fs; killing it", deadline_s)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
         if self.process.stdout:
             self.process.stdout.close()
+
+    def _wait_for_line(self, pattern: re.Pattern[str], deadline_s: float) -> bool:
+        """Read the emulator's output until it matches, ends, or the deadline passes. Raw reads:
+        a text stream's read-ahead could hold the line while select() waits for more."""
+        stream = self.process.stdout
+        if stream is None:
+            return False
+        deadline = time.monotonic() + deadline_s
+        seen = b""
+        with selectors.DefaultSelector() as selector:
+            selector.register(stream.fileno(), selectors.EVENT_READ)
+            while (left := deadline - time.monotonic()) > 0:
+                if not selector.select(left):
+                    return False
+                chunk = os.read(stream.fileno(), 65536)
+                if not chunk:
+                    return False
+                seen += chunk
+                if pattern.search(seen.decode(errors="replace")):
+                    return True
+        return False
 
     def __enter__(self) -> Azurite:
         return self

@@ -206,9 +206,13 @@ def run(args: argparse.Namespace) -> int:
 
     from azure.storage.blob import BlobServiceClient
 
+    from training.src.edge_train.credentials import API_VERSION_VARIABLE, HUB_BLOB_API_VERSION
+
     def train(conn: str) -> dict[str, Any]:
         # Closed before the emulator stops: Azurite's graceful stop waits for open connections.
-        with BlobServiceClient.from_connection_string(conn) as service:
+        # At the Hub's blob API version, like the job: the demo then shows what a Hub would take.
+        version = os.environ.get(API_VERSION_VARIABLE) or HUB_BLOB_API_VERSION
+        with BlobServiceClient.from_connection_string(conn, api_version=version) as service:
             blobs = upload_sample(service, location.container, location.prefix, args.rows, args.seed)
         log.info("uploaded %d sample blobs to %s", blobs, location)
         return run_trainer(args.example, location, args.workdir, conn, args.seed, tracking_uri)
