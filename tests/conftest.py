@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tests.harness import pulumi_mocks, services
+from tests.harness.arm_server import ArmEndpoint, serve_arm
 from tests.harness.keys import KeyPair, rsa_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +28,13 @@ PROJECT = pulumi_mocks.PROJECT
 def _pickle_restored() -> Iterator[None]:
     yield
     pickle._Pickler._batch_setitems, pickle._Pickler.save_dict = _PICKLER_AS_IMPORTED
+
+
+@pytest.fixture
+def arm(tmp_path: Path) -> Iterator[ArmEndpoint]:
+    """The local HTTPS Resource Manager endpoint (tests/harness/arm_server.py), empty."""
+    with serve_arm(tmp_path) as endpoint:
+        yield endpoint
 
 
 # --- stack configuration and the program under mocks ------------------------------------------

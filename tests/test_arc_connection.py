@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +20,7 @@ from providers.arc_connection import (
     arm_client,
     wait_until_connected,
 )
-from tests.harness.arm_server import TEST_TOKEN, ArmEndpoint, RecordingTransport, Reply, StaticCredential, serve_arm
+from tests.harness.arm_server import TEST_TOKEN, ArmEndpoint, RecordingTransport, Reply, StaticCredential
 
 REF = ClusterRef("11111111-1111-1111-1111-111111111111", "rg-edge", "arc-edge-dev")
 REGION = "westeurope"
@@ -62,12 +61,6 @@ def test_the_stand_in_answers_what_microsofts_model_reads() -> None:
     model = arc_models.ConnectedCluster(cluster("Connected"))
     assert model.properties.connectivity_status == arc_models.ConnectivityStatus.CONNECTED
     assert {s.value for s in arc_models.ConnectivityStatus} >= {"Connecting", "Connected", "Offline"}
-
-
-@pytest.fixture
-def arm(tmp_path: Path) -> Iterator[ArmEndpoint]:
-    with serve_arm(tmp_path) as endpoint:
-        yield endpoint
 
 
 @pytest.fixture

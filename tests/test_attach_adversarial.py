@@ -35,7 +35,7 @@ from components.azureml_computes import (
 )
 from components.ssh_preflight import PreflightError, PreflightTarget, connect, load_private_key, run_preflight
 from tests.harness import services
-from tests.harness.arm_server import TEST_TOKEN, ArmEndpoint, RecordingTransport, Reply, StaticCredential, serve_arm
+from tests.harness.arm_server import TEST_TOKEN, ArmEndpoint, RecordingTransport, Reply, StaticCredential
 from tests.harness.keys import KeyPair, rsa_key
 
 pytestmark = pytest.mark.timeout(60)  # no row may hang; rows that wait in real time set less
@@ -369,12 +369,6 @@ def compute(state: str, description: str = ATTACHMENT.description, **properties:
             **properties,
         },
     }
-
-
-@pytest.fixture
-def arm(tmp_path: Path) -> Iterator[ArmEndpoint]:
-    with serve_arm(tmp_path) as endpoint:
-        yield endpoint
 
 
 def client_for(url: str, transport: RecordingTransport, clock: FakeClock) -> ComputeClient:

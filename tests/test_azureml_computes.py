@@ -4,7 +4,6 @@ requests to a local endpoint; bodies are checked against Microsoft's models of t
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +19,7 @@ from components.azureml_computes import (
     VirtualMachineAttachment,
 )
 from tests.harness.arm_models import rest_field_problems
-from tests.harness.arm_server import TEST_TOKEN, ArmEndpoint, RecordingTransport, Reply, StaticCredential, serve_arm
+from tests.harness.arm_server import TEST_TOKEN, ArmEndpoint, RecordingTransport, Reply, StaticCredential
 from tests.harness.keys import rsa_key
 
 REF = ComputeRef("11111111-1111-1111-1111-111111111111", "rg-ml", "mlw-dev", "edge-vm")
@@ -60,12 +59,6 @@ def test_the_azure_ai_ml_client_targets_the_same_api_version() -> None:
     from azure.ai.ml._restclient.arm_ml_service import _configuration
 
     assert f'"api_version", "{API_VERSION}"' in inspect.getsource(_configuration)
-
-
-@pytest.fixture
-def arm(tmp_path: Path) -> Iterator[ArmEndpoint]:
-    with serve_arm(tmp_path) as endpoint:
-        yield endpoint
 
 
 @pytest.fixture

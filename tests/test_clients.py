@@ -4,7 +4,6 @@ azure-core and azure-identity code against the local HTTPS stand-in (tests/harne
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -17,18 +16,12 @@ from clients.credentials import (
     CredentialConfigError,
     credential_from_environment,
 )
-from tests.harness.arm_server import ArmEndpoint, Reply, serve_arm
+from tests.harness.arm_server import ArmEndpoint, Reply
 
 ROOT = Path(__file__).resolve().parent.parent
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CLIENT = "0c1b5c5e-4a4d-4f8e-9d6b-111111111111"
 TOKEN_REPLY = Reply(200, {"token_type": "Bearer", "expires_in": 3600, "access_token": "arm-access-token"})
-
-
-@pytest.fixture
-def arm(tmp_path: Path) -> Any:
-    with serve_arm(tmp_path) as endpoint:
-        yield endpoint
 
 
 def metadata(login: str, audience: str) -> Reply:

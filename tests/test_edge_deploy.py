@@ -18,7 +18,7 @@ from azure.mgmt.containerregistry.v2025_03_01_preview import models as acr
 from edge import serving_manifests
 from tests.harness import services
 from tests.harness.arm_models import check_body
-from tests.harness.arm_server import ArmEndpoint, Reply, StaticCredential, serve_arm
+from tests.harness.arm_server import Reply, StaticCredential
 from tests.test_training_cli import Clock, containers, release, target, vm  # noqa: F401 (fixture)
 from training import deploy, image_build
 
@@ -186,12 +186,6 @@ def test_an_image_without_a_health_status_is_judged_by_its_liveness_route(ssh_se
 SUB, RG, REGISTRY = "00000000-0000-0000-0000-000000000001", "rg-edge", "crdev"
 BASE = f"/subscriptions/{SUB}/resourceGroups/{RG}/providers/Microsoft.ContainerRegistry/registries/{REGISTRY}"
 TOKEN_ID = f"{BASE}/tokens/edge-pull"
-
-
-@pytest.fixture
-def arm(tmp_path: Path) -> Iterator[ArmEndpoint]:
-    with serve_arm(tmp_path) as endpoint:
-        yield endpoint
 
 
 def test_a_pull_password_is_generated_on_request_for_the_token(arm) -> None:

@@ -15,7 +15,7 @@ from azure.mgmt.containerregistry.v2025_03_01_preview import models as acr
 from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_blob_sas
 
 from tests.harness.arm_models import check_body
-from tests.harness.arm_server import ArmEndpoint, Reply, StaticCredential, serve_arm
+from tests.harness.arm_server import ArmEndpoint, Reply, StaticCredential
 from training import cli, image_build
 
 SUB, RG, REGISTRY = "00000000-0000-0000-0000-000000000001", "rg-edge", "credge"
@@ -60,12 +60,6 @@ def blobs(azurite, request) -> Iterator[Blobs]:
     yield Blobs(service, container)
     service.delete_container(container)
     service.close()
-
-
-@pytest.fixture
-def arm(tmp_path: Path) -> Iterator[ArmEndpoint]:
-    with serve_arm(tmp_path) as endpoint:
-        yield endpoint
 
 
 def client(arm: ArmEndpoint):

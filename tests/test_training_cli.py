@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -13,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from tests.harness import pulumi_mocks, services
-from tests.harness.arm_server import ArmEndpoint, RecordingTransport, Reply, StaticCredential, serve_arm
+from tests.harness.arm_server import ArmEndpoint, RecordingTransport, Reply, StaticCredential
 from tests.harness.keys import KeyPair
 from training import cli, deploy, jobs, packaging, stack_outputs
 from training.workspace import ml_client
@@ -60,12 +59,6 @@ class RedirectingTransport(RecordingTransport):
         url = urlsplit(request.url)
         request.url = urlunsplit((self.target.scheme, self.target.netloc, url.path, url.query, url.fragment))
         return super().send(request, **kwargs)
-
-
-@pytest.fixture
-def arm(tmp_path: Path) -> Iterator[ArmEndpoint]:
-    with serve_arm(tmp_path) as endpoint:
-        yield endpoint
 
 
 def models_path(outputs: stack_outputs.StackOutputs, name: str) -> str:

@@ -9,7 +9,7 @@ import json
 import re
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -133,31 +133,27 @@ def _body(raw: bytes, content_type: str) -> Any:
         return raw.decode(errors="replace")
 
 
+Respond = Callable[[str, str, dict[str, str], bytes], Reply]
+"""(method, path with query, lower-cased headers, raw body) -> the reply."""
+
+
 @contextmanager
-def serve_arm(directory: Path) -> Iterator[ArmEndpoint]:
-    fake = FakeArm()
+def https_server(directory: Path, respond: Respond, name: str) -> Iterator[tuple[str, Path]]:
+    """A threaded HTTPS server on 127.0.0.1 with a certificate of its own, answering every request
+    with `respond`; yields its URL and the certificate to trust. Stopped, and checked gone, on exit."""
     cert, key = _certificate(directory)
 
     class Handler(BaseHTTPRequestHandler):
         def _handle(self) -> None:
-            url = urlsplit(self.path)
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
-            fake.requests.append(
-                Recorded(
-                    self.command,
-                    url.path,
-                    parse_qs(url.query),
-                    {k.lower(): v for k, v in self.headers.items()},
-                    _body(raw, self.headers.get("Content-Type", "")),
-                )
-            )
-            reply = fake.reply(self.command, url.path)
+            reply = respond(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, raw)
             payload = b"" if reply.body is None else json.dumps(reply.body).encode()
             self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Type", "application/json")
+            for header, value in reply.headers.items():
+                self.send_header(header, value)
+            if payload:
+                self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
@@ -171,12 +167,26 @@ def serve_arm(directory: Path) -> Iterator[ArmEndpoint]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     server.socket = context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, name="fake-arm", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name=name, daemon=True)
     thread.start()
     try:
-        yield ArmEndpoint(f"https://127.0.0.1:{server.server_address[1]}", cert, fake)
+        yield f"https://127.0.0.1:{server.server_address[1]}", cert
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
-        assert not thread.is_alive(), "the fake ARM server did not stop"
+        assert not thread.is_alive(), f"the {name} server did not stop"
+
+
+@contextmanager
+def serve_arm(directory: Path) -> Iterator[ArmEndpoint]:
+    fake = FakeArm()
+
+    def respond(method: str, raw_path: str, headers: dict[str, str], raw: bytes) -> Reply:
+        url = urlsplit(raw_path)
+        body = _body(raw, headers.get("content-type", ""))
+        fake.requests.append(Recorded(method, url.path, parse_qs(url.query), headers, body))
+        return fake.reply(method, url.path)
+
+    with https_server(directory, respond, "fake-arm") as (url, ca_file):
+        yield ArmEndpoint(url, ca_file, fake)

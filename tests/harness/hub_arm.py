@@ -23,16 +23,13 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import re
 import secrets
-import ssl
 import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -43,7 +40,7 @@ from azure.mgmt.storage.v2019_06_01 import models as storage_models
 
 from providers.hub_arm_resource import HubArmResourceProvider
 from tests.harness.arm_models import check_body
-from tests.harness.arm_server import Recorded, RecordingTransport, _body, _certificate
+from tests.harness.arm_server import Recorded, RecordingTransport, _body, https_server
 from tests.harness.pulumi_mocks import Recording
 
 METADATA_VERSION = "2015-01-01"
@@ -471,7 +468,6 @@ def serve_hub_arm(
     client_id: str = "hub-app-0c1b5c5e",
     client_secret: str = "hub-client-secret-value",  # noqa: S107 (the stand-in's own test principal)
 ) -> Iterator[HubArm]:
-    cert, key = _certificate(directory)
     hub_box: list[HubArm] = []
 
     def handle(method: str, raw_path: str, headers: dict[str, str], raw: bytes) -> Reply:
@@ -495,50 +491,19 @@ def serve_hub_arm(
 
     handlers: list[_Arm] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def _handle(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            reply = handle(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, raw)
-            payload = b"" if reply.body is None else json.dumps(reply.body).encode()
-            self.send_response(reply.status)
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            if payload:
-                self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        do_GET = do_PUT = do_DELETE = do_POST = _handle
-
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    hub = HubArm(
-        url=f"https://127.0.0.1:{server.server_address[1]}",
-        ca_file=cert,
-        subscription_id=subscription_id,
-        resource_group=resource_group,
-        location=location,
-        client_id=client_id,
-        client_secret=client_secret,
-    )
-    hub_box.append(hub)
-    handlers.append(_Arm(hub))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="hub-arm", daemon=True)
-    thread.start()
-    try:
+    with https_server(directory, handle, "hub-arm") as (url, ca_file):
+        hub = HubArm(
+            url=url,
+            ca_file=ca_file,
+            subscription_id=subscription_id,
+            resource_group=resource_group,
+            location=location,
+            client_id=client_id,
+            client_secret=client_secret,
+        )
+        hub_box.append(hub)
+        handlers.append(_Arm(hub))
         yield hub
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-        assert not thread.is_alive(), "the Hub ARM stand-in did not stop"
 
 
 # --- a small engine: the program's HubArmResources, run through the provider in order ----------
