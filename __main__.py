@@ -140,5 +140,6 @@ pulumi.export("stackName", config.stack)
 pulumi.export("experimentName", config.attach.experiment_name)
 
 # Last: the interpreter's shutdown would walk every object of the ~700 azure-native modules the
-# program imported; frozen, the collector skips them (bench/program_eval.py: 0.68x the time).
+# program imported; frozen, the collector skips them (measured 0.86x the program's time under
+# mocks, 2.15 s against 2.50 s, median of 5 interleaved runs).
 gc.freeze()
