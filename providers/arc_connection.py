@@ -8,7 +8,9 @@ compute need a connected cluster, so this resource sits between the cluster and 
 until `Connected`, or fails at its deadline naming the outbound endpoints the agents need.
 
 The provider object is pickled into the state: it holds no client or credential; both are made
-inside the methods (the credential from the ARM_* variables, like the azure-native provider).
+inside the methods: the credential from the ARM_* variables, like the azure-native provider, for
+the audience the endpoint's own metadata names, and the client is clients/arm.py's (Retry-After
+capped, timeouts on every call), the one the Hub resources use.
 """
 
 from __future__ import annotations
@@ -20,18 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pulumi
-from azure.core import PipelineClient
-from azure.core.credentials import TokenCredential
-from azure.core.pipeline.policies import (
-    BearerTokenCredentialPolicy,
-    HeadersPolicy,
-    RetryPolicy,
-    UserAgentPolicy,
-)
-from azure.core.pipeline.transport import HttpTransport
-from azure.core.rest import HttpRequest
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
+from clients.arm import ArmClient, ArmError
 from clients.cloud import PUBLIC
 
 log = logging.getLogger(__name__)
@@ -84,34 +77,14 @@ class ClusterRef:
         )
 
 
-def arm_client(
-    credential: TokenCredential,
-    endpoint: str = PUBLIC.resource_manager,
-    scope: str = PUBLIC.arm_scope,
-    transport: HttpTransport | None = None,
-    retry_total: int = 4,
-) -> PipelineClient:
-    """azure-core's pipeline: bearer token, and 408/429/5xx retried with backoff, honouring
-    Retry-After (the transport's sleep, which tests record instead of sleeping)."""
-    policies = [
-        HeadersPolicy(),
-        UserAgentPolicy(base_user_agent="edge-training"),
-        RetryPolicy(retry_total=retry_total, retry_backoff_factor=1.0, retry_backoff_max=60),
-        BearerTokenCredentialPolicy(credential, scope),
-    ]
-    return PipelineClient(base_url=endpoint.rstrip("/"), policies=policies, transport=transport)
-
-
-def _error_text(response: Any) -> str:
-    try:
-        error = response.json().get("error", {})
-        return f"{error.get('code', 'Unknown')}: {error.get('message', '')}"
-    except (ValueError, AttributeError):
-        return response.text()[:300]
+def _refused(ref: ClusterRef, error: ArmError) -> ArcConnectionError:
+    return ArcConnectionError(
+        f"reading connected cluster {ref.name} failed: HTTP {error.status} {error.code}: {error.message}"
+    )
 
 
 def wait_until_connected(
-    client: PipelineClient,
+    client: ArmClient,
     ref: ClusterRef,
     region: str,
     deadline_seconds: float,
@@ -127,27 +100,20 @@ def wait_until_connected(
     end = clock() + deadline_seconds
     last = "never answered"
     while True:
-        response = client.send_request(
-            HttpRequest(
-                "GET",
-                client.format_url(ref.path),
-                params={"api-version": CONNECTED_CLUSTER_API_VERSION},
-                headers={"Accept": "application/json"},
-            )
-        )
-        if response.status_code == 200:
-            cluster = response.json()
+        try:
+            cluster = client.get(ref.path, CONNECTED_CLUSTER_API_VERSION)
+        except ArmError as error:
+            if error.status not in TRANSIENT:
+                raise _refused(ref, error) from None
+            last = f"HTTP {error.status} ({error.code}: {error.message})"
+            log.warning("reading connected cluster %s: %s; still waiting", ref.name, last)
+        else:
+            if cluster is None:
+                raise ArcConnectionError(f"reading connected cluster {ref.name} failed: HTTP 404, no such cluster")
             status = str((cluster.get("properties") or {}).get("connectivityStatus") or "Unknown")
             if status == CONNECTED:
                 return cluster
             last = status
-        elif response.status_code in TRANSIENT:
-            last = f"HTTP {response.status_code} ({_error_text(response)})"
-            log.warning("reading connected cluster %s: %s; still waiting", ref.name, last)
-        else:
-            raise ArcConnectionError(
-                f"reading connected cluster {ref.name} failed: HTTP {response.status_code} {_error_text(response)}"
-            )
         remaining = end - clock()
         if remaining <= 0:
             endpoints = "\n  ".join(arc_outbound_endpoints(region))
@@ -163,10 +129,12 @@ def wait_until_connected(
 class ArcConnectionProvider(ResourceProvider):
     """create waits; read reports the current status; delete has nothing to undo."""
 
-    def _client(self, props: dict[str, Any]) -> PipelineClient:
+    def _client(self, props: dict[str, Any]) -> ArmClient:
+        from clients.cloud import discover
         from clients.credentials import credential_from_environment
 
-        return arm_client(credential_from_environment(), endpoint=props.get("armEndpoint") or PUBLIC.resource_manager)
+        cloud = discover(props.get("armEndpoint") or PUBLIC.resource_manager)
+        return ArmClient(cloud, credential_from_environment(cloud=cloud))
 
     def _clock(self) -> Callable[[], float]:
         return time.monotonic
@@ -214,14 +182,12 @@ class ArcConnectionProvider(ResourceProvider):
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         ref = self._ref(props)
         with self._client(props) as client:
-            response = client.send_request(
-                HttpRequest("GET", client.format_url(ref.path), params={"api-version": CONNECTED_CLUSTER_API_VERSION})
-            )
-        if response.status_code == 404:
+            try:
+                cluster = client.get(ref.path, CONNECTED_CLUSTER_API_VERSION)
+            except ArmError as error:
+                raise _refused(ref, error) from None
+        if cluster is None:
             return ReadResult(id_=None, outs={})
-        if response.status_code != 200:
-            raise ArcConnectionError(f"reading connected cluster {ref.name} failed: {_error_text(response)}")
-        cluster = response.json()
         status = (cluster.get("properties") or {}).get("connectivityStatus")
         if status != CONNECTED:
             log.warning("connected cluster %s is %s, no longer Connected", ref.name, status)

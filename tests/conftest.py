@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from tests.harness import pulumi_mocks, services
-from tests.harness.arm_server import ArmEndpoint, serve_arm
+from tests.harness.arm_server import SOVEREIGN_AUDIENCE, TEST_TENANT, TEST_TOKEN, ArmEndpoint, Reply, serve_arm
 from tests.harness.keys import KeyPair, rsa_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +35,32 @@ def _pickle_restored() -> Iterator[None]:
 def arm(tmp_path: Path) -> Iterator[ArmEndpoint]:
     """The local HTTPS Resource Manager endpoint (tests/harness/arm_server.py), empty."""
     with serve_arm(tmp_path) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def sovereign_arm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ArmEndpoint]:
+    """The local endpoint as a sovereign cloud, for providers that make their own clients: it
+    serves the cloud's metadata (its own audience) and the token endpoint, and the real credential
+    code signs in with the deploy workflow's ARM_* variables (OIDC, a federated token)."""
+    with serve_arm(tmp_path) as endpoint:
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(endpoint.ca_file))
+        for name in [n for n in os.environ if n.startswith(("ARM_", "AZURE_"))]:
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("ARM_CLIENT_ID", "0c1b5c5e-4a4d-4f8e-9d6b-111111111111")
+        monkeypatch.setenv("ARM_TENANT_ID", TEST_TENANT)
+        monkeypatch.setenv("ARM_USE_OIDC", "true")
+        monkeypatch.setenv("ARM_OIDC_TOKEN", "github-federated-jwt")
+        endpoint.fake.script(
+            "GET",
+            "/metadata/endpoints",
+            Reply(200, {"authentication": {"loginEndpoint": endpoint.url + "/", "audiences": [SOVEREIGN_AUDIENCE]}}),
+        )
+        endpoint.fake.script(
+            "POST",
+            f"/{TEST_TENANT}/oauth2/v2.0/token",
+            Reply(200, {"token_type": "Bearer", "expires_in": 3600, "access_token": TEST_TOKEN}),
+        )
         yield endpoint
 
 

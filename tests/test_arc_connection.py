@@ -8,22 +8,34 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from azure.core import PipelineClient
 from azure.mgmt.hybridkubernetes import models as arc_models
 
+from clients.arm import ArmClient
+from clients.cloud import Cloud
 from providers import arc_connection
 from providers.arc_connection import (
     CONNECTED_CLUSTER_API_VERSION,
     ArcConnectionError,
     ArcConnectionProvider,
     ClusterRef,
-    arm_client,
     wait_until_connected,
 )
-from tests.harness.arm_server import TEST_TOKEN, ArmEndpoint, RecordingTransport, Reply, StaticCredential
+from tests.harness.arm_server import (
+    SOVEREIGN_AUDIENCE,
+    TEST_TOKEN,
+    ArmEndpoint,
+    RecordingTransport,
+    Reply,
+    StaticCredential,
+)
 
 REF = ClusterRef("11111111-1111-1111-1111-111111111111", "rg-edge", "arc-edge-dev")
 REGION = "westeurope"
+
+
+def local_cloud(arm: ArmEndpoint) -> Cloud:
+    """The local endpoint as a cloud whose metadata would name public Azure's audience."""
+    return Cloud(arm.url + "/", "https://login.microsoftonline.com/", "https://management.core.windows.net/")
 
 
 class FakeClock:
@@ -69,12 +81,12 @@ def transport(arm: ArmEndpoint) -> RecordingTransport:
 
 
 @pytest.fixture
-def client(arm: ArmEndpoint, transport: RecordingTransport) -> Iterator[PipelineClient]:
-    with arm_client(StaticCredential(), endpoint=arm.url, transport=transport) as c:
+def client(arm: ArmEndpoint, transport: RecordingTransport) -> Iterator[ArmClient]:
+    with ArmClient(local_cloud(arm), StaticCredential(), transport=transport) as c:
         yield c
 
 
-def test_waits_until_connected_reading_the_cluster_at_its_api_version(arm: ArmEndpoint, client: PipelineClient) -> None:
+def test_waits_until_connected_reading_the_cluster_at_its_api_version(arm: ArmEndpoint, client: ArmClient) -> None:
     arm.fake.script(
         "GET",
         REF.path,
@@ -92,7 +104,7 @@ def test_waits_until_connected_reading_the_cluster_at_its_api_version(arm: ArmEn
         assert request.headers["authorization"] == f"Bearer {TEST_TOKEN}"
 
 
-def test_never_connected_fails_at_the_deadline_naming_the_endpoints(arm: ArmEndpoint, client: PipelineClient) -> None:
+def test_never_connected_fails_at_the_deadline_naming_the_endpoints(arm: ArmEndpoint, client: ArmClient) -> None:
     arm.fake.script("GET", REF.path, Reply(200, cluster("Connecting")))
     clock = FakeClock()
     with pytest.raises(ArcConnectionError) as caught:
@@ -113,7 +125,7 @@ def test_never_connected_fails_at_the_deadline_naming_the_endpoints(arm: ArmEndp
 
 
 def test_throttling_and_server_errors_are_retried(
-    arm: ArmEndpoint, client: PipelineClient, transport: RecordingTransport
+    arm: ArmEndpoint, client: ArmClient, transport: RecordingTransport
 ) -> None:
     arm.fake.script(
         "GET",
@@ -138,12 +150,12 @@ def test_errors_that_outlast_the_retries_count_as_not_yet(arm: ArmEndpoint, tran
         Reply(200, cluster("Connected")),
     )
     clock = FakeClock()
-    with arm_client(StaticCredential(), endpoint=arm.url, transport=transport, retry_total=0) as client:
+    with ArmClient(local_cloud(arm), StaticCredential(), transport=transport, retry_total=0) as client:
         wait_until_connected(client, REF, REGION, 600, poll_seconds=5, clock=clock, sleep=clock.sleep)
     assert clock.slept == [5, 5]
 
 
-def test_a_refusal_fails_at_once_with_the_services_message(arm: ArmEndpoint, client: PipelineClient) -> None:
+def test_a_refusal_fails_at_once_with_the_services_message(arm: ArmEndpoint, client: ArmClient) -> None:
     arm.fake.script("GET", REF.path, Reply(403, {"error": {"code": "AuthorizationFailed", "message": "no read"}}))
     clock = FakeClock()
     with pytest.raises(ArcConnectionError, match="HTTP 403 AuthorizationFailed: no read"):
@@ -157,8 +169,8 @@ class LocalProvider(ArcConnectionProvider):
     def __init__(self, arm: ArmEndpoint, clock: FakeClock) -> None:
         self.arm, self.clock = arm, clock
 
-    def _client(self, props: dict[str, Any]) -> PipelineClient:
-        return arm_client(StaticCredential(), endpoint=self.arm.url, transport=self.arm.transport())
+    def _client(self, props: dict[str, Any]) -> ArmClient:
+        return ArmClient(local_cloud(self.arm), StaticCredential(), transport=self.arm.transport())
 
     def _clock(self) -> Any:
         return self.clock
@@ -203,5 +215,17 @@ def test_the_provider_diff_waits_again_only_for_another_cluster() -> None:
 
 def test_the_pickled_provider_holds_no_client_or_credential() -> None:
     state = pickle.dumps(ArcConnectionProvider())
-    assert b"credential" not in state.lower() and b"PipelineClient" not in state
+    assert b"credential" not in state.lower() and b"ArmClient" not in state
     assert arc_connection.ArcConnectionProvider.__dict__.get("__init__") is None
+
+
+def test_the_provider_signs_in_for_the_audience_the_endpoints_metadata_names(sovereign_arm: ArmEndpoint) -> None:
+    """Its own client, as `pulumi up` makes it: the ARM_* variables, and the token scope read from
+    the endpoint's metadata, never public Azure's (issue 11)."""
+    sovereign_arm.fake.script("GET", REF.path, Reply(200, cluster("Offline")))
+    refreshed = ArcConnectionProvider().read(REF.path, {**PROPS, "armEndpoint": sovereign_arm.url})
+    assert refreshed.outs["connectivityStatus"] == "Offline"
+    token = next(r for r in sovereign_arm.fake.requests if r.method == "POST")
+    assert token.body["scope"] == SOVEREIGN_AUDIENCE + ".default"
+    (read,) = [r for r in sovereign_arm.fake.requests if r.path == REF.path]
+    assert read.headers["authorization"] == f"Bearer {TEST_TOKEN}"

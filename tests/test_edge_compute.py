@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from components.azureml_computes import API_VERSION, ComputeApiError, ComputeRef
 from components.edge_compute import REPLACE_ON, EdgeComputeProvider, _key_digest
 from components.ssh_preflight import PreflightError
 from tests.harness import services
-from tests.harness.arm_server import TEST_TOKEN, ArmEndpoint, Recorded, Reply, serve_arm
+from tests.harness.arm_server import SOVEREIGN_AUDIENCE, TEST_TOKEN, ArmEndpoint, Recorded, Reply
 from tests.harness.keys import rsa_key
 from tests.harness.pulumi_mocks import Recording
 
@@ -162,34 +161,12 @@ def test_a_new_owner_or_expected_key_is_an_update_not_a_replacement() -> None:
 # --- end to end: real sshd, local HTTPS Resource Manager ---------------------------------------
 
 
-TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
-SOVEREIGN_AUDIENCE = "https://management.core.usgovcloudapi.net/"
 
 
 @pytest.fixture
-def arm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ArmEndpoint]:
-    """The real provider's own clients, pointed at the local endpoint, which also serves the cloud
-    metadata (a sovereign cloud's audience) and the token endpoint: the real credential code signs
-    in with the ARM_* variables of the deploy workflow (OIDC, a federated token), as in a pipeline."""
-    with serve_arm(tmp_path) as endpoint:
-        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(endpoint.ca_file))
-        for name in [n for n in os.environ if n.startswith(("ARM_", "AZURE_"))]:
-            monkeypatch.delenv(name)
-        monkeypatch.setenv("ARM_CLIENT_ID", "0c1b5c5e-4a4d-4f8e-9d6b-111111111111")
-        monkeypatch.setenv("ARM_TENANT_ID", TENANT)
-        monkeypatch.setenv("ARM_USE_OIDC", "true")
-        monkeypatch.setenv("ARM_OIDC_TOKEN", "github-federated-jwt")
-        endpoint.fake.script(
-            "GET",
-            "/metadata/endpoints",
-            Reply(200, {"authentication": {"loginEndpoint": endpoint.url + "/", "audiences": [SOVEREIGN_AUDIENCE]}}),
-        )
-        endpoint.fake.script(
-            "POST",
-            f"/{TENANT}/oauth2/v2.0/token",
-            Reply(200, {"token_type": "Bearer", "expires_in": 3600, "access_token": TEST_TOKEN}),
-        )
-        yield endpoint
+def arm(sovereign_arm: ArmEndpoint) -> ArmEndpoint:
+    """The real provider's own clients, signing in as the deploy workflow does (tests/conftest.py)."""
+    return sovereign_arm
 
 
 def compute_requests(arm: ArmEndpoint) -> list[Recorded]:

@@ -25,6 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 TEST_TOKEN = "test-bearer-token-edge-training"
+TEST_TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+# The audience a sovereign cloud's metadata names: a token scoped to public Azure would not do.
+SOVEREIGN_AUDIENCE = "https://management.core.usgovcloudapi.net/"
 
 
 @dataclass(frozen=True)
