@@ -163,9 +163,10 @@ class SshSession:
     def close(self) -> None:
         self._transport.close()
 
-    def run(self, command: str, timeout: float) -> CommandResult:
-        """Run `command`; raise `CommandTimedOut` if it has not exited within `timeout` seconds
-        (opening the channel, the output and the exit status all count)."""
+    def run(self, command: str, timeout: float, stdin: str | None = None) -> CommandResult:
+        """Run `command`, with `stdin` (then end of input) when given: the way to hand a command a
+        secret, which then appears on no command line. Raise `CommandTimedOut` if it has not exited
+        within `timeout` seconds (opening the channel, the output and the exit status all count)."""
         deadline = Deadline(timeout)
         try:
             channel = self._transport.open_session(timeout=deadline.cap(timeout))
@@ -180,6 +181,9 @@ class SshSession:
             try:
                 channel.settimeout(deadline.cap(timeout))
                 channel.exec_command(command)
+                if stdin is not None:
+                    channel.sendall(stdin.encode())
+                    channel.shutdown_write()
                 # Read stdout to its end, then wait for the exit status. The commands run here
                 # write little to stderr; it is buffered by paramiko meanwhile.
                 while chunk := channel.recv(65536):  # blocks at most the channel's timeout

@@ -17,9 +17,7 @@ no command line and in no process list.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
 import logging
 import shlex
 import time
@@ -28,6 +26,8 @@ from dataclasses import dataclass, field
 
 import paramiko
 
+from clients import ssh, ssh_keys
+from clients.deadline import Deadline
 from edge import serving_manifests
 
 log = logging.getLogger(__name__)
@@ -59,49 +59,58 @@ class Release:
     container_port: int = 5001
 
 
-class _ExpectedHostKey(paramiko.MissingHostKeyPolicy):
-    def __init__(self, expected: str) -> None:
-        self.expected = expected
-
-    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
-        seen = "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
-        if seen != self.expected:
-            raise DeployError(f"{hostname} presented host key {seen}, not the recorded {self.expected}; not deploying")
+CONNECT_SECONDS = 30.0
+COMMAND_SECONDS = 600.0
+PROBE_SECONDS = 60.0
 
 
 class _Remote:
+    """The VM through clients/ssh.py, the one place that speaks SSH: the host key pinned to the
+    recorded fingerprint (every key type the VM offers is checked), the connection retried until a
+    deadline, every command with a timeout."""
+
     def __init__(self, target: DeployTarget) -> None:
-        self.client = paramiko.SSHClient()
-        self.client.set_missing_host_key_policy(_ExpectedHostKey(target.host_key_fingerprint))
-        self.client.connect(
-            target.address,
-            port=target.port,
-            username=target.username,
-            pkey=paramiko.RSAKey.from_private_key(io.StringIO(target.private_key)),
-            look_for_keys=False,
-            allow_agent=False,
-            timeout=30,
-        )
+        try:
+            key = paramiko.RSAKey(key=ssh_keys.parse_private_key(target.private_key))
+        except ssh_keys.KeyFormatError as error:
+            raise DeployError(f"--ssh-key {error}") from None
+        try:
+            self.session = ssh.connect(
+                target.address,
+                target.port,
+                target.username,
+                key,
+                target.host_key_fingerprint,
+                Deadline(CONNECT_SECONDS),
+            )
+        except ssh.HostKeyMismatch as error:
+            offered = ", ".join(error.offered.values()) or "none"
+            raise DeployError(
+                f"{target.address} presented host key {offered}, not the recorded {error.expected}; not deploying"
+            ) from None
+        except ssh.SshError as error:
+            raise DeployError(str(error)) from None
+
+    def _exec(self, argv: tuple[str, ...], timeout: float, stdin: str | None = None) -> ssh.CommandResult:
+        try:
+            return self.session.run(" ".join(shlex.quote(a) for a in argv), timeout, stdin=stdin)
+        except ssh.SshError as error:
+            raise DeployError(str(error)) from None
 
     def run(self, *argv: str, stdin: str | None = None, check: bool = True) -> str:
-        line = " ".join(shlex.quote(a) for a in argv)
-        channel_in, out, err = self.client.exec_command(line, timeout=600)
-        if stdin is not None:
-            channel_in.write(stdin)
-            channel_in.channel.shutdown_write()
-        output, error = out.read().decode().strip(), err.read().decode().strip()
-        if check and out.channel.recv_exit_status() != 0:
-            raise DeployError(f"`{argv[0]} {argv[1] if len(argv) > 1 else ''}` failed on the VM: {error or output}")
-        return output
+        done = self._exec(argv, COMMAND_SECONDS, stdin)
+        if check and done.status != 0:
+            raise DeployError(
+                f"`{argv[0]} {argv[1] if len(argv) > 1 else ''}` failed on the VM: {done.stderr or done.stdout}"
+            )
+        return done.stdout
 
     def succeeds(self, *argv: str) -> bool:
         """Whether the command exits 0 on the VM."""
-        line = " ".join(shlex.quote(a) for a in argv)
-        _, out, _ = self.client.exec_command(line, timeout=60)
-        return out.channel.recv_exit_status() == 0
+        return self._exec(argv, PROBE_SECONDS).status == 0
 
     def close(self) -> None:
-        self.client.close()
+        self.session.close()
 
 
 def container_name(release: Release) -> str:
