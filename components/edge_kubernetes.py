@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -31,6 +30,7 @@ from pulumi_azure_native import authorization, kubernetesconfiguration, machinel
 
 from components import naming
 from components.config import EdgeComputeSettings, InstanceTypeSizing
+from components.roles import assign_role
 from providers.arc_connection import CONNECTED_CLUSTER_API_VERSION, ArcConnection, ArcConnectionArgs
 from providers.cluster_secrets import ClusterSecrets
 
@@ -119,12 +119,6 @@ def k3s_server_url(stack: str) -> str:
     """Where agents join: the server VM by its computer name, which Azure Stack Hub's internal DNS
     (iDNS) resolves inside the virtual network, so no address is hard-coded."""
     return f"https://{naming.hub_resource_name('vm', stack)}:{K3S_API_PORT}"
-
-
-def _role_id(subscription: pulumi.Output[str], role: str) -> pulumi.Output[str]:
-    return subscription.apply(
-        lambda sub: f"/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/{role}"
-    )
 
 
 @dataclass(frozen=True)
@@ -414,14 +408,11 @@ class EdgeKubernetes(pulumi.ComponentResource):
         principal: pulumi.Input[str | None],
         after: list[pulumi.Resource],
     ) -> authorization.RoleAssignment:
-        return authorization.RoleAssignment(
+        return assign_role(
             logical,
-            role_assignment_name=pulumi.Output.all(scope, principal).apply(
-                lambda parts: str(uuid.uuid5(uuid.NAMESPACE_URL, f"{parts[0]}|{role}|{parts[1]}"))
-            ),
-            scope=scope,
-            role_definition_id=_role_id(self._subscription, role),
-            principal_id=principal,
-            principal_type=authorization.PrincipalType.SERVICE_PRINCIPAL,
-            opts=pulumi.ResourceOptions.merge(self._child, pulumi.ResourceOptions(depends_on=after)),
+            scope,
+            role,
+            principal,
+            self._subscription,
+            pulumi.ResourceOptions.merge(self._child, pulumi.ResourceOptions(depends_on=after)),
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from pulumi_azure_native import (
 )
 
 from components.config import AzureSettings
+from components.roles import assign_role
 
 # Built-in role definition ids (Microsoft Learn, "Azure built-in roles"); the same in every tenant.
 CONTRIBUTOR = "b24988ac-6180-42a0-ab88-20f7382dd24c"
@@ -178,21 +178,8 @@ class MlWorkspace(pulumi.ComponentResource):
 
         def grant(target: str, scope: pulumi.Input[str]) -> list[authorization.RoleAssignment]:
             return [
-                authorization.RoleAssignment(
-                    f"{name}-{target}-{role[:8]}",
-                    # Deterministic, so a rerun finds its own assignment instead of adding another.
-                    role_assignment_name=pulumi.Output.all(scope, identity.principal_id).apply(
-                        lambda parts, role=role: str(uuid.uuid5(uuid.NAMESPACE_URL, f"{parts[0]}|{role}|{parts[1]}"))
-                    ),
-                    scope=scope,
-                    role_definition_id=client.subscription_id.apply(
-                        lambda sub, role=role: (
-                            f"/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/{role}"
-                        )
-                    ),
-                    principal_id=identity.principal_id,
-                    principal_type=authorization.PrincipalType.SERVICE_PRINCIPAL,
-                    opts=child,
+                assign_role(
+                    f"{name}-{target}-{role[:8]}", scope, role, identity.principal_id, client.subscription_id, child
                 )
                 for role in WORKSPACE_ROLES[target]
             ]
