@@ -92,8 +92,7 @@ def test_a_sas_token_from_the_machine_stages_and_signs_every_request(tmp_path, p
 def test_the_environments_proxy_is_obeyed_by_the_listing_and_the_reads(
     tmp_path, azurite, container, monkeypatch, no_proxy
 ):
-    """Neither client re-reads the proxy variables per request (requests' trust_env is off, the
-    reader builds its pool once); each asks once, for the account's host, NO_PROXY included."""
+    """The reader asks once, for the account's host, NO_PROXY included (not per request)."""
     container.upload_blob("data/a.bin", b"a")
     with HttpProxy(azurite.port) as forward_proxy:
         monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{forward_proxy.port}")
