@@ -13,6 +13,7 @@ import yaml
 
 from tests.harness import pulumi_mocks, services
 from tests.harness.arm_server import SOVEREIGN_AUDIENCE, TEST_TENANT, TEST_TOKEN, ArmEndpoint, Reply, serve_arm
+from tests.harness.http_proxy import HttpProxy, Wire
 from tests.harness.keys import KeyPair, rsa_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,6 +118,14 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.Azuri
     emulator = services.start_azurite(tmp_path_factory.mktemp("azurite"))
     yield emulator
     emulator.stop()
+
+
+@pytest.fixture
+def wire(azurite: services.Azurite) -> Iterator[Wire]:
+    """A recording proxy in front of Azurite: point a client at `wire.proxy.port` to see (and act
+    on) what crosses the wire; stopped after the test."""
+    with HttpProxy(azurite.port) as proxy:
+        yield Wire(proxy)
 
 
 @pytest.fixture

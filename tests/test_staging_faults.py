@@ -15,43 +15,24 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
 
-from tests.harness import services
+from tests.harness.http_proxy import Refusal, Wire
+from training import emulator
 from training.src.edge_train import staging
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class Wire:
-    """Sees each request at the transport boundary; `on_request` may act on it (fail, rewrite...)."""
-
-    def __init__(self) -> None:
-        self.gets: list[str] = []
-        self.on_request: Callable[[str, str], None] | None = None
-
-    def __call__(self, request: Any) -> None:
-        method, url = request.http_request.method, request.http_request.url
-        path = url.split("?")[0]
-        if method == "GET" and "comp=list" not in url:
-            self.gets.append(path)
-        if self.on_request is not None:
-            self.on_request(method, path)
-
-
 @pytest.fixture
-def wire() -> Wire:
-    return Wire()
-
-
-@pytest.fixture
-def container(azurite: services.Azurite, wire: Wire) -> Iterator[ContainerClient]:
-    service = BlobServiceClient.from_connection_string(azurite.connection_string, raw_request_hook=wire)
+def container(wire: Wire) -> Iterator[ContainerClient]:
+    """Staging's reads cross the proxy, at the wire: exactly what Azurite would see."""
+    service = BlobServiceClient.from_connection_string(emulator.connection_string(wire.proxy.port))
     client = service.get_container_client(f"t{uuid.uuid4().hex[:12]}")
     client.create_container()
     yield client
@@ -315,12 +296,13 @@ def test_the_first_failure_cancels_the_pending_downloads(tmp_path, container, wi
     for i in range(20):
         container.upload_blob(f"data/{i:02d}.bin", b"x")
 
-    def fail(method: str, path: str) -> None:
+    def refuse(method: str, path: str) -> Refusal | None:
         if method == "GET" and "/data/" in path:
-            raise ConnectionError("simulated network failure")
+            return 403, "AuthorizationFailure", "simulated refusal"
+        return None
 
-    wire.on_request = fail
-    with pytest.raises(staging.StagingError, match=r"'data/00.bin': simulated network failure"):
+    wire.on_request = refuse
+    with pytest.raises(staging.StagingError, match=r"'data/00.bin': HTTP 403 AuthorizationFailure: simulated refusal"):
         staging.stage_blobs(container, "data/", tmp_path / "cache", workers=1)
     assert len(wire.gets) == 1  # queued downloads cancelled, and started ones see the stop flag
 

@@ -6,7 +6,6 @@ connection string or a SAS token; the proxy records each request after every SDK
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -90,20 +89,21 @@ def test_a_sas_token_from_the_machine_stages_and_signs_every_request(tmp_path, p
 
 
 @pytest.mark.parametrize("no_proxy", ["", "127.0.0.1"], ids=["through the proxy", "NO_PROXY honoured"])
-def test_the_environments_proxy_is_read_once_and_still_obeyed(tmp_path, azurite, container, monkeypatch, no_proxy):
-    """requests' per-request look-up of proxy variables is off for speed; the answer for the
-    account's host is taken once when the client is built, NO_PROXY included."""
+def test_the_environments_proxy_is_obeyed_by_the_listing_and_the_reads(
+    tmp_path, azurite, container, monkeypatch, no_proxy
+):
+    """The reader asks once, for the account's host, NO_PROXY included (not per request)."""
     container.upload_blob("data/a.bin", b"a")
     with HttpProxy(azurite.port) as forward_proxy:
         monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{forward_proxy.port}")
         monkeypatch.setenv("NO_PROXY", no_proxy)
         credential = credentials.resolve(None, {"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string})
         service = credential.service_client(None)
-        monkeypatch.delenv("HTTP_PROXY")  # read once: later changes do not matter
-        with contextlib.suppress(staging.StagingError):  # Azurite may refuse proxy-form targets
-            staging.stage_blobs(service.get_container_client(container.container_name), "data/", tmp_path / "c")
+        result = staging.stage_blobs(service.get_container_client(container.container_name), "data/", tmp_path / "c")
         proxied = [r.path for r in forward_proxy.recorded() if container.container_name in r.path]
+    assert result.downloaded == 1 and (tmp_path / "c/data/a.bin").read_bytes() == b"a"
     if no_proxy:
         assert proxied == []
-    else:
-        assert proxied and all(path.startswith(f"http://127.0.0.1:{azurite.port}/") for path in proxied)
+    else:  # in proxy form (absolute URLs): the listing, then the read
+        assert len(proxied) == 2 and all(path.startswith(f"http://127.0.0.1:{azurite.port}/") for path in proxied)
+        assert "comp=list" in proxied[0] and proxied[1].endswith("/data/a.bin")

@@ -7,9 +7,7 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import joblib
 import pytest
@@ -17,37 +15,14 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from examples.churn import estimator as model
 from examples.churn import train
-from tests.harness import services
+from tests.harness.http_proxy import Refusal, Wire
 from training import emulator, local
 from training.src.edge_train import credentials, staging
 
 
-class HttpLog:
-    """Every request the SDK sends, seen at the transport boundary."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str]] = []
-        self.fail_on: Callable[[str, str], bool] | None = None
-
-    def __call__(self, request: Any) -> None:
-        method, url = request.http_request.method, request.http_request.url
-        self.requests.append((method, url))
-        if self.fail_on is not None and self.fail_on(method, url):
-            raise ConnectionError("simulated network failure mid-download")
-
-    def blob_reads(self) -> list[str]:
-        return [url for method, url in self.requests if method == "GET" and "comp=list" not in url]
-
-
 @pytest.fixture
-def http() -> HttpLog:
-    return HttpLog()
-
-
-@pytest.fixture
-def container(azurite: services.Azurite, http: HttpLog) -> ContainerClient:
-    service = BlobServiceClient.from_connection_string(azurite.connection_string, raw_request_hook=http)
-    client = service.get_container_client(f"t{uuid.uuid4().hex[:12]}")
+def container(wire: Wire) -> ContainerClient:
+    client = service_of(wire).get_container_client(f"t{uuid.uuid4().hex[:12]}")
     client.create_container()
     return client
 
@@ -62,8 +37,12 @@ def config(tmp_path: Path, container: ContainerClient, prefix: str = "data/") ->
     )
 
 
-def service_of(container: ContainerClient, azurite: services.Azurite, http: HttpLog) -> BlobServiceClient:
-    return BlobServiceClient.from_connection_string(azurite.connection_string, raw_request_hook=http)
+def service_of(wire: Wire) -> BlobServiceClient:
+    """A client whose every request crosses the recording proxy in front of Azurite."""
+    return BlobServiceClient.from_connection_string(emulator.connection_string(wire.proxy.port))
+
+
+FAILURE_MID_DOWNLOAD: Refusal = (403, "AuthorizationFailure", "simulated failure mid-download")
 
 
 def upload(container: ContainerClient, rows: int = 2000, seed: int = 3) -> None:
@@ -71,9 +50,9 @@ def upload(container: ContainerClient, rows: int = 2000, seed: int = 3) -> None:
         container.upload_blob(f"data/{name}", data, overwrite=True)
 
 
-def test_training_end_to_end_produces_a_sane_model(tmp_path, container, azurite, http) -> None:
+def test_training_end_to_end_produces_a_sane_model(tmp_path, container, wire) -> None:
     upload(container)
-    result = train.run(service_of(container, azurite, http), config(tmp_path, container))
+    result = train.run(service_of(wire), config(tmp_path, container))
     assert result.metrics.rows == 2000 and result.metrics.features == 8
     assert result.metrics.accuracy > 0.8  # a learnable dataset: chance is 0.5
     assert 0.8 < result.metrics.roc_auc <= 1.0
@@ -86,22 +65,22 @@ def test_training_end_to_end_produces_a_sane_model(tmp_path, container, azurite,
     assert (loaded.predict(x) == y).mean() > 0.8
 
 
-def test_a_second_run_downloads_nothing(tmp_path, container, azurite, http) -> None:
+def test_a_second_run_downloads_nothing(tmp_path, container, wire) -> None:
     upload(container)
-    first = train.run(service_of(container, azurite, http), config(tmp_path, container))
+    first = train.run(service_of(wire), config(tmp_path, container))
     assert first.staging.downloaded == 4 and first.staging.bytes_downloaded > 0
-    http.requests.clear()
-    second = train.run(service_of(container, azurite, http), config(tmp_path, container))
+    wire.clear()
+    second = train.run(service_of(wire), config(tmp_path, container))
     assert (second.staging.downloaded, second.staging.reused, second.staging.bytes_downloaded) == (0, 4, 0)
-    assert http.blob_reads() == []  # not one blob read went over the wire
+    assert wire.gets == []  # not one blob read went over the wire
     assert second.fingerprint == first.fingerprint
 
 
-def test_a_changed_blob_is_downloaded_again_and_changes_the_fingerprint(tmp_path, container, azurite, http) -> None:
+def test_a_changed_blob_is_downloaded_again_and_changes_the_fingerprint(tmp_path, container, wire) -> None:
     upload(container)
-    first = train.run(service_of(container, azurite, http), config(tmp_path, container))
+    first = train.run(service_of(wire), config(tmp_path, container))
     container.upload_blob("data/part-001.csv", local.sample_csvs(2000, 99)["part-001.csv"], overwrite=True)
-    second = train.run(service_of(container, azurite, http), config(tmp_path, container))
+    second = train.run(service_of(wire), config(tmp_path, container))
     assert (second.staging.downloaded, second.staging.reused) == (1, 3)
     assert second.fingerprint != first.fingerprint
 
@@ -110,10 +89,12 @@ def leftovers(cache: Path) -> list[str]:
     return sorted(p.name for p in cache.rglob("*") if p.is_file() and p.name.endswith(".partial"))
 
 
-def test_an_interrupted_download_leaves_nothing_that_looks_complete(tmp_path, container, http) -> None:
+def test_an_interrupted_download_leaves_nothing_that_looks_complete(tmp_path, container, wire) -> None:
     for i in range(6):
         container.upload_blob(f"data/blob-{i}.bin", bytes([i]) * 50_000)
-    http.fail_on = lambda method, url: method == "GET" and url.split("?")[0].endswith("blob-3.bin")
+    wire.on_request = lambda method, path: (
+        FAILURE_MID_DOWNLOAD if method == "GET" and path.endswith("blob-3.bin") else None
+    )
     cache = tmp_path / "cache"
     with pytest.raises(staging.StagingError, match=r"'data/blob-3.bin'"):
         staging.stage_blobs(container, "data/", cache, workers=2)
@@ -124,34 +105,27 @@ def test_an_interrupted_download_leaves_nothing_that_looks_complete(tmp_path, co
     for name in manifest:  # whatever the manifest vouches for is complete
         assert (cache / name).stat().st_size == 50_000
 
-    http.fail_on = None
+    wire.on_request = None
     again = staging.stage_blobs(container, "data/", cache, workers=2)
     assert again.downloaded == 6 - len(manifest)
     assert (cache / "data/blob-3.bin").read_bytes() == bytes([3]) * 50_000
 
 
-def test_an_interrupted_large_parallel_download_leaves_no_file(tmp_path, azurite, http, monkeypatch) -> None:
+def test_an_interrupted_large_parallel_download_leaves_no_file(tmp_path, container, wire, monkeypatch) -> None:
     monkeypatch.setattr(staging, "LARGE_BLOB_BYTES", 64 * 1024)  # make a 3 MiB blob "large"
     monkeypatch.setattr(staging, "RANGE_BYTES", 1024 * 1024)  # in three ranges
-    service = BlobServiceClient.from_connection_string(  # 1 MiB ranges, so it takes several requests
-        azurite.connection_string,
-        raw_request_hook=http,
-        max_single_get_size=1024 * 1024,
-        max_chunk_get_size=1024 * 1024,
-    )
-    container = service.get_container_client(f"t{uuid.uuid4().hex[:12]}")
-    container.create_container()
     container.upload_blob("data/big.bin", b"x" * (3 * 1024 * 1024))
     reads: list[str] = []
 
-    def second_range_fails(method: str, url: str) -> bool:
-        if method == "GET" and "big.bin" in url:
-            reads.append(url)
-        return len(reads) == 2
+    def second_range_fails(method: str, path: str) -> Refusal | None:
+        if method == "GET" and path.endswith("big.bin"):
+            reads.append(path)
+        return FAILURE_MID_DOWNLOAD if len(reads) == 2 else None
 
-    http.fail_on = second_range_fails
+    wire.on_request = second_range_fails
     with pytest.raises(staging.StagingError, match=r"'data/big.bin'"):
         staging.stage_blobs(container, "data/", tmp_path / "cache")
+    assert len(reads) >= 2, "the second range was never asked for: the test proved nothing"
     assert not (tmp_path / "cache/data/big.bin").exists()
     assert leftovers(tmp_path / "cache") == []
 

@@ -29,7 +29,6 @@ CREDENTIAL_DIRECTORY = "/etc/edge-training"
 DEFAULT_CREDENTIAL_FILE = f"{CREDENTIAL_DIRECTORY}/storage-credential"
 HUB_BLOB_API_VERSION = "2019-07-07"
 API_VERSION_VARIABLE = "EDGE_BLOB_API_VERSION"
-DEFAULT_POOL_CONNECTIONS = 32
 
 
 class CredentialNotFound(RuntimeError):
@@ -47,63 +46,26 @@ class StorageCredential:
         self,
         account_url: str | None,
         api_version: str | None = None,
-        pool_connections: int = DEFAULT_POOL_CONNECTIONS,
         environ: Mapping[str, str] | None = None,
         **client_options: Any,
     ) -> BlobServiceClient:
         """A client at the Hub's blob API version (`api_version`, else $EDGE_BLOB_API_VERSION, else
-        HUB_BLOB_API_VERSION) with a connection pool as large as the staging workers it serves."""
+        HUB_BLOB_API_VERSION). Staging takes its URL, version and credential and does its own
+        listing and reads (reader.py); the client serves anything else a job wants to do."""
         from azure.storage.blob import BlobServiceClient
 
         env = os.environ if environ is None else environ
-        transport = _pooled_transport(pool_connections)
         options: dict[str, Any] = {
             "api_version": api_version or env.get(API_VERSION_VARIABLE) or HUB_BLOB_API_VERSION,
-            "transport": transport,
             **client_options,
         }
-        # What requests would read from the environment on every request, read once (see
-        # _pooled_transport): a CA bundle for the Hub's certificates...
-        if bundle := os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE"):
-            options.setdefault("connection_verify", bundle)
+        if bundle := env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE"):
+            options.setdefault("connection_verify", bundle)  # the Hub's own CA, as the reader uses it
         if self.connection_string:
-            client = BlobServiceClient.from_connection_string(self.connection_string, **options)
-        elif not account_url:
+            return BlobServiceClient.from_connection_string(self.connection_string, **options)
+        if not account_url:
             raise CredentialNotFound(f"a SAS token ({self.source}) needs --account-url")
-        else:
-            client = BlobServiceClient(account_url, credential=self.sas_token, **options)
-        # ... and the proxy for the one host this client talks to (honouring NO_PROXY).
-        transport.session.proxies = _environment_proxies(client.url)
-        return client
-
-
-def _environment_proxies(url: str) -> dict[str, str]:
-    import requests
-
-    return requests.utils.get_environ_proxies(url)
-
-
-def _pooled_transport(connections: int) -> Any:
-    """requests' default pool keeps 10 connections per host: with more threads than that, every
-    extra request opens a TCP connection and closes it after. A pool sized to the workers keeps
-    them all alive. Retries stay azure-core's (the adapter itself never retries)."""
-    import requests
-    from azure.core.pipeline.transport import RequestsTransport
-    from urllib3.util.retry import Retry
-
-    session = requests.Session()
-    # With trust_env, requests re-reads the proxy variables, NO_PROXY and ~/.netrc on every
-    # request: about 0.4 ms of CPU per blob here (profiled), over 10% of a small download. The
-    # client asks once instead (service_client) for its one host.
-    session.trust_env = False
-    adapter = requests.adapters.HTTPAdapter(
-        pool_connections=4,
-        pool_maxsize=max(1, connections),
-        max_retries=Retry(total=False, redirect=False, raise_on_status=False),
-    )
-    for scheme in ("http://", "https://"):
-        session.mount(scheme, adapter)
-    return RequestsTransport(session=session, session_owner=True)
+        return BlobServiceClient(account_url, credential=self.sas_token, **options)
 
 
 def _parse(text: str, source: str) -> StorageCredential:
