@@ -7,8 +7,10 @@ Every sample is a fresh interpreter timed by this process's clock from spawn to 
 and interpreter shutdown count. Variants run interleaved, round by round (the machine is shared
 and noisy: a slow minute hits every variant alike). The "empty" baseline does what the full
 evaluation does minus our program: import Pulumi and the mocks harness, run a program that
-declares nothing; it loads no pytest and makes no key (the config, keys included, is made once
-here and handed to both through a file). Prints medians, minimums and one verdict per goal.
+declares nothing; it loads no pytest and makes no key. The config (with its SSH key) and what
+the ClusterSecrets provider would create (an RSA-4096 key, made by the provider host on create,
+never while the program evaluates) are made once here and handed to both through files. Prints
+medians, minimums, the children's CPU time (user + system) and one verdict per goal.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -34,8 +37,9 @@ import gc, json, sys
 from pathlib import Path
 from tests.harness import pulumi_mocks
 
-kind, config_file, empty_main = sys.argv[1:4]
+kind, config_file, empty_main, secrets_file = sys.argv[1:5]
 config = json.loads(Path(config_file).read_text())
+pulumi_mocks.preset_cluster_secrets(json.loads(Path(secrets_file).read_text()))
 main = Path(empty_main) if kind == "empty" else pulumi_mocks.MAIN
 recording = pulumi_mocks.run_program(config, secret_keys=("sshPrivateKey",), main=main)
 Path(config_file + "." + kind + ".count").write_text(str(len(recording.resources)))
@@ -44,14 +48,23 @@ if kind == "full+freeze":
 """
 
 
-def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
-    started = time.perf_counter()
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system) of one child, from spawn to exit."""
+    cpu, started = _children_cpu(), time.perf_counter()
     subprocess.run(argv, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, _children_cpu() - cpu
 
 
-def interleaved(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
-    samples: dict[str, list[float]] = {name: [] for name in variants}
+Sample = tuple[float, float]
+
+
+def interleaved(variants: dict[str, Callable[[], Sample]], rounds: int) -> dict[str, list[Sample]]:
+    samples: dict[str, list[Sample]] = {name: [] for name in variants}
     names = list(variants)
     for round_ in range(rounds):
         for name in names[round_ % len(names) :] + names[: round_ % len(names)]:  # rotate the order
@@ -78,17 +91,20 @@ def main() -> None:
     parser.add_argument("--skip-demo", action="store_true", help="leave out the demo (it trains a model)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
+    from providers.cluster_secrets import KEY_BITS, ClusterSecretsProvider
     from tests.conftest import dev_stack_config
 
     work = Path(tempfile.mkdtemp(prefix="program-bench-"))
     try:
         config_file = work / "config.json"
         config_file.write_text(json.dumps(dev_stack_config()))
+        secrets_file = work / "cluster-secrets.json"
+        secrets_file.write_text(json.dumps(ClusterSecretsProvider().create({"keyBits": KEY_BITS, "rotation": 0}).outs))
         empty_main = work / "__main__.py"
         empty_main.write_text('"""An empty Pulumi program."""\n')
 
-        def program(kind: str) -> Callable[[], float]:
-            return lambda: timed([PYTHON, "-c", CHILD, kind, str(config_file), str(empty_main)])
+        def program(kind: str) -> Callable[[], Sample]:
+            return lambda: timed([PYTHON, "-c", CHILD, kind, str(config_file), str(empty_main), str(secrets_file)])
 
         help_env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
         variants = {
@@ -107,15 +123,18 @@ def main() -> None:
         print(f"machine: {machine()}")
         print(f"{args.rounds} rounds, variants interleaved; wall seconds from spawn to exit\n")
         samples = interleaved(variants, args.rounds)
-        print(f"{'variant':<36}{'median s':>10}{'min s':>9}")
+        print(f"{'variant':<36}{'median s':>10}{'min s':>9}{'median CPU s':>14}")
         for name, values in samples.items():
-            print(f"{name:<36}{statistics.median(values):>10.3f}{min(values):>9.3f}")
+            wall, cpu = [w for w, _ in values], [c for _, c in values]
+            print(f"{name:<36}{statistics.median(wall):>10.3f}{min(wall):>9.3f}{statistics.median(cpu):>14.3f}")
         counts = {kind: (config_file.parent / f"config.json.{kind}.count").read_text() for kind in ("empty", "full")}
         print(f"resources declared: empty {counts['empty']}, full {counts['full']}")
 
-        med = {name: statistics.median(values) for name, values in samples.items()}
+        med = {name: statistics.median(w for w, _ in values) for name, values in samples.items()}
+        cpu = {name: statistics.median(c for _, c in values) for name, values in samples.items()}
         print("\ngoals:")
         print(verdict("program under mocks / empty program", med["full program"] / med["empty program"], 3.0))
+        print(f"info  in CPU time: {cpu['full program'] / cpu['empty program']:.2f}x the empty program's")
         freeze = med["full program, gc.freeze()"] / med["full program"]
         print(f"info  gc.freeze() before exit: {freeze:.2f}x the full program's time")
         print(verdict("python -m training --help", med["python -m training --help"], 0.3, unit=" s"))
