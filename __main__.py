@@ -14,7 +14,6 @@ import pulumi
 
 from components.azure_provider import azure_provider
 from components.config import from_pulumi
-from components.edge_compute import EdgeCompute, EdgeComputeArgs
 from components.edge_kubernetes import EdgeKubernetes, EdgeKubernetesArgs
 from components.hub_network import HubNetwork, HubNetworkArgs
 from components.hub_storage import HubStorage, HubStorageArgs
@@ -81,6 +80,10 @@ if kubernetes:
     arc.attach([vm, *agents])
     compute_name, compute_id, host_key = arc.compute_name, arc.compute_id, pulumi.Output.from_input("")
 else:
+    # Imported here: the attach's provider speaks SSH (paramiko, about 0.1 s of CPU to import),
+    # which the Kubernetes mode never needs while the program runs.
+    from components.edge_compute import EdgeCompute, EdgeComputeArgs
+
     vm = HubVm("hub-vm", HubVmArgs(config.hub, config.stack, network.nic_id, config.tags))
     # 3. Attach: preflight the VM over SSH and attach it to the workspace as compute.
     compute = EdgeCompute(

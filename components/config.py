@@ -704,7 +704,7 @@ def _azure_ml_private_key(r: _Reader, text: str, public_key: str) -> str:
         return ""
     if public_key and not ssh_keys.same_key(key, ssh_keys.parse_public_key(public_key)):
         r.problem("sshPrivateKey", "does not match hubSshPublicKey: the VM would refuse it")
-    return ssh_keys.to_azure_ml_pem(text)
+    return ssh_keys.azure_ml_pem(key)
 
 
 # --- Edge compute mode (issue 13): Kubernetes on the Hub VM, or today's VirtualMachine attach ---

@@ -303,6 +303,14 @@ def _plain_text(resource: pulumi_mocks.Resource) -> str:
     return json.dumps({k: v for k, v in resource.inputs.items() if k not in resource.secret_inputs})
 
 
+def test_secrets_handed_to_the_harness_are_the_ones_the_program_gets(monkeypatch: pytest.MonkeyPatch) -> None:
+    # bench/program_eval.py makes the key once in its parent and hands it to every timed child.
+    made = dict(pulumi_mocks._cluster_secrets({}))
+    monkeypatch.setattr(pulumi_mocks, "_SECRETS_CACHE", {})
+    pulumi_mocks.preset_cluster_secrets({**made, "joinToken": "handed-in-join-token-0123456789"})
+    assert "handed-in-join-token-0123456789" in server_custom_data(run())
+
+
 def test_key_token_and_relay_string_are_secret_everywhere(recording: Recording) -> None:
     token = pulumi_mocks._SECRETS_CACHE["joinToken"]
     for resource in recording.resources:

@@ -9,6 +9,7 @@ present) in the state directory.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -489,6 +490,24 @@ def _bad(**changes: object) -> first_boot.K3sServer:
 PKCS8_PEM = _pem(KEY, serialization.PrivateFormat.PKCS8)
 
 
+def _der(tag: int, body: bytes) -> bytes:
+    size = len(body).to_bytes((len(body).bit_length() + 7) // 8 or 1, "big")
+    return bytes([tag]) + (size if len(body) < 0x80 else bytes([0x80 | len(size)]) + size) + body
+
+
+def _damaged(number: str) -> str:
+    """The test key as PKCS#1 PEM, well-formed, with one of its numbers off by two. Written by hand
+    (RFC 8017, A.1.2, RSAPrivateKey): cryptography refuses to serialize some of these."""
+    private = KEY.private_numbers()
+    values = {"version": 0, "n": private.public_numbers.n, "e": private.public_numbers.e}
+    values |= {k: getattr(private, k) for k in ("d", "p", "q", "dmp1", "dmq1", "iqmp")}
+    values[number] += 2
+    der = _der(0x30, b"".join(_der(0x02, v.to_bytes(v.bit_length() // 8 + 1, "big")) for v in values.values()))
+    body = base64.b64encode(der).decode()
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return "\n".join(["-----BEGIN RSA PRIVATE KEY-----", *lines, "-----END RSA PRIVATE KEY-----", ""])
+
+
 @pytest.mark.parametrize(
     ("server", "message"),
     [
@@ -503,6 +522,12 @@ PKCS8_PEM = _pem(KEY, serialization.PrivateFormat.PKCS8)
             _bad(private_key_pem="-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----\n"),
             "arc.private_key_pem does not parse",
         ),
+        # The key is loaded without OpenSSL's validation (first_boot._check_arc): any number out of
+        # step with the others is still refused.
+        *[
+            (_bad(private_key_pem=_damaged(number)), "arc.private_key_pem is not a valid RSA key")
+            for number in ("n", "e", "p", "d", "dmp1", "dmq1", "iqmp")
+        ],
         (_bad(join_token="short"), "server.join_token must be 16 to 256 printable ASCII"),
         (_bad(join_token="has a space in the token"), "server.join_token must be 16 to 256 printable ASCII"),
         (_bad(manifests_yaml="a: [b"), "server.manifests_yaml is not YAML"),

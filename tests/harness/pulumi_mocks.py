@@ -38,6 +38,16 @@ FAKE_RELAY_CONNECTION_STRING = (
 _SECRETS_CACHE: dict[str, Any] = {}
 
 
+def preset_cluster_secrets(outs: Mapping[str, Any]) -> None:
+    """Use `outs`, what ClusterSecretsProvider.create returned elsewhere, instead of creating them.
+
+    For bench/program_eval.py: in a real deployment the provider host makes the key once, on
+    create, and never while the program evaluates; the benchmark makes it once in its parent.
+    """
+    _SECRETS_CACHE.clear()
+    _SECRETS_CACHE.update(outs)
+
+
 def _cluster_secrets(inputs: Mapping[str, Any]) -> Mapping[str, Any]:
     """What ClusterSecretsProvider.create returns, from the provider itself (once per session)."""
     if not _SECRETS_CACHE:
@@ -83,6 +93,8 @@ OUTPUT_FAKES: dict[str, OutputFake] = {
         "provisioningState": "Succeeded",
     },
 }
+
+
 def _identity_outputs(identity: Mapping[str, Any]) -> dict[str, Any]:
     """What Resource Manager answers for a managed identity: user-assigned identities come back as
     a map from resource id to the identity's principal and client ids, not the list sent."""
