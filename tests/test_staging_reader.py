@@ -10,14 +10,14 @@ import base64
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from xml.etree import ElementTree
 
 import pytest
 from azure.core.credentials import AccessToken
-from azure.storage.blob import BlobServiceClient, ContainerClient, ContainerSasPermissions, generate_container_sas
+from azure.storage.blob import BlobServiceClient, ContainerClient
 
+from tests.harness import services
 from tests.harness.arm_server import Reply, https_server
 from tests.harness.http_proxy import Refusal, Wire
 from training import emulator
@@ -91,24 +91,18 @@ def test_a_transient_refusal_is_retried(tmp_path, container, wire, quick_retries
     assert len(wire.gets) == 3
 
 
-def test_a_lasting_server_error_gives_up_after_the_attempts(tmp_path, container, wire, quick_retries) -> None:
+@pytest.mark.parametrize(
+    ("refusal", "reads"),
+    [((500, "InternalError", "simulated outage"), reader.ATTEMPTS), ((403, "AuthorizationFailure", "simulated"), 1)],
+    ids=["a lasting server error: every attempt", "a refusal that cannot pass: one"],
+)
+def test_a_failure_is_retried_only_while_it_may_pass(tmp_path, container, wire, quick_retries, refusal, reads) -> None:
     container.upload_blob("data/a.bin", b"a")
-    wire.on_request = lambda method, path: (
-        (500, "InternalError", "simulated outage") if path.endswith("/data/a.bin") else None
-    )
-    with pytest.raises(staging.StagingError, match=r"'data/a.bin': HTTP 500 InternalError: simulated outage"):
+    wire.on_request = lambda method, path: refusal if path.endswith("/data/a.bin") else None
+    status, code, message = refusal
+    with pytest.raises(staging.StagingError, match=rf"'data/a.bin': HTTP {status} {code}: {message}"):
         staging.stage_blobs(container, "data/", tmp_path / "cache")
-    assert len(wire.gets) == reader.ATTEMPTS
-
-
-def test_a_refusal_that_cannot_pass_is_not_retried(tmp_path, container, wire, quick_retries) -> None:
-    container.upload_blob("data/a.bin", b"a")
-    wire.on_request = lambda method, path: (
-        (403, "AuthorizationFailure", "simulated refusal") if path.endswith("/data/a.bin") else None
-    )
-    with pytest.raises(staging.StagingError, match=r"HTTP 403"):
-        staging.stage_blobs(container, "data/", tmp_path / "cache")
-    assert len(wire.gets) == 1
+    assert len(wire.gets) == reads
 
 
 def test_a_stopped_run_abandons_the_retries(container, wire) -> None:
@@ -186,13 +180,7 @@ def test_the_listing_pages_through_markers_that_need_escaping(tmp_path, containe
     for name in AWKWARD_NAMES:
         container.upload_blob(name, name.encode())
     if auth == "SAS":
-        token = generate_container_sas(
-            emulator.ACCOUNT,
-            container.container_name,
-            account_key=emulator.ACCOUNT_KEY,
-            permission=ContainerSasPermissions(read=True, list=True),
-            expiry=datetime.now(UTC) + timedelta(hours=1),
-        )
+        token = services.read_list_sas(container.container_name)
         container = ContainerClient.from_container_url(f"{container.url}?{token}", api_version="2019-07-07")
     wire.clear()
     result = staging.stage_blobs(container, "data/", tmp_path / "cache")

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 
 import pytest
-from azure.storage.blob import BlobServiceClient, ContainerClient, ContainerSasPermissions, generate_container_sas
+from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from tests.harness import services
 from tests.harness.http_proxy import HttpProxy
@@ -70,13 +69,7 @@ def test_staging_speaks_the_hubs_blob_api_version(tmp_path, proxy, container, mo
 
 def test_a_sas_token_from_the_machine_stages_and_signs_every_request(tmp_path, proxy, container) -> None:
     container.upload_blob("data/a.bin", b"a" * 100)
-    token = generate_container_sas(
-        emulator.ACCOUNT,
-        container.container_name,
-        account_key=emulator.ACCOUNT_KEY,
-        permission=ContainerSasPermissions(read=True, list=True),
-        expiry=datetime.now(UTC) + timedelta(hours=1),
-    )
+    token = services.read_list_sas(container.container_name)
     credential = credentials.resolve(None, {"AZURE_STORAGE_SAS_TOKEN": f"?{token}"})
     service = credential.service_client(proxy.blob_endpoint(emulator.ACCOUNT))
     result = staging.stage_blobs(service.get_container_client(container.container_name), "data/", tmp_path / "c")

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from tests.harness.keys import KeyPair
@@ -128,6 +129,19 @@ class Azurite:
         # Azurite's graceful stop waits for clients' keep-alive connections; its data is
         # throwaway here, so it gets a short grace before the kill.
         self.service.stop(grace_s=1.0)
+
+
+def read_list_sas(container: str) -> str:
+    """A SAS token for reading and listing one of Azurite's containers, valid for an hour."""
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    return generate_container_sas(
+        emulator.ACCOUNT,
+        container,
+        account_key=emulator.ACCOUNT_KEY,
+        permission=ContainerSasPermissions(read=True, list=True),
+        expiry=datetime.now(UTC) + timedelta(hours=1),
+    )
 
 
 def start_azurite(location: Path) -> Azurite:
