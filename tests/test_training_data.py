@@ -271,3 +271,14 @@ def test_the_emulator_stops_with_a_client_connected_and_keeps_its_data(tmp_path)
     with emulator.Azurite(tmp_path / "az") as second:
         again = BlobServiceClient.from_connection_string(second.connection_string)
         assert again.get_blob_client("kept", "a").download_blob().readall() == b"saved"
+
+
+def test_the_emulator_stopped_while_it_starts_ends_without_waiting_or_warning(tmp_path, caplog) -> None:
+    """Started, then stopped before anything asked for its port (the demo failing early): Node has
+    no signal handler yet and ends at once, which is not a missed "closed" line."""
+    with emulator.Azurite(tmp_path / "az") as early:
+        pid = early.process.pid
+    assert early.process.returncode is not None
+    assert "did not report closing" not in caplog.text
+    running = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True)
+    assert running.stdout == ""
