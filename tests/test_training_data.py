@@ -232,6 +232,81 @@ def test_the_local_demo_runs_twice_with_its_own_emulator_and_leaves_nothing_runn
     assert running.stdout == "", f"left running: {running.stdout}"
 
 
+def writes(http: HttpLog) -> list[str]:
+    return [url.split("?")[0].rsplit("/", 1)[-1] for method, url in http.requests if method == "PUT"]
+
+
+def sample_etags(container: ContainerClient) -> dict[str, str]:
+    return {b.name: b.etag for b in container.list_blobs(name_starts_with="demo/")}
+
+
+def test_a_sample_already_in_storage_is_neither_generated_nor_written(container, azurite, http, monkeypatch) -> None:
+    service = service_of(container, azurite, http)
+    assert local.upload_sample(service, container.container_name, "demo/", 1000, 7) == 4
+    before = sample_etags(container)
+    http.requests.clear()
+
+    def no_generating(*_: object) -> dict[str, bytes]:
+        raise AssertionError("generated the sample again")  # it imports scikit-learn in the demo's process
+
+    monkeypatch.setattr(local, "sample_csvs", no_generating)
+    assert local.upload_sample(service, container.container_name, "demo/", 1000, 7) == 0
+    assert writes(http) == []
+    assert sample_etags(container) == before  # so the trainer's staging reuses its cache
+
+
+def foreign_bytes(container: ContainerClient) -> None:
+    container.upload_blob("demo/part-001.csv", b"f0,label\n1,0\n", overwrite=True)
+
+
+def foreign_bytes_with_our_metadata(container: ContainerClient) -> None:
+    metadata = container.get_blob_client("demo/part-001.csv").get_blob_properties().metadata
+    container.upload_blob("demo/part-001.csv", b"f0,label\n1,0\n", overwrite=True, metadata=metadata)
+
+
+def deleted(container: ContainerClient) -> None:
+    container.delete_blob("demo/part-001.csv")
+
+
+@pytest.mark.parametrize("change", [foreign_bytes, foreign_bytes_with_our_metadata, deleted])
+def test_a_changed_sample_blob_is_written_again_and_only_it(container, azurite, http, change) -> None:
+    service = service_of(container, azurite, http)
+    local.upload_sample(service, container.container_name, "demo/", 1000, 7)
+    change(container)
+    before = sample_etags(container)
+    http.requests.clear()
+    assert local.upload_sample(service, container.container_name, "demo/", 1000, 7) == 1
+    assert writes(http) == ["part-001.csv"]
+    expected = local.sample_csvs(1000, 7)["part-001.csv"]
+    assert container.download_blob("demo/part-001.csv").readall() == expected
+    after = sample_etags(container)
+    assert {n: e for n, e in after.items() if n != "demo/part-001.csv"} == {
+        n: e for n, e in before.items() if n != "demo/part-001.csv"
+    }
+
+
+def test_other_sample_arguments_write_every_part(container, azurite, http) -> None:
+    service = service_of(container, azurite, http)
+    local.upload_sample(service, container.container_name, "demo/", 1000, 7)
+    assert local.upload_sample(service, container.container_name, "demo/", 1000, 8) == 4
+    assert container.download_blob("demo/part-000.csv").readall() == local.sample_csvs(1000, 8)["part-000.csv"]
+
+
+def test_a_warm_run_finds_its_experiment_without_importing_mlflow(tmp_path) -> None:
+    workdir = tmp_path / "demo"
+    assert not local._experiment_exists(local.tracking_database(workdir), local.EXPERIMENT)
+    assert not local.tracking_database(workdir).exists()  # looking created nothing
+    local._experiment(workdir)  # cold: MLflow creates the store and the experiment
+    assert local._experiment_exists(local.tracking_database(workdir), local.EXPERIMENT)
+    assert not local._experiment_exists(local.tracking_database(workdir), "another")
+    probe = (
+        "import sys; from pathlib import Path; from training import local; "
+        f"local._experiment(Path({str(workdir)!r})); print('mlflow' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=local.ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_the_emulator_stops_with_a_client_connected_and_keeps_its_data(tmp_path) -> None:
     """Azurite's graceful stop waits on keep-alive connections forever; ours waits only for its
     metadata to be saved (the "closed" line), then ends the group."""
@@ -245,3 +320,14 @@ def test_the_emulator_stops_with_a_client_connected_and_keeps_its_data(tmp_path)
     with emulator.Azurite(tmp_path / "az") as second:
         again = BlobServiceClient.from_connection_string(second.connection_string)
         assert again.get_blob_client("kept", "a").download_blob().readall() == b"saved"
+
+
+def test_the_emulator_stopped_while_it_starts_ends_without_waiting_or_warning(tmp_path, caplog) -> None:
+    """Started, then stopped before anything asked for its port (the demo failing early): Node has
+    no signal handler yet and ends at once, which is not a missed "closed" line."""
+    with emulator.Azurite(tmp_path / "az") as early:
+        pid = early.process.pid
+    assert early.process.returncode is not None
+    assert "did not report closing" not in caplog.text
+    running = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True)
+    assert running.stdout == ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Literal
 
 REPO = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
@@ -60,7 +62,10 @@ def connection_string(port: int) -> str:
 
 
 class Azurite:
-    """A running emulator; a context manager that stops its whole process group on exit."""
+    """A running emulator; a context manager that stops its whole process group on exit.
+
+    Started at once and waited for at the first use of its port: Node takes about a second to
+    start, which the caller may spend on other work (the demo imports the blob SDK meanwhile)."""
 
     def __init__(self, location: Path) -> None:
         location.mkdir(parents=True, exist_ok=True)
@@ -72,14 +77,15 @@ class Azurite:
             text=True,
             start_new_session=True,
         )
-        output = self.process.stdout or ()
-        for line in output:  # it prints the port once it listens, or exits
+
+    @functools.cached_property
+    def port(self) -> int:
+        """Once it listens: it prints the port, or exits."""
+        for line in self.process.stdout or ():
             if match := LISTENING.search(line):
-                self.port = int(match.group(1))
-                break
-        else:
-            self.process.wait()
-            raise EmulatorError(f"Azurite exited with {self.process.returncode} before listening")
+                return int(match.group(1))
+        self.process.wait()
+        raise EmulatorError(f"Azurite exited with {self.process.returncode} before listening")
 
     @property
     def connection_string(self) -> str:
@@ -88,13 +94,14 @@ class Azurite:
     def stop(self, deadline_s: float = 10.0) -> None:
         """SIGTERM first: Azurite then closes its metadata store, which saves it (so data survives
         to the next run), and prints CLOSED. Its HTTP server would go on waiting for clients'
-        keep-alive connections, so once that line is out the group is killed: no fixed wait."""
+        keep-alive connections, so once that line is out the group is killed: no fixed wait.
+        (Stopped in its first moments, before Azurite handles the signal, Node just ends.)"""
         try:
             os.killpg(self.process.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
         else:
-            if not self._wait_for_line(CLOSED, deadline_s):
+            if self._wait_for_line(CLOSED, deadline_s) == "timeout":
                 log.warning("Azurite did not report closing within %.0fs; killing it", deadline_s)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
@@ -102,26 +109,26 @@ class Azurite:
         if self.process.stdout:
             self.process.stdout.close()
 
-    def _wait_for_line(self, pattern: re.Pattern[str], deadline_s: float) -> bool:
+    def _wait_for_line(self, pattern: re.Pattern[str], deadline_s: float) -> Literal["seen", "ended", "timeout"]:
         """Read the emulator's output until it matches, ends, or the deadline passes. Raw reads:
         a text stream's read-ahead could hold the line while select() waits for more."""
         stream = self.process.stdout
         if stream is None:
-            return False
+            return "ended"
         deadline = time.monotonic() + deadline_s
         seen = b""
         with selectors.DefaultSelector() as selector:
             selector.register(stream.fileno(), selectors.EVENT_READ)
             while (left := deadline - time.monotonic()) > 0:
                 if not selector.select(left):
-                    return False
+                    return "timeout"
                 chunk = os.read(stream.fileno(), 65536)
                 if not chunk:
-                    return False
+                    return "ended"
                 seen += chunk
                 if pattern.search(seen.decode(errors="replace")):
-                    return True
-        return False
+                    return "seen"
+        return "timeout"
 
     def __enter__(self) -> Azurite:
         return self

@@ -1,7 +1,8 @@
 """`python -m training run --local`: the whole training flow on this machine, no Azure needed.
 
 Starts the storage emulator (or uses the storage named by $AZURE_STORAGE_CONNECTION_STRING or
---connection-string-file), writes a seeded sample dataset into it as CSV blobs, then runs an
+--connection-string-file), writes a seeded sample dataset into it as CSV blobs (those missing or
+changed: each carries metadata saying what it holds, so one listing tells), then runs an
 example trainer (examples/<name>/train.py) the way a job runs it: as a script, the connection
 string in its environment (never on a command line, where `ps` shows it), edge_train importable
 as if installed, MLflow logging to a local tracking store in <workdir>/mlflow. Run it twice to
@@ -19,6 +20,7 @@ import io
 import json
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +43,14 @@ class LocalRunError(RuntimeError):
     """Bad input to run --local, or a trainer that failed."""
 
 
-def sample_csvs(rows: int, seed: int, parts: int = 4, features: int = 8) -> dict[str, bytes]:
+SAMPLE_PARTS = 4
+SAMPLE_FEATURES = 8
+# Bump when sample_csvs writes different bytes for the same arguments: blobs written before then
+# no longer match and are replaced.
+SAMPLE_FORMAT = 1
+
+
+def sample_csvs(rows: int, seed: int, parts: int = SAMPLE_PARTS, features: int = SAMPLE_FEATURES) -> dict[str, bytes]:
     """A learnable binary classification table, split into `parts` CSV files."""
     from sklearn.datasets import make_classification
 
@@ -58,23 +67,60 @@ def sample_csvs(rows: int, seed: int, parts: int = 4, features: int = 8) -> dict
     return files
 
 
+def sample_names() -> list[str]:
+    return [f"part-{part:03d}.csv" for part in range(SAMPLE_PARTS)]
+
+
+def sample_key(rows: int, seed: int) -> str:
+    """Everything the sample's bytes depend on: its arguments and the generator's version."""
+    from importlib.metadata import version
+
+    generator = f"scikit-learn {version('scikit-learn')}, format {SAMPLE_FORMAT}"
+    return f"rows {rows}, seed {seed}, {SAMPLE_PARTS} parts, {SAMPLE_FEATURES} features, {generator}"
+
+
+def _is_sample(blob: Any | None, key: str) -> bool:
+    """Written by upload_sample for this key, and its bytes unchanged since: any write of new
+    content replaces a blob's metadata and Content-MD5, so a stranger's blob fails one test."""
+    if blob is None:
+        return False
+    metadata = blob.metadata or {}
+    md5 = blob.content_settings.content_md5 if blob.content_settings else None
+    return metadata.get("sample") == key and md5 is not None and bytes(md5).hex() == metadata.get("sample_md5")
+
+
 def upload_sample(service: Any, container: str, prefix: str, rows: int, seed: int) -> int:
+    """The seeded sample as CSV blobs under `prefix`; the number of blobs written.
+
+    Unchanged blobs keep their ETag, so a second run shows the staging cache at work. One listing
+    decides: when every part is there as written for these arguments, nothing is generated (that
+    would import scikit-learn in this process) and nothing is written."""
     from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+    from azure.storage.blob import ContentSettings
 
     client = service.get_container_client(container)
-    with contextlib.suppress(ResourceExistsError):
-        client.create_container()
+    key = sample_key(rows, seed)
+    try:
+        listed = {b.name: b for b in client.list_blobs(name_starts_with=prefix, include=["metadata"])}
+    except ResourceNotFoundError:  # no container yet
+        with contextlib.suppress(ResourceExistsError):
+            client.create_container()
+        listed = {}
+    stale = [name for name in sample_names() if not _is_sample(listed.get(f"{prefix}{name}"), key)]
+    if not stale:
+        return 0
     files = sample_csvs(rows, seed)
-    for name, data in files.items():
-        blob = client.get_blob_client(f"{prefix}{name}")
-        try:
-            current = blob.get_blob_properties().content_settings.content_md5
-        except ResourceNotFoundError:
-            current = None
-        # Unchanged data keeps its ETag, so a second run shows the staging cache at work.
-        if current is None or bytes(current) != hashlib.md5(data, usedforsecurity=False).digest():
-            blob.upload_blob(data, overwrite=True)
-    return len(files)
+    for name in stale:
+        md5 = hashlib.md5(files[name], usedforsecurity=False).digest()
+        client.upload_blob(
+            f"{prefix}{name}",
+            files[name],
+            overwrite=True,
+            metadata={"sample": key, "sample_md5": md5.hex()},
+            # Stated, not left to the service: Put Block List (large parts) would store none.
+            content_settings=ContentSettings(content_type="text/csv", content_md5=md5),
+        )
+    return len(stale)
 
 
 def _rows(text: str) -> int:
@@ -134,18 +180,37 @@ def connection_string(args: argparse.Namespace, environ: dict[str, str] | os._En
     return text
 
 
+def tracking_database(workdir: Path) -> Path:
+    return (workdir / "mlflow" / "mlflow.db").resolve()
+
+
 def tracking_store(workdir: Path) -> tuple[str, str]:
     """(tracking URI, artifact location) under the workdir. SQLite: MLflow 3 refuses its file
     store unless told otherwise (mlflow/store/tracking/file_store.py), and `mlflow ui` reads it."""
-    store = (workdir / "mlflow").resolve()
-    store.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store / 'mlflow.db'}", (store / "artifacts").as_uri()
+    database = tracking_database(workdir)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{database}", (database.parent / "artifacts").as_uri()
 
 
-def _experiment(tracking_uri: str, artifacts: str) -> None:
-    """Created with its artifacts beside the database (by default they would land in ./mlruns)."""
+def _experiment_exists(database: Path, name: str) -> bool:
+    """Read-only, in MLflow's own table (`experiments`, by name, as get_experiment_by_name finds
+    it); False when in doubt (no database yet, another schema), and MLflow then decides."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT 1 FROM experiments WHERE name = ?", (name,)).fetchone() is not None
+    except sqlite3.Error:
+        return False
+
+
+def _experiment(workdir: Path) -> None:
+    """Created with its artifacts beside the database (by default they would land in ./mlruns).
+    Looked up first without MLflow: a warm run then spends none of the 1.5 s that importing
+    MLflow and opening its store take in this process (the trainer imports MLflow anyway)."""
+    if _experiment_exists(tracking_database(workdir), EXPERIMENT):
+        return
     from mlflow import MlflowClient
 
+    tracking_uri, artifacts = tracking_store(workdir)
     client = MlflowClient(tracking_uri)
     if client.get_experiment_by_name(EXPERIMENT) is None:
         client.create_experiment(EXPERIMENT, artifact_location=artifacts)
@@ -201,30 +266,29 @@ def run(args: argparse.Namespace) -> int:
         raise LocalRunError(f"--prefix: {error}") from None
     connection = connection_string(args, os.environ)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    tracking_uri, artifacts = tracking_store(args.workdir)
-    _experiment(tracking_uri, artifacts)
+    with contextlib.ExitStack() as stack:
+        emulator = None
+        if connection is None:
+            from training.emulator import Azurite
 
-    from azure.storage.blob import BlobServiceClient
+            # Node starts (about a second) while this process does the work below.
+            emulator = stack.enter_context(Azurite(args.workdir / "azurite"))
+        tracking_uri, _ = tracking_store(args.workdir)
+        _experiment(args.workdir)
+        from azure.storage.blob import BlobServiceClient
 
-    from training.src.edge_train.credentials import API_VERSION_VARIABLE, HUB_BLOB_API_VERSION
+        from training.src.edge_train.credentials import API_VERSION_VARIABLE, HUB_BLOB_API_VERSION
 
-    def train(conn: str) -> dict[str, Any]:
+        if emulator is not None:
+            connection = emulator.connection_string  # once it listens
+            log.info("storage emulator on 127.0.0.1:%d", emulator.port)
         # Closed before the emulator stops: Azurite's graceful stop waits for open connections.
         # At the Hub's blob API version, like the job: the demo then shows what a Hub would take.
         version = os.environ.get(API_VERSION_VARIABLE) or HUB_BLOB_API_VERSION
-        with BlobServiceClient.from_connection_string(conn, api_version=version) as service:
-            blobs = upload_sample(service, location.container, location.prefix, args.rows, args.seed)
-        log.info("uploaded %d sample blobs to %s", blobs, location)
-        return run_trainer(args.example, location, args.workdir, conn, args.seed, tracking_uri)
-
-    if connection is not None:
-        summary = train(connection)
-    else:
-        from training.emulator import Azurite
-
-        with Azurite(args.workdir / "azurite") as emulator:
-            log.info("storage emulator on 127.0.0.1:%d", emulator.port)
-            summary = train(emulator.connection_string)
+        with BlobServiceClient.from_connection_string(connection, api_version=version) as service:
+            written = upload_sample(service, location.container, location.prefix, args.rows, args.seed)
+        log.info("sample data in %s: %d of %d blobs written", location, written, SAMPLE_PARTS)
+        summary = run_trainer(args.example, location, args.workdir, connection, args.seed, tracking_uri)
     print(json.dumps({**summary, "tracking_uri": tracking_uri, "experiment": EXPERIMENT}, indent=2))
     return 0
 
