@@ -232,26 +232,26 @@ def test_the_local_demo_runs_twice_with_its_own_emulator_and_leaves_nothing_runn
     assert running.stdout == "", f"left running: {running.stdout}"
 
 
-def writes(http: HttpLog) -> list[str]:
-    return [url.split("?")[0].rsplit("/", 1)[-1] for method, url in http.requests if method == "PUT"]
+def writes(wire: Wire) -> list[str]:
+    return [r.path.split("?")[0].rsplit("/", 1)[-1] for r in wire.proxy.recorded() if r.method == "PUT"]
 
 
 def sample_etags(container: ContainerClient) -> dict[str, str]:
     return {b.name: b.etag for b in container.list_blobs(name_starts_with="demo/")}
 
 
-def test_a_sample_already_in_storage_is_neither_generated_nor_written(container, azurite, http, monkeypatch) -> None:
-    service = service_of(container, azurite, http)
+def test_a_sample_already_in_storage_is_neither_generated_nor_written(container, wire, monkeypatch) -> None:
+    service = service_of(wire)
     assert local.upload_sample(service, container.container_name, "demo/", 1000, 7) == 4
     before = sample_etags(container)
-    http.requests.clear()
+    wire.clear()
 
     def no_generating(*_: object) -> dict[str, bytes]:
         raise AssertionError("generated the sample again")  # it imports scikit-learn in the demo's process
 
     monkeypatch.setattr(local, "sample_csvs", no_generating)
     assert local.upload_sample(service, container.container_name, "demo/", 1000, 7) == 0
-    assert writes(http) == []
+    assert writes(wire) == []
     assert sample_etags(container) == before  # so the trainer's staging reuses its cache
 
 
@@ -269,14 +269,14 @@ def deleted(container: ContainerClient) -> None:
 
 
 @pytest.mark.parametrize("change", [foreign_bytes, foreign_bytes_with_our_metadata, deleted])
-def test_a_changed_sample_blob_is_written_again_and_only_it(container, azurite, http, change) -> None:
-    service = service_of(container, azurite, http)
+def test_a_changed_sample_blob_is_written_again_and_only_it(container, wire, change) -> None:
+    service = service_of(wire)
     local.upload_sample(service, container.container_name, "demo/", 1000, 7)
     change(container)
     before = sample_etags(container)
-    http.requests.clear()
+    wire.clear()
     assert local.upload_sample(service, container.container_name, "demo/", 1000, 7) == 1
-    assert writes(http) == ["part-001.csv"]
+    assert writes(wire) == ["part-001.csv"]
     expected = local.sample_csvs(1000, 7)["part-001.csv"]
     assert container.download_blob("demo/part-001.csv").readall() == expected
     after = sample_etags(container)
@@ -285,8 +285,8 @@ def test_a_changed_sample_blob_is_written_again_and_only_it(container, azurite, 
     }
 
 
-def test_other_sample_arguments_write_every_part(container, azurite, http) -> None:
-    service = service_of(container, azurite, http)
+def test_other_sample_arguments_write_every_part(container, wire) -> None:
+    service = service_of(wire)
     local.upload_sample(service, container.container_name, "demo/", 1000, 7)
     assert local.upload_sample(service, container.container_name, "demo/", 1000, 8) == 4
     assert container.download_blob("demo/part-000.csv").readall() == local.sample_csvs(1000, 8)["part-000.csv"]
