@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import pickle
 from collections.abc import Callable, Iterator, Mapping
@@ -87,26 +89,47 @@ def dev_config() -> dict[str, Any]:
     return dev_stack_config()
 
 
+def _run_dev_stack(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    stack: str = "dev",
+    secret_keys: tuple[str, ...] = DEV_SECRET_KEYS,
+    preview: bool = False,
+) -> pulumi_mocks.Recording:
+    """__main__.py under mocks with Pulumi.dev.yaml plus `overrides` (None removes a key)."""
+    config = dev_stack_config()
+    for key, value in (overrides or {}).items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    return pulumi_mocks.run_program(config, secret_keys=secret_keys, stack=stack, preview=preview)
+
+
+_RECORDINGS: dict[str, pulumi_mocks.Recording] = {}
+
+
+def recorded_stack(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    stack: str = "dev",
+    secret_keys: tuple[str, ...] = DEV_SECRET_KEYS,
+) -> pulumi_mocks.Recording:
+    """What `run_stack` returns, from one run per distinct configuration in the session, for tests
+    that only read what the program declares (it reads no environment and no clock, and keys are
+    cached per label): many modules ask about the same few stacks. Every caller gets its own copy,
+    so no test sees another's changes. A test about the run itself (two runs agree, what a run
+    leaves patched, the environment a run sees) uses `run_stack`."""
+    key = json.dumps([overrides or {}, stack, list(secret_keys)], sort_keys=True)
+    if key not in _RECORDINGS:
+        _RECORDINGS[key] = _run_dev_stack(overrides, stack=stack, secret_keys=secret_keys)
+    return copy.deepcopy(_RECORDINGS[key])
+
+
 @pytest.fixture
 def run_stack() -> Callable[..., pulumi_mocks.Recording]:
-    """Run __main__.py under mocks with Pulumi.dev.yaml plus `overrides` (None removes a key)."""
-
-    def run(
-        overrides: Mapping[str, Any] | None = None,
-        *,
-        stack: str = "dev",
-        secret_keys: tuple[str, ...] = DEV_SECRET_KEYS,
-        preview: bool = False,
-    ) -> pulumi_mocks.Recording:
-        config = dev_stack_config()
-        for key, value in (overrides or {}).items():
-            if value is None:
-                config.pop(key, None)
-            else:
-                config[key] = value
-        return pulumi_mocks.run_program(config, secret_keys=secret_keys, stack=stack, preview=preview)
-
-    return run
+    """Run __main__.py under mocks with Pulumi.dev.yaml plus `overrides` (None removes a key), afresh."""
+    return _run_dev_stack
 
 
 # --- real services -----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from components import config as stack_config
 from policy.baseline import no_ssh_from_everywhere
-from tests.conftest import DEV_SECRET_KEYS, dev_stack_config
+from tests.conftest import DEV_SECRET_KEYS, dev_stack_config, recorded_stack
 from tests.harness import pulumi_mocks
 from tests.harness.keys import rsa_key
 
@@ -241,9 +241,7 @@ def test_bad_input_is_one_error_naming_its_key_and_nothing_is_declared(
 
 def test_no_row_is_blamed_on_the_example_stack() -> None:
     # The rows above rely on the example stack being valid: each row's error is its own.
-    config = dev_stack_config()
-    recording = pulumi_mocks.run_program(config, secret_keys=DEV_SECRET_KEYS)
-    assert recording.resources
+    assert recorded_stack().resources
 
 
 # --- what is accepted, and what it becomes -----------------------------------------------------------
@@ -276,10 +274,7 @@ def test_a_split_that_misses_one_address_is_not_everywhere() -> None:
 def test_everywhere_passes_with_the_opt_out_and_the_pack_still_flags_it(sources: list[str]) -> None:
     # The program accepts it only with the named opt-out, and the policy pack, judging the NSG
     # the program declares with the same function, refuses it all the same.
-    recording = pulumi_mocks.run_program(
-        dev_stack_config() | {"hubSshSourceCidrs": sources, "hubAllowSshFromAnywhere": True},
-        secret_keys=DEV_SECRET_KEYS,
-    )
+    recording = recorded_stack({"hubSshSourceCidrs": sources, "hubAllowSshFromAnywhere": True})
     found = [m for r in recording.resources for m in no_ssh_from_everywhere(r.type, r.inputs)]
     assert len(found) == 1 and "from everywhere" in found[0], found
 

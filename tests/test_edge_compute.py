@@ -161,8 +161,6 @@ def test_a_new_owner_or_expected_key_is_an_update_not_a_replacement() -> None:
 # --- end to end: real sshd, local HTTPS Resource Manager ---------------------------------------
 
 
-
-
 @pytest.fixture
 def arm(sovereign_arm: ArmEndpoint) -> ArmEndpoint:
     """The real provider's own clients, signing in as the deploy workflow does (tests/conftest.py)."""
@@ -346,12 +344,10 @@ def test_delete_detaches_and_tolerates_a_compute_already_gone(arm) -> None:
 
 @pytest.fixture(scope="module")
 def recording() -> Recording:
-    from tests.conftest import DEV_SECRET_KEYS, dev_stack_config
-    from tests.harness import pulumi_mocks
+    from tests.conftest import recorded_stack
 
     # The attach exists in the virtual-machine mode (the Kubernetes mode: test_edge_kubernetes.py).
-    config = dev_stack_config() | {"edgeComputeMode": "virtual-machine"}
-    return pulumi_mocks.run_program(config, secret_keys=DEV_SECRET_KEYS)
+    return recorded_stack({"edgeComputeMode": "virtual-machine"})
 
 
 def test_the_program_attaches_the_hub_vm_to_the_workspace(recording: Recording) -> None:

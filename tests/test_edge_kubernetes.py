@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from components import edge_kubernetes
 from providers.cluster_secrets import ClusterSecretsProvider, public_key_certificate
-from tests.conftest import DEV_SECRET_KEYS, dev_stack_config
+from tests.conftest import DEV_SECRET_KEYS, dev_stack_config, recorded_stack
 from tests.harness import pulumi_mocks
 from tests.harness.arm_models import check_body, rest_field_problems
 from tests.harness.pulumi_mocks import FAKE_RELAY_CONNECTION_STRING, Recording
@@ -38,7 +38,7 @@ def run(overrides: dict[str, Any] | None = None) -> Recording:
 
 @pytest.fixture(scope="module")
 def recording() -> Recording:
-    return run()
+    return recorded_stack()
 
 
 def cluster_of(recording: Recording) -> pulumi_mocks.Resource:

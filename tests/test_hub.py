@@ -16,6 +16,7 @@ from azure.mgmt.storage.v2019_06_01 import models as storage_models
 
 from components import first_boot
 from providers.hub_arm_resource import body_of
+from tests.conftest import recorded_stack
 from tests.harness.arm_models import check_body
 from tests.harness.pulumi_mocks import FAKE_PUBLIC_IP, Recording
 
@@ -120,8 +121,8 @@ def test_every_hub_resource_targets_the_hubs_resource_manager(recording: Recordi
         assert resource.inputs["resourceGroupName"] == "rg-edge-training", resource.name
 
 
-def test_adfs_hubs_sign_in_at_adfs_without_a_tenant(run_stack) -> None:
-    recording = run_stack({"hubIdentityProvider": "adfs", "hubTenantId": None})
+def test_adfs_hubs_sign_in_at_adfs_without_a_tenant() -> None:
+    recording = recorded_stack({"hubIdentityProvider": "adfs", "hubTenantId": None})
     for resource in hub_resources(recording):
         assert resource.inputs["identityProvider"] == "adfs", resource.name
         assert resource.inputs.get("tenantId") is None, resource.name
@@ -185,14 +186,14 @@ def _inbound_ssh_sources(recording: Recording) -> list[str]:
     return sources
 
 
-def test_ssh_is_open_only_to_the_configured_sources(recording: Recording, run_stack) -> None:
+def test_ssh_is_open_only_to_the_configured_sources(recording: Recording) -> None:
     assert _inbound_ssh_sources(recording) == ["203.0.113.0/24"]
-    several = run_stack({"hubSshSourceCidrs": ["203.0.113.0/24", "198.51.100.7/32"]})
+    several = recorded_stack({"hubSshSourceCidrs": ["203.0.113.0/24", "198.51.100.7/32"]})
     assert _inbound_ssh_sources(several) == ["203.0.113.0/24", "198.51.100.7/32"]
 
 
-def test_ssh_from_everywhere_needs_the_opt_out_and_changes_only_the_rule(run_stack) -> None:
-    opened = run_stack({"hubSshSourceCidrs": ["*"], "hubAllowSshFromAnywhere": True})
+def test_ssh_from_everywhere_needs_the_opt_out_and_changes_only_the_rule() -> None:
+    opened = recorded_stack({"hubSshSourceCidrs": ["*"], "hubAllowSshFromAnywhere": True})
     assert _inbound_ssh_sources(opened) == ["*"]
 
 

@@ -28,6 +28,7 @@ from clients.arm import RETRY_AFTER_MAX, ArmClient, ArmError
 from clients.cloud import discover
 from clients.credentials import credential_from_environment
 from providers.hub_arm_resource import HUB_API_VERSIONS, HubArmError, HubArmResourceProvider, arm_path
+from tests.conftest import recorded_stack
 from tests.harness.arm_server import RecordingTransport
 from tests.harness.hub_arm import Engine, HubArm, Reply, serve_hub_arm
 from tests.harness.pulumi_mocks import Recording
@@ -57,11 +58,11 @@ def provider(transport: RecordingTransport) -> HubArmResourceProvider:
 
 
 @pytest.fixture
-def program(run_stack: Callable[..., Recording]) -> Callable[..., Recording]:
+def program() -> Callable[..., Recording]:
     """The real program under mocks, configured for an AD FS Hub (like the stand-in)."""
 
     def run(**overrides: Any) -> Recording:
-        return run_stack({"hubIdentityProvider": "adfs", "hubTenantId": None, **overrides})
+        return recorded_stack({"hubIdentityProvider": "adfs", "hubTenantId": None, **overrides})
 
     return run
 

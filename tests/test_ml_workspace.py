@@ -12,6 +12,7 @@ from components.ml_workspace import (
     KEY_VAULT_ADMINISTRATOR,
     STORAGE_BLOB_DATA_CONTRIBUTOR,
 )
+from tests.conftest import recorded_stack
 from tests.harness.pulumi_mocks import FAKE_IDENTITY_PRINCIPAL, Recording
 
 STORAGE = "azure-native:storage:StorageAccount"
@@ -30,10 +31,7 @@ def cloud_provider(recording: Recording):
 
 @pytest.fixture(scope="module")
 def recording() -> Recording:
-    from tests.conftest import DEV_SECRET_KEYS, dev_stack_config
-    from tests.harness import pulumi_mocks
-
-    return pulumi_mocks.run_program(dev_stack_config(), secret_keys=DEV_SECRET_KEYS)
+    return recorded_stack()
 
 
 def test_workspace_storage_is_locked_down(recording: Recording) -> None:
@@ -89,9 +87,7 @@ def granted(recording: Recording) -> set[tuple[str, str]]:
         recording.one(INSIGHTS).id: "app-insights",
         recording.one(WORKSPACE).id: "workspace",
     }
-    return {
-        (scopes[a.inputs["scope"]], a.inputs["roleDefinitionId"].rsplit("/", 1)[1]) for a in own_roles(recording)
-    }
+    return {(scopes[a.inputs["scope"]], a.inputs["roleDefinitionId"].rsplit("/", 1)[1]) for a in own_roles(recording)}
 
 
 def test_the_workspace_identity_has_exactly_the_roles_microsoft_documents(recording: Recording) -> None:
@@ -155,8 +151,8 @@ def test_the_configured_subscription_reaches_the_provider(run_stack) -> None:
 
 
 @pytest.mark.parametrize("stack", ["dev", "production-westeurope", "Feature_42", "x" * 40])
-def test_names_are_valid_for_any_stack(run_stack, stack: str) -> None:
-    recording = run_stack(stack=stack)
+def test_names_are_valid_for_any_stack(stack: str) -> None:
+    recording = recorded_stack(stack=stack)
     assert naming.STORAGE_ACCOUNT.problem(recording.one(STORAGE).inputs["accountName"]) is None
     assert naming.CONTAINER_REGISTRY.problem(recording.one(REGISTRY).inputs["registryName"]) is None
     assert naming.ML_WORKSPACE.problem(recording.one(WORKSPACE).inputs["workspaceName"]) is None
@@ -217,8 +213,8 @@ def _differences(before: Recording, after: Recording) -> set[tuple[str, str]]:
     ],
     ids=["workspace", "registry"],
 )
-def test_an_opt_out_changes_exactly_the_property_it_names(run_stack, base, opt_out, changed) -> None:
-    before, after = run_stack(base), run_stack(opt_out)
+def test_an_opt_out_changes_exactly_the_property_it_names(base, opt_out, changed) -> None:
+    before, after = recorded_stack(base), recorded_stack(opt_out)
     assert _differences(before, after) == changed
     (resource_name, prop) = next(iter(changed))
     assert next(r for r in after.resources if r.name == resource_name).inputs[prop] == "Disabled"

@@ -18,6 +18,7 @@ from pulumi_policy import (
 )
 
 from policy.baseline import POLICIES
+from tests.conftest import recorded_stack
 from tests.harness import pulumi_mocks
 
 BY_NAME = {p.name: p for p in POLICIES if isinstance(p, ResourceValidationPolicy)}
@@ -389,8 +390,8 @@ def _recorded_as_policy_input(resource: pulumi_mocks.Resource) -> dict[str, Any]
     [{}, {"hubBootstrap": "custom-script"}, {"edgeComputeMode": "virtual-machine"}],
     ids=["cloud-init", "custom-script", "virtual-machine"],
 )
-def test_the_program_passes_every_mandatory_policy(run_stack, overrides) -> None:
-    recording = run_stack(overrides)
+def test_the_program_passes_every_mandatory_policy(overrides) -> None:
+    recording = recorded_stack(overrides)
     everything = [(r.type, _recorded_as_policy_input(r)) for r in recording.resources]
     assert stack_violations("no-ssh-from-everywhere-across-rules", everything) == []
     checked = set()
@@ -408,8 +409,8 @@ def test_the_program_passes_every_mandatory_policy(run_stack, overrides) -> None
     } <= checked
 
 
-def test_the_program_with_ssh_open_to_everyone_is_stopped_by_the_pack(run_stack) -> None:
-    recording = run_stack({"hubSshSourceCidrs": ["*"], "hubAllowSshFromAnywhere": True})
+def test_the_program_with_ssh_open_to_everyone_is_stopped_by_the_pack() -> None:
+    recording = recorded_stack({"hubSshSourceCidrs": ["*"], "hubAllowSshFromAnywhere": True})
     found = [
         m
         for r in recording.resources
@@ -429,18 +430,18 @@ SOURCE_LISTS = [
 
 
 @pytest.mark.parametrize("sources", SOURCE_LISTS, ids=["+".join(s) for s in SOURCE_LISTS])
-def test_the_program_and_the_pack_agree_on_what_is_everywhere(run_stack, sources) -> None:
+def test_the_program_and_the_pack_agree_on_what_is_everywhere(sources) -> None:
     # The program refuses a list without the opt-out exactly when the pack flags the NSG the
     # program declares from it with the opt-out: one judgement, policy/address_space.py.
     from components import config as stack_config
 
     try:
-        run_stack({"hubSshSourceCidrs": sources})
+        recorded_stack({"hubSshSourceCidrs": sources})
         refused = False
     except stack_config.ConfigError as error:
         assert error.keys == {"hubSshSourceCidrs"}
         refused = True
-    recording = run_stack({"hubSshSourceCidrs": sources, "hubAllowSshFromAnywhere": True})
+    recording = recorded_stack({"hubSshSourceCidrs": sources, "hubAllowSshFromAnywhere": True})
     flagged = [
         m
         for r in recording.resources

@@ -7,11 +7,12 @@ from dataclasses import MISSING, fields
 import pytest
 
 from components import config as stack_config
+from tests.conftest import recorded_stack
 from training.stack_outputs import OutputsError, StackOutputs
 
 
-def test_the_example_stack_declares_the_whole_pattern_and_exports_every_output(run_stack) -> None:
-    recording = run_stack()
+def test_the_example_stack_declares_the_whole_pattern_and_exports_every_output() -> None:
+    recording = recorded_stack()
     components = {r.type for r in recording.resources if not r.custom}
     # The four steps of the pattern, each a component of ours.
     assert {
@@ -30,8 +31,8 @@ def test_the_example_stack_declares_the_whole_pattern_and_exports_every_output(r
     assert StackOutputs.from_mapping(values, "the example stack").edgeComputeMode == "kubernetes"
 
 
-def test_the_virtual_machine_mode_exports_the_recorded_host_key(run_stack) -> None:
-    recording = run_stack({"edgeComputeMode": "virtual-machine"})
+def test_the_virtual_machine_mode_exports_the_recorded_host_key() -> None:
+    recording = recorded_stack({"edgeComputeMode": "virtual-machine"})
     values = {k: e.value for k, e in recording.exports.items()}
     outputs = StackOutputs.from_mapping(values, "the virtual-machine stack")
     assert outputs.sshHostKeyFingerprint.startswith("SHA256:")

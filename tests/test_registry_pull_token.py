@@ -17,10 +17,9 @@ COMPONENT = "edge-training:cloud:RegistryPullToken"
 
 @pytest.fixture(scope="module")
 def recording() -> Recording:
-    from tests.conftest import DEV_SECRET_KEYS, dev_stack_config
-    from tests.harness import pulumi_mocks
+    from tests.conftest import recorded_stack
 
-    return pulumi_mocks.run_program(dev_stack_config(), secret_keys=DEV_SECRET_KEYS)
+    return recorded_stack()
 
 
 def test_the_scope_map_grants_pull_on_the_model_repository_only(recording) -> None:

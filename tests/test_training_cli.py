@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from tests.harness import pulumi_mocks, services
+from tests.harness import services
 from tests.harness.arm_server import ArmEndpoint, RecordingTransport, Reply, StaticCredential
 from tests.harness.keys import KeyPair
 from training import cli, deploy, jobs, packaging, stack_outputs
@@ -21,12 +21,11 @@ from training.workspace import ml_client
 @pytest.fixture(scope="module")
 def outputs() -> stack_outputs.StackOutputs:
     """The outputs of the real program under mocks: the CLI's contract with the stack."""
-    from tests.conftest import DEV_SECRET_KEYS, dev_stack_config
+    from tests.conftest import recorded_stack
 
     # The CLI reads the virtual-machine mode's outputs today (sshHostKeyFingerprint is empty in
     # the Kubernetes mode, which the CLI's side of issue 13 teaches it).
-    config = dev_stack_config() | {"edgeComputeMode": "virtual-machine"}
-    recording = pulumi_mocks.run_program(config, secret_keys=DEV_SECRET_KEYS)
+    recording = recorded_stack({"edgeComputeMode": "virtual-machine"})
     return stack_outputs.StackOutputs.from_mapping({k: v.value for k, v in recording.exports.items()}, "test")
 
 

@@ -241,7 +241,10 @@ def start_sshd(
                     "StrictModes no",
                     "PrintMotd no",
                     "LogLevel VERBOSE",
-                    f"SetEnv PATH={':'.join(str(p) for p in path)}",
+                    # HOME in the server's own directory: the sessions' shell is the user's login
+                    # shell, and Debian's bash sources ~/.bashrc for every command sshd runs; the
+                    # runner's own (pyenv init here: ~0.25 s per command) is no part of the test.
+                    f"SetEnv PATH={':'.join(str(p) for p in path)} HOME={directory}",
                     "",
                 ]
             )
