@@ -17,7 +17,8 @@ How it keeps itself honest:
   staging's work (no cache, manifest, hashes or renames): what staging itself costs on top.
 - For the large blob, the raw `download_blob(max_concurrency=N).readinto()` runs at every N in
   --raw-concurrency and the best median is the baseline.
-- Every output is verified against the SHA-256 of what was uploaded (after the timing).
+- Every output is verified against the SHA-256 of what was uploaded (after the timing), and the
+  page cache is synced before each sample, so no sample pays for another's writeback.
 - A latency case puts a relay in front of Azurite that holds each request 5 ms (a Hub across a
   datacenter LAN; bench/latency_proxy.py): on bare loopback the benchmark measures CPU, not the waiting that parallel
   downloads remove. Azurite, the proxy and the client share this machine's cores.
@@ -149,6 +150,9 @@ class Bench:
         out = Path(spec["out"])
         spec = {**spec, "container": self.container, "workers": self.args.workers}
         spec.setdefault("concurrency", self.args.concurrency)
+        # Every sample starts with nothing dirty in the page cache: staging's one syncfs would
+        # otherwise also wait for the writeback of earlier samples' files and Azurite's uploads.
+        os.sync()
         started, server_started = time.perf_counter(), process_cpu(self.server_pid)
         result = subprocess.run(
             [sys.executable, __file__, "--child", json.dumps(spec)], cwd=ROOT, capture_output=True, text=True
