@@ -198,3 +198,12 @@ def test_a_listed_name_the_service_percent_encoded_is_decoded() -> None:
         "<Content-Length>3</Content-Length></Properties></Blob>"
     )
     assert reader._listed(element) == reader.ListedBlob("data/bell\a.bin", "0x1", 3, None)
+
+
+def test_an_account_key_that_is_not_base64_is_refused_by_name_not_echoed(tmp_path, wire) -> None:
+    connection = emulator.connection_string(wire.proxy.port).replace(emulator.ACCOUNT_KEY, "not!base64-SECRETISH")
+    service = BlobServiceClient.from_connection_string(connection)
+    with pytest.raises(staging.StagingError, match=r"account key is not base64") as caught:
+        staging.stage_blobs(service.get_container_client("c"), "data/", tmp_path / "cache")
+    assert "SECRETISH" not in str(caught.value)
+    assert wire.proxy.recorded() == [] and not (tmp_path / "cache").exists()

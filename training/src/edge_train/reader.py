@@ -107,7 +107,10 @@ class BlobReader:
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._path = parts.path.rstrip("/")
         self._account = account_name
-        self._key = base64.b64decode(account_key) if account_key is not None else None
+        try:
+            self._key = base64.b64decode(account_key, validate=True) if account_key is not None else None
+        except ValueError:  # the message says what the key is not, never what it is
+            raise UnsupportedCredential("the storage account key is not base64, as Azure gives it") from None
         self._sas = sas_token.lstrip("?") if sas_token is not None else None
         self._version = api_version
         self._timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
