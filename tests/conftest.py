@@ -70,14 +70,19 @@ def sovereign_arm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[A
 # --- stack configuration and the program under mocks ------------------------------------------
 
 
-def dev_stack_config() -> dict[str, Any]:
+def dev_stack_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Pulumi.dev.yaml as the program would see it, with a generated SSH key pair in place of
-    the placeholders; keys without the project prefix."""
+    the placeholders, plus `overrides` (None removes a key); keys without the project prefix."""
     raw = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
     config = {k.removeprefix(f"{PROJECT}:"): v for k, v in raw.items() if k.startswith(f"{PROJECT}:")}
     key = rsa_key("vm-admin")
     config["hubSshPublicKey"] = key.public_openssh
     config["sshPrivateKey"] = key.private_pem
+    for name, value in (overrides or {}).items():
+        if value is None:
+            config.pop(name, None)
+        else:
+            config[name] = value
     return config
 
 
@@ -97,13 +102,7 @@ def _run_dev_stack(
     preview: bool = False,
 ) -> pulumi_mocks.Recording:
     """__main__.py under mocks with Pulumi.dev.yaml plus `overrides` (None removes a key)."""
-    config = dev_stack_config()
-    for key, value in (overrides or {}).items():
-        if value is None:
-            config.pop(key, None)
-        else:
-            config[key] = value
-    return pulumi_mocks.run_program(config, secret_keys=secret_keys, stack=stack, preview=preview)
+    return pulumi_mocks.run_program(dev_stack_config(overrides), secret_keys=secret_keys, stack=stack, preview=preview)
 
 
 _RECORDINGS: dict[str, pulumi_mocks.Recording] = {}

@@ -16,13 +16,7 @@ from tests.harness.keys import ed25519_key, rsa_key
 
 
 def parse(overrides: dict[str, Any] | None = None, secret_keys: tuple[str, ...] = DEV_SECRET_KEYS, stack: str = "dev"):
-    raw = dev_stack_config()
-    for key, value in (overrides or {}).items():
-        if value is None:
-            raw.pop(key, None)
-        else:
-            raw[key] = value
-    return stack_config.parse(raw, stack=stack, organization="acme", secret_keys=secret_keys)
+    return stack_config.parse(dev_stack_config(overrides), stack=stack, organization="acme", secret_keys=secret_keys)
 
 
 def problems_for(overrides: dict[str, Any], **kwargs: Any) -> dict[str, str]:
