@@ -14,7 +14,7 @@ from typing import Any
 
 from .location import HubLocation, LocationError
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = [
     "CredentialNotFound",
     "HubLocation",
