@@ -7,6 +7,7 @@ for any name is a 403 here too; the recording proxy sees each request as the ser
 from __future__ import annotations
 
 import base64
+import io
 import threading
 import uuid
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 import pytest
+import urllib3
 from azure.core.credentials import AccessToken
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
@@ -207,3 +209,29 @@ def test_an_account_key_that_is_not_base64_is_refused_by_name_not_echoed(tmp_pat
         staging.stage_blobs(service.get_container_client("c"), "data/", tmp_path / "cache")
     assert "SECRETISH" not in str(caught.value)
     assert wire.proxy.recorded() == [] and not (tmp_path / "cache").exists()
+
+
+class _WaitRecorder(threading.Event):
+    """The run's stop flag, recording how long a back-off would wait on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waited.append(timeout or 0.0)
+        return False
+
+
+def test_a_busy_services_retry_after_sets_the_back_off_up_to_its_cap() -> None:
+    busy = urllib3.HTTPResponse(
+        body=io.BytesIO(b"<Error><Code>ServerBusy</Code><Message>slow down</Message></Error>"),
+        headers={"Retry-After": "3600", "x-ms-error-code": "ServerBusy"},
+        status=503,
+        preload_content=False,
+    )
+    refusal = reader._refusal(busy)
+    assert (refusal.status, refusal.code, refusal.retry_after) == (503, "ServerBusy", reader.RETRY_AFTER_CAP_S)
+    stop = _WaitRecorder()
+    assert reader._back_off(stop, refusal, attempt=1) is False
+    assert stop.waited == [reader.RETRY_AFTER_CAP_S]

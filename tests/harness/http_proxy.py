@@ -117,6 +117,11 @@ class HttpProxy:
         with self._lock:
             return list(self.requests)
 
+    def clear(self) -> None:
+        """Forget what was recorded so far."""
+        with self._lock:
+            self.requests.clear()
+
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
@@ -144,8 +149,7 @@ class Wire:
         return [r.path.split("?")[0] for r in self.proxy.recorded() if r.method == "GET" and "comp=list" not in r.path]
 
     def clear(self) -> None:
-        with self.proxy._lock:
-            self.proxy.requests.clear()
+        self.proxy.clear()
 
     @property
     def on_request(self) -> Callable[[str, str], Refusal | None] | None:

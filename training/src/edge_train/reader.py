@@ -63,11 +63,12 @@ class ListedBlob:
 
 
 class BlobReadError(Exception):
-    """A GET that failed for good; `status` is 0 when no HTTP answer came back."""
+    """A GET that failed for good; `status` is 0 when no HTTP answer came back, `retry_after`
+    the service's Retry-After (capped) when it sent one."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(f"HTTP {status} {code}: {message}" if status else message)
-        self.status, self.code = status, code
+        self.status, self.code, self.retry_after = status, code, retry_after
 
 
 class BlobChanged(BlobReadError):
@@ -283,9 +284,7 @@ def _refusal(response: urllib3.BaseHTTPResponse) -> BlobReadError:
     found = _MESSAGE.search(text)
     message = found.group(1).strip() if found else (response.reason or "no message")
     kind = {412: BlobChanged, 404: BlobGone}.get(response.status, BlobReadError)
-    error = kind(response.status, code, message)
-    error.retry_after = _retry_after(response.headers.get("Retry-After"))  # type: ignore[attr-defined]
-    return error
+    return kind(response.status, code, message, _retry_after(response.headers.get("Retry-After")))
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -295,9 +294,9 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _back_off(stop: threading.Event | None, failure: BlobReadError | None, attempt: int) -> bool:
+def _back_off(stop: threading.Event | None, failure: BlobReadError, attempt: int) -> bool:
     """Back off before another attempt; True if the run stopped meanwhile."""
-    delay = getattr(failure, "retry_after", None)
+    delay = failure.retry_after
     if delay is None:
         delay = BACKOFF_S * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)  # noqa: S311 (jitter)
     if stop is None:

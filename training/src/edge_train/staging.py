@@ -102,8 +102,6 @@ def _describe(error: BaseException) -> str:
     """An error as one line without secrets: urllib3 messages carry the URL, SAS signature included."""
     if isinstance(error, OSError) and error.strerror:
         text = error.strerror
-    elif isinstance(error, BlobReadError):
-        text = str(error)
     else:
         text = str(error).splitlines()[0] if str(error) else type(error).__name__
     return _SAS_SIGNATURE.sub(r"\1REDACTED", text)
@@ -619,9 +617,7 @@ def stage_blobs(
         pruned,
     )
     return StageResult(
-        blobs=tuple(
-            StagedBlob(b.name, root, b.etag, b.size, manifest.entries[b.name].get("sha256")) for b in listed
-        ),
+        blobs=tuple(StagedBlob(b.name, root, b.etag, b.size, manifest.entries[b.name].get("sha256")) for b in listed),
         downloaded=len(todo),
         reused=reused,
         bytes_downloaded=run.bytes,
