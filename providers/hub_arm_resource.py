@@ -224,6 +224,12 @@ class HubArmResourceProvider(ResourceProvider):
         cloud, credential = self._session(props)
         return ArmClient(cloud, credential, transport=self._transport)
 
+    def client_for(self, props: Mapping[str, Any]) -> ArmClient:
+        """A Resource Manager client for the Hub `props` name (armEndpoint, identityProvider,
+        tenantId), on this process's shared sign-in: for the other Hub providers (the blob
+        container's listKeys)."""
+        return self._client(props)
+
     def _session(self, props: Mapping[str, Any]) -> tuple[Cloud, TokenCredential]:
         """The Hub's metadata and a credential for it, once per process and sign-in: every call of
         a deployment would otherwise read the metadata and fetch a token again (three requests,

@@ -74,14 +74,14 @@ def test_the_edge_lifecycle_runs_against_a_hub_at_the_profiles_versions_only(
     declared = engine.declared(program())
     kinds = [inputs["resourceType"] for _, inputs in declared]
     assert sorted(kinds) == sorted(
-        ["storageAccounts", "containers", "networkSecurityGroups", "virtualNetworks", "publicIPAddresses",
+        ["storageAccounts", "networkSecurityGroups", "virtualNetworks", "publicIPAddresses",
          "networkInterfaces", "virtualMachines"]
     )  # fmt: skip
 
     # Create, in the program's dependency order (the stand-in refuses dangling references).
     actions = engine.up(declared, hub.url)
     assert set(actions.values()) == {"create"}
-    assert len(hub.resources) == 7
+    assert len(hub.resources) == 6
     for resource in hub.resources.values():
         assert resource["properties"].get("provisioningState", "Succeeded") == "Succeeded", resource["id"]
     pip = next(outs for name, (_, outs) in engine.state.items() if name.endswith("-pip"))
@@ -95,8 +95,7 @@ def test_the_edge_lifecycle_runs_against_a_hub_at_the_profiles_versions_only(
     # A tag changes: every tagged resource is updated in place, nothing replaced.
     tagged = engine.declared(program(tags=["owner=data-team"]))
     actions = engine.up(tagged, hub.url)
-    assert {a for n, a in actions.items() if not n.endswith("-container")} == {"update"}
-    assert actions["hub-storage-container"] == "same"  # containers carry no tags
+    assert set(actions.values()) == {"update"}
     assert all(r.get("tags", {}).get("owner") == "data-team" for r in hub.resources.values() if "tags" in r)
 
     # The VM image changes: the VM is replaced (the Hub refuses that change in place), nothing else.
