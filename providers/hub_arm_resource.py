@@ -41,7 +41,7 @@ from pulumi.runtime import rpc
 
 from clients.arm import ArmClient, ArmError
 from clients.cloud import Cloud, CloudDiscoveryError, discover
-from clients.credentials import HUB_PREFIX, credential_from_environment
+from clients.credentials import HUB_PREFIX, credential_from_environment, refuse_entra_only_sign_in
 
 log = logging.getLogger(__name__)
 
@@ -245,8 +245,10 @@ class HubArmResourceProvider(ResourceProvider):
         with _SESSIONS_LOCK:
             if key in _SESSIONS:
                 return _SESSIONS[key]
-        cloud = discover(str(props["armEndpoint"]), transport=self._transport)
         wanted_adfs = props.get("identityProvider") == "adfs"
+        if wanted_adfs:  # before the metadata read: nothing is sent for a sign-in that cannot work
+            refuse_entra_only_sign_in(os.environ, HUB_PREFIX)
+        cloud = discover(str(props["armEndpoint"]), transport=self._transport)
         if cloud.uses_adfs != wanted_adfs:
             raise HubArmError(
                 f"identityProvider is {props.get('identityProvider')!r}, but {props['armEndpoint']} signs in at "

@@ -433,6 +433,22 @@ def test_the_identity_provider_must_match_the_hubs_metadata(hub: HubArm, provide
     assert not [r for r in hub.requests if r.path.startswith("/subscriptions/")]
 
 
+@pytest.mark.parametrize("variable", ["HUB_ARM_USE_OIDC", "HUB_ARM_USE_MSI"])
+def test_an_adfs_hub_refuses_entra_only_sign_in_before_any_request(
+    hub: HubArm, provider: HubArmResourceProvider, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "true")
+    with pytest.raises(HubArmError, match=rf"{variable} cannot sign in to an AD FS Hub.*Entra ID tokens"):
+        provider.create(nsg(hub))
+    assert hub.requests == []  # not even the metadata
+    # Whoever discovers the Hub first (the CLI, the attach step) is refused the same way.
+    cloud = discover(hub.url, transport=hub.transport())
+    with pytest.raises(ValueError, match=f"{variable} cannot sign in to an AD FS Hub"):
+        credential_from_environment(prefix="HUB_ARM_", cloud=cloud)
+    monkeypatch.setenv(variable, "false")  # off is no refusal
+    provider.create(nsg(hub))
+
+
 def test_a_wrong_secret_fails_sign_in_with_no_secret_in_the_error(
     hub: HubArm, provider: HubArmResourceProvider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
