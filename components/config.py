@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from clients import ssh_keys
+from clients.trust import CaCertificatesError, parse_ca_certificates
 from components import naming
 from policy.address_space import everywhere_reason as ssh_everywhere_reason
 from policy.address_space import parse_source
@@ -155,6 +156,8 @@ class HubSettings:
     os_disk_size_gb: int
     docker_version: str
     bootstrap: str
+    ca_certificates: str = ""
+    """hubCaCertificates: the Hub's CA certificates (PEM), checked; empty when public roots do."""
 
     @property
     def metadata_host(self) -> str:
@@ -597,7 +600,22 @@ def _hub(r: _Reader, stack: str, seed: str) -> HubSettings:
         os_disk_size_gb=r.integer("hubOsDiskSizeGb", 30, 1023),
         docker_version=docker_version,
         bootstrap=bootstrap,
+        ca_certificates=_hub_ca_certificates(r),
     )
+
+
+# --- the real edge: the Hub's own CA ----------------------------------------------------------
+
+
+def _hub_ca_certificates(r: _Reader) -> str:
+    """hubCaCertificates: CA certificates only (clients/trust.py says what is checked)."""
+    pem = r.string("hubCaCertificates")
+    if pem:
+        try:
+            parse_ca_certificates(pem)
+        except CaCertificatesError as error:
+            r.problem("hubCaCertificates", str(error))
+    return pem
 
 
 def _endpoint_problem(endpoint: str) -> str | None:

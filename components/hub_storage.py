@@ -42,6 +42,7 @@ def container_args(
         subscription_id=hub.subscription_id,
         identity_provider=hub.identity_provider,
         tenant_id=hub.tenant_id,
+        ca_certificates=hub.ca_certificates,
         resource_group_name=settings.resource_group_name,
         account_name=account_name,
         blob_endpoint=blob_endpoint,

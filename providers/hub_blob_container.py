@@ -43,6 +43,7 @@ from pulumi.runtime import rpc
 
 from clients.arm import ArmError
 from clients.cloud import CONNECT_TIMEOUT, READ_TIMEOUT, CloudDiscoveryError
+from clients.trust import CaCertificatesError, bundle_file, parse_ca_certificates
 from providers.hub_arm_resource import HUB_API_VERSIONS, HubArmError, HubArmResourceProvider
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ _ACCOUNT = re.compile(r"[a-z0-9]{3,24}")
 _SEGMENT = re.compile(r"[^/?#%\\\s]+")
 
 IDENTITY = ("armEndpoint", "subscriptionId", "resourceGroupName", "accountName", "blobEndpoint", "containerName")
-INPUTS = (*IDENTITY, "tenantId", "identityProvider")
+INPUTS = (*IDENTITY, "tenantId", "identityProvider", "caCertificates")
 OUTPUTS = ("adopted", "publicAccess")
 
 
@@ -104,14 +105,23 @@ class HubBlobContainerProvider(ResourceProvider):
 
     @contextmanager
     def _container(self, props: Mapping[str, Any], key: str) -> Iterator[Any]:
-        from azure.storage.blob import ContainerClient
+        from azure.storage.blob import ContainerClient, ExponentialRetry
 
-        options: dict[str, Any] = {"transport": self._blob_transport} if self._blob_transport is not None else {}
+        options: dict[str, Any] = {}
+        if self._blob_transport is not None:
+            options["transport"] = self._blob_transport
+        elif props.get("caCertificates"):  # the Hub's blob endpoint is signed by its CA, too
+            options["connection_verify"] = str(bundle_file(str(props["caCertificates"])))
         client = ContainerClient(
             account_url=str(props["blobEndpoint"]).rstrip("/"),
             container_name=str(props["containerName"]),
             credential={"account_name": str(props["accountName"]), "account_key": key},
             api_version=BLOB_API_VERSION,
+            # A busy service (408/429/5xx) is waited out; a connection that fails (refused, or a
+            # certificate not trusted) once more only: the SDK's default waits 15 s, then 45 s.
+            retry_policy=ExponentialRetry(
+                initial_backoff=2, increment_base=2, retry_total=4, random_jitter_range=1, retry_connect=1
+            ),
             connection_timeout=CONNECT_TIMEOUT,
             read_timeout=READ_TIMEOUT,
             **options,
@@ -160,6 +170,11 @@ class HubBlobContainerProvider(ResourceProvider):
         string("containerName", True, _CONTAINER)
         string("identityProvider", True)
         string("tenantId", False, _SEGMENT)
+        if (ca := string("caCertificates", False)) is not None:
+            try:
+                parse_ca_certificates(ca)
+            except CaCertificatesError as error:
+                failures.append(CheckFailure("caCertificates", str(error)))
         return CheckResult(news, failures)
 
     # --- create, read, update, delete -----------------------------------------------------------
@@ -209,7 +224,7 @@ class HubBlobContainerProvider(ResourceProvider):
         return ReadResult(id_=id_, outs=self._outs(props, bool(props.get("adopted")), public))
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        # Only how to sign in changed (tenant, identity provider): nothing to send.
+        # Only how to sign in changed (tenant, identity provider, the Hub's CA): nothing to send.
         return UpdateResult(outs=self._outs(news, bool(olds.get("adopted")), olds.get("publicAccess")))
 
     def delete(self, _id: str, props: dict[str, Any]) -> None:
@@ -255,6 +270,7 @@ class HubBlobContainerArgs:
     blob_endpoint: pulumi.Input[str]
     container_name: pulumi.Input[str]
     tenant_id: pulumi.Input[str] | None = None
+    ca_certificates: str | None = None
 
 
 class HubBlobContainer(pulumi.dynamic.Resource, module="edge-training", name="HubBlobContainer"):
@@ -273,6 +289,7 @@ class HubBlobContainer(pulumi.dynamic.Resource, module="edge-training", name="Hu
             "subscriptionId": args.subscription_id,
             "tenantId": args.tenant_id,
             "identityProvider": args.identity_provider,
+            "caCertificates": args.ca_certificates or None,
             "resourceGroupName": args.resource_group_name,
             "accountName": args.account_name,
             "blobEndpoint": args.blob_endpoint,
