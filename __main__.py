@@ -59,7 +59,9 @@ if kubernetes:
     h = config.hub
     # The VMs boot once the cluster exists in Azure: the server's Arc agents onboard to it.
     after_cluster = pulumi.ResourceOptions(depends_on=[arc.cluster])
-    server = arc.server_script(h.admin_username, h.docker_version, config.edge.namespace, config.edge.instance_type)
+    server = arc.server_script(
+        h.admin_username, h.docker_version, config.edge.namespace, config.edge.instance_type, h.edge_network
+    )
     vm = HubVm("hub-vm", HubVmArgs(h, config.stack, network.nic_id, config.tags, script=server), after_cluster)
     agents = [
         HubVm(
@@ -69,7 +71,7 @@ if kubernetes:
                 config.stack,
                 None,
                 config.tags,
-                arc.agent_script(h.admin_username, h.docker_version),
+                arc.agent_script(h.admin_username, h.docker_version, h.edge_network),
                 kind=f"vm-agent{i}",
                 subnet_id=network.subnet_id,
             ),

@@ -6,6 +6,7 @@ values carry the proxy as `az connectedk8s connect --proxy-*` sets them."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import stat
@@ -13,9 +14,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
+from components import config as stack_config
 from edge import first_boot, real_edge
 from edge.real_edge import EdgeNetwork, EdgeNetworkError
+from tests.conftest import DEV_SECRET_KEYS, dev_stack_config, recorded_stack
 from tests.harness.private_ca import make_private_ca
 from tests.harness.services import write_shim
 from tests.test_first_boot import PRELUDE, STUBS, calls, make_system, run
@@ -26,6 +30,7 @@ PROXY_PASSWORD = "pr0xy-s3cret-Zq"
 HTTPS_PROXY = f"http://edge:{PROXY_PASSWORD}@proxy.contoso.example:3128"
 HTTP_PROXY = f"http://edge:{PROXY_PASSWORD}@proxy.contoso.example:3128"
 UPDATE_CA = 'echo "update-ca-certificates $*" >> "$STATE/calls"\n'
+HUB_ARM = "pulumi-python:dynamic/edge-training:HubArmResource"
 HUB_DOMAIN = ".local.azurestack.external"
 VNET = "10.20.0.0/16"
 
@@ -164,3 +169,52 @@ def test_rendered_scripts_with_a_network_pass_shellcheck(role: str, tmp_path: Pa
     path.write_text(script)
     result = subprocess.run(["shellcheck", "-s", "bash", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout
+
+
+# --- from the stack's configuration ------------------------------------------------------------------
+
+
+def parse(overrides: dict[str, object]) -> stack_config.StackConfig:
+    raw = dev_stack_config(overrides)
+    return stack_config.parse(raw, stack="dev", organization="acme", secret_keys=(*DEV_SECRET_KEYS, "edgeHttpsProxy"))
+
+
+def test_the_config_adds_the_hubs_domain_and_the_vnet_to_what_goes_direct(cas: tuple[str, str]) -> None:
+    cfg = parse({"edgeHttpsProxy": HTTPS_PROXY, "edgeNoProxy": ["10.99.0.0/16"], "edgeProxyCaCertificate": cas[1]})
+    net = cfg.hub.edge_network
+    assert net.https_proxy == HTTPS_PROXY and net.proxy_ca_pem == cas[1].strip()
+    hub_host = cfg.hub.arm_endpoint.split("//", 1)[1].split("/")[0].split(":")[0]
+    assert "." + hub_host.split(".", 1)[1] in net.no_proxy  # the Hub's endpoints share its domain
+    assert cfg.hub.vnet_address_space in net.no_proxy and "10.99.0.0/16" in net.no_proxy
+    assert parse({}).hub.edge_network.proxied is False
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"edgeHttpsProxy": f"socks5://edge:{PROXY_PASSWORD}@proxy:1080"}, "edgeHttpsProxy"),
+        ({"edgeNoProxy": ["not a host"]}, "edgeNoProxy"),
+        (
+            {"edgeProxyCaCertificate": "-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----"},
+            "edgeProxyCaCertificate",
+        ),
+    ],
+)
+def test_bad_proxy_settings_are_named_and_never_echo_the_password(overrides: dict[str, object], key: str) -> None:
+    with pytest.raises(stack_config.ConfigError) as caught:
+        parse({"edgeHttpsProxy": HTTPS_PROXY, **overrides})
+    assert key in [p.key for p in caught.value.problems]
+    assert PROXY_PASSWORD not in str(caught.value)
+
+
+def test_the_program_hands_the_network_to_the_vms_first_boot(cas: tuple[str, str]) -> None:
+    recording = recorded_stack(
+        {"edgeComputeMode": "virtual-machine", "edgeHttpsProxy": HTTPS_PROXY, "hubCaCertificates": cas[0]}
+    )
+    [vm] = [r for r in recording.of_type(HUB_ARM) if r.inputs["resourceType"] == "virtualMachines"]
+    custom_data = vm.inputs["secretProperties"]["osProfile"]["customData"]
+    script = base64.b64decode(
+        yaml.safe_load(base64.b64decode(custom_data).decode())["write_files"][0]["content"]
+    ).decode()
+    assert "use_edge_proxy" in script and HTTPS_PROXY in script and cas[0].strip().splitlines()[1] in script
+    assert first_boot.holds_secrets(script)
