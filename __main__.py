@@ -128,6 +128,7 @@ pulumi.export("hubStorageAccountName", hub_storage.account_name)
 pulumi.export("hubStorageAccountId", hub_storage.account_id)
 pulumi.export("hubBlobEndpoint", hub_storage.blob_endpoint)
 pulumi.export("hubDataContainer", hub_storage.container_name)
+pulumi.export("hubCaCertificates", config.hub.ca_certificates)  # public; the CLI and jobs trust it
 pulumi.export("hubVmId", vm.vm_id)
 pulumi.export("hubVmPublicIp", network.public_ip_address)
 pulumi.export("hubVmAdminUsername", vm.admin_username)

@@ -8,6 +8,7 @@ Azurite over HTTPS with a certificate from the private CA. Certifi's roots are k
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from tests.conftest import DEV_SECRET_KEYS, ROOT, dev_stack_config
 from tests.harness import services
 from tests.harness.hub_arm import HubArm, serve_hub_arm
 from tests.harness.private_ca import PrivateCa, make_private_ca
+from tests.test_training_jobs import arm, workspace  # noqa: F401 (fixtures)
 from training import emulator
 from training.src.edge_train.trust import HUB_CA_FILE_VARIABLE
 
@@ -260,3 +262,45 @@ def test_a_jobs_own_blob_client_trusts_the_mounted_hub_ca(
     )
     with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
         list(untrusting.list_containers())
+
+
+# --- the CLI and the jobs it submits ------------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_trust_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI sets REQUESTS_CA_BUNDLE/SSL_CERT_FILE in its own process: restored after the test."""
+    for name in TRUST_VARIABLES:
+        monkeypatch.setenv(name, "recorded")
+        monkeypatch.delenv(name)
+
+
+def test_a_job_gets_the_mounted_ca_path_and_the_cli_trusts_the_hub_ca(
+    tmp_path: Path,
+    workspace: Any,  # noqa: F811 (the fixture imported above)
+    clean_trust_environment: None,
+    blob_pki: PrivateCa,
+) -> None:
+    from tests.test_training_jobs import job_put, submit
+    from training import cli, jobs
+
+    assert submit(tmp_path, "--prefix", "churn/", hubCaCertificates=blob_pki.ca_pem) == cli.OK
+    body = job_put(workspace).body["properties"]
+    assert body["environmentVariables"]["EDGE_HUB_CA_FILE"] == jobs.HUB_CA_FILE == "/etc/edge-training/hub-ca.pem"
+    assert "BEGIN CERTIFICATE" not in json.dumps(body)  # a path, no certificate material
+    bundle = Path(os.environ["REQUESTS_CA_BUNDLE"]).read_text()
+    assert bundle.startswith(Path(certifi.where()).read_text().rstrip("\n")) and blob_pki.ca_pem.strip() in bundle
+    assert os.environ["SSL_CERT_FILE"] == os.environ["REQUESTS_CA_BUNDLE"]
+
+
+def test_without_a_hub_ca_jobs_and_the_cli_are_unchanged(
+    tmp_path: Path,
+    workspace: Any,  # noqa: F811 (the fixture imported above)
+    clean_trust_environment: None,
+) -> None:
+    from tests.test_training_jobs import job_put, submit
+    from training import cli
+
+    assert submit(tmp_path, "--prefix", "churn/") == cli.OK
+    assert "EDGE_HUB_CA_FILE" not in job_put(workspace).body["properties"]["environmentVariables"]
+    assert "REQUESTS_CA_BUNDLE" not in os.environ
