@@ -631,6 +631,8 @@ def _edge_network(r: _Reader, arm_endpoint: str, vnet: str) -> EdgeNetwork:
         url = r.string(key)
         if url and (reason := proxy_problem(url)) is not None:
             r.problem(key, reason)  # the reason never repeats a password in the URL
+        elif "@" in urlsplit(url).netloc and not r.is_secret(key):
+            r.problem(key, f"carries a user and password in plain text; set it with: pulumi config set --secret {key}")
         proxies[key] = url
     direct: list[str] = []
     host = urlsplit(arm_endpoint).hostname or ""

@@ -209,7 +209,8 @@ def test_bad_proxy_settings_are_named_and_never_echo_the_password(overrides: dic
 
 def test_the_program_hands_the_network_to_the_vms_first_boot(cas: tuple[str, str]) -> None:
     recording = recorded_stack(
-        {"edgeComputeMode": "virtual-machine", "edgeHttpsProxy": HTTPS_PROXY, "hubCaCertificates": cas[0]}
+        {"edgeComputeMode": "virtual-machine", "edgeHttpsProxy": HTTPS_PROXY, "hubCaCertificates": cas[0]},
+        secret_keys=(*DEV_SECRET_KEYS, "edgeHttpsProxy"),
     )
     [vm] = [r for r in recording.of_type(HUB_ARM) if r.inputs["resourceType"] == "virtualMachines"]
     custom_data = vm.inputs["secretProperties"]["osProfile"]["customData"]
@@ -218,3 +219,20 @@ def test_the_program_hands_the_network_to_the_vms_first_boot(cas: tuple[str, str
     ).decode()
     assert "use_edge_proxy" in script and HTTPS_PROXY in script and cas[0].strip().splitlines()[1] in script
     assert first_boot.holds_secrets(script)
+
+
+def test_a_proxy_password_in_plain_text_config_is_refused() -> None:
+    raw = dev_stack_config({"edgeHttpsProxy": HTTPS_PROXY})
+    with pytest.raises(stack_config.ConfigError) as caught:
+        stack_config.parse(raw, stack="dev", organization="acme", secret_keys=DEV_SECRET_KEYS)
+    [problem] = caught.value.problems
+    assert problem.key == "edgeHttpsProxy" and "--secret" in problem.reason
+    assert PROXY_PASSWORD not in str(caught.value)
+    # Without credentials, plain text is fine.
+    plain = stack_config.parse(
+        dev_stack_config({"edgeHttpsProxy": "http://proxy.contoso.example:3128"}),
+        stack="dev",
+        organization="acme",
+        secret_keys=DEV_SECRET_KEYS,
+    )
+    assert plain.hub.edge_network.proxied
