@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import ssl
 import threading
 from collections.abc import Callable, Iterator
@@ -118,6 +119,9 @@ def https_server(directory: Path, respond: Respond, name: str) -> Iterator[tuple
     operator's PKI signs a Hub's endpoints), answering every request with `respond`; yields its
     URL and the CA's certificate to trust. Stopped, and checked gone, on exit."""
     pki = make_private_ca(directory / f"{name}-pki")
+    # Where tests that serve a raw answer under the same certificate find it (test_attach_adversarial).
+    shutil.copyfile(pki.server_cert, directory / "arm.crt")
+    shutil.copyfile(pki.server_key, directory / "arm.key")
 
     class Handler(BaseHTTPRequestHandler):
         def _handle(self) -> None:
