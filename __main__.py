@@ -59,7 +59,9 @@ if kubernetes:
     h = config.hub
     # The VMs boot once the cluster exists in Azure: the server's Arc agents onboard to it.
     after_cluster = pulumi.ResourceOptions(depends_on=[arc.cluster])
-    server = arc.server_script(h.admin_username, h.docker_version, config.edge.namespace, config.edge.instance_type)
+    server = arc.server_script(
+        h.admin_username, h.docker_version, config.edge.namespace, config.edge.instance_type, h.edge_network
+    )
     vm = HubVm("hub-vm", HubVmArgs(h, config.stack, network.nic_id, config.tags, script=server), after_cluster)
     agents = [
         HubVm(
@@ -69,7 +71,7 @@ if kubernetes:
                 config.stack,
                 None,
                 config.tags,
-                arc.agent_script(h.admin_username, h.docker_version),
+                arc.agent_script(h.admin_username, h.docker_version, h.edge_network),
                 kind=f"vm-agent{i}",
                 subnet_id=network.subnet_id,
             ),
@@ -126,6 +128,7 @@ pulumi.export("hubStorageAccountName", hub_storage.account_name)
 pulumi.export("hubStorageAccountId", hub_storage.account_id)
 pulumi.export("hubBlobEndpoint", hub_storage.blob_endpoint)
 pulumi.export("hubDataContainer", hub_storage.container_name)
+pulumi.export("hubCaCertificates", config.hub.ca_certificates)  # public; the CLI and jobs trust it
 pulumi.export("hubVmId", vm.vm_id)
 pulumi.export("hubVmPublicIp", network.public_ip_address)
 pulumi.export("hubVmAdminUsername", vm.admin_username)

@@ -181,6 +181,13 @@ class ArmClient:
         result = self._wait(f"PUT {path}", pipeline_response)
         return dict(result) if isinstance(result, Mapping) else self.get(path, api_version) or {}
 
+    def post(self, path: str, api_version: str) -> dict[str, Any]:
+        """POST an action without a body (e.g. a storage account's listKeys); its answer."""
+        response = self._send("POST", path, api_version).http_response
+        if response.status_code != 200:
+            self._raise_for(f"POST {path}", response)
+        return dict(_json(response) or {})
+
     def delete(self, path: str, api_version: str) -> bool:
         """DELETE and wait until it is gone. False when there was nothing to delete (404 or 204)."""
         pipeline_response = self._send("DELETE", path, api_version)

@@ -18,6 +18,7 @@ Mapping (first match wins):
 - `<P>CLIENT_SECRET`: `ClientSecretCredential`.
 - `<P>CLIENT_CERTIFICATE_PATH` (and `<P>CLIENT_CERTIFICATE_PASSWORD`): `CertificateCredential`.
 - `<P>USE_MSI=true`: `ManagedIdentityCredential` (with `<P>CLIENT_ID` for a user-assigned one).
+  Neither OIDC nor MSI on an AD FS Hub: refused before any request (`refuse_entra_only_sign_in`).
 - nothing set: `DefaultAzureCredential` (a signed-in Azure CLI on a laptop, workload identity, ...).
 """
 
@@ -46,6 +47,24 @@ class CredentialConfigError(ValueError):
 
 def _true(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes")
+
+
+# Federated (workload identity) tokens and managed identities are issued by Microsoft Entra ID; an
+# AD FS Hub's authority is the stamp's own AD FS farm, which knows neither (Microsoft Learn, "Use an
+# app identity to access Azure Stack Hub resources": AD FS deployments take a client secret or a
+# certificate).
+ENTRA_ONLY = ("USE_OIDC", "USE_MSI")
+
+
+def refuse_entra_only_sign_in(environ: Mapping[str, str], prefix: str = HUB_PREFIX) -> None:
+    """Raise before any request when `environ` asks for a sign-in AD FS cannot accept."""
+    chosen = [f"{prefix}{name}" for name in ENTRA_ONLY if _true(environ.get(f"{prefix}{name}"))]
+    if chosen:
+        raise CredentialConfigError(
+            f"{' and '.join(chosen)} cannot sign in to an AD FS Hub: workload identity federation and managed "
+            "identities issue Microsoft Entra ID tokens, which AD FS does not accept. Use an app registered in the "
+            f"Hub's AD FS with {prefix}CLIENT_SECRET or {prefix}CLIENT_CERTIFICATE_PATH (and {prefix}CLIENT_ID)"
+        )
 
 
 def federated_token_source(
@@ -109,6 +128,8 @@ def credential_from_environment(
     `transport` is handed to every HTTP call the credential makes (tests pass one that trusts a
     local CA)."""
     env = os.environ if environ is None else environ
+    if cloud.uses_adfs:
+        refuse_entra_only_sign_in(env, prefix)
     pipeline: dict[str, Any] = {"transport": transport} if transport is not None else {}
     client_id = env.get(f"{prefix}CLIENT_ID") or None
     tenant_id = "adfs" if cloud.uses_adfs else (tenant_id or env.get(f"{prefix}TENANT_ID") or None)

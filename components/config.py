@@ -23,7 +23,9 @@ from urllib.parse import urlsplit
 import yaml
 
 from clients import ssh_keys
+from clients.trust import CaCertificatesError, parse_ca_certificates
 from components import naming
+from edge.real_edge import EdgeNetwork, no_proxy_problem, proxy_problem
 from policy.address_space import everywhere_reason as ssh_everywhere_reason
 from policy.address_space import parse_source
 
@@ -155,6 +157,10 @@ class HubSettings:
     os_disk_size_gb: int
     docker_version: str
     bootstrap: str
+    ca_certificates: str = ""
+    """hubCaCertificates: the Hub's CA certificates (PEM), checked; empty when public roots do."""
+    edge_network: EdgeNetwork = field(default_factory=EdgeNetwork)
+    """The VM's CAs and proxy (edgeHttpProxy, edgeHttpsProxy, edgeNoProxy, edgeProxyCaCertificate)."""
 
     @property
     def metadata_host(self) -> str:
@@ -597,6 +603,65 @@ def _hub(r: _Reader, stack: str, seed: str) -> HubSettings:
         os_disk_size_gb=r.integer("hubOsDiskSizeGb", 30, 1023),
         docker_version=docker_version,
         bootstrap=bootstrap,
+        ca_certificates=_hub_ca_certificates(r),
+        edge_network=_edge_network(r, endpoint, str(vnet) if vnet else ""),
+    )
+
+
+# --- the real edge: the Hub's own CA ----------------------------------------------------------
+
+
+def _hub_ca_certificates(r: _Reader) -> str:
+    """hubCaCertificates: CA certificates only (clients/trust.py says what is checked)."""
+    pem = r.string("hubCaCertificates")
+    if pem:
+        try:
+            parse_ca_certificates(pem)
+        except CaCertificatesError as error:
+            r.problem("hubCaCertificates", str(error))
+    return pem
+
+
+def _edge_network(r: _Reader, arm_endpoint: str, vnet: str) -> EdgeNetwork:
+    """The proxy the VM goes out through, and what it always reaches directly: besides the
+    cluster's own (edge/real_edge.py ALWAYS_DIRECT), the Hub's endpoints (the domain of
+    hubArmEndpoint, which its blob and AD FS endpoints share) and the VNet."""
+    proxies = {}
+    for key in ("edgeHttpProxy", "edgeHttpsProxy"):
+        url = r.string(key)
+        if url and (reason := proxy_problem(url)) is not None:
+            r.problem(key, reason)  # the reason never repeats a password in the URL
+        elif "@" in urlsplit(url).netloc and not r.is_secret(key):
+            r.problem(key, f"carries a user and password in plain text; set it with: pulumi config set --secret {key}")
+        proxies[key] = url
+    direct: list[str] = []
+    host = urlsplit(arm_endpoint).hostname or ""
+    if host:
+        try:
+            ipaddress.ip_address(host)
+            direct.append(host)
+        except ValueError:
+            direct.append("." + host.split(".", 1)[1] if "." in host else host)
+    if vnet:
+        direct.append(vnet)
+    for entry in r.strings("edgeNoProxy"):
+        if (reason := no_proxy_problem(entry)) is not None:
+            r.problem("edgeNoProxy", reason)
+        direct.append(entry)
+    proxy_ca = r.string("edgeProxyCaCertificate")
+    if proxy_ca:
+        try:
+            parse_ca_certificates(proxy_ca)
+        except CaCertificatesError as error:
+            r.problem("edgeProxyCaCertificate", str(error))
+        if not (proxies["edgeHttpProxy"] or proxies["edgeHttpsProxy"]):
+            r.problem("edgeProxyCaCertificate", "is set without edgeHttpProxy or edgeHttpsProxy")
+    return EdgeNetwork(
+        hub_ca_pem=r.string("hubCaCertificates"),
+        http_proxy=proxies["edgeHttpProxy"],
+        https_proxy=proxies["edgeHttpsProxy"],
+        no_proxy=tuple(dict.fromkeys(direct)),
+        proxy_ca_pem=proxy_ca,
     )
 
 

@@ -31,6 +31,7 @@ from pulumi_azure_native import authorization, kubernetesconfiguration, machinel
 from components import naming
 from components.config import EdgeComputeSettings, InstanceTypeSizing
 from components.roles import assign_role
+from edge.real_edge import EdgeNetwork
 from providers.arc_connection import CONNECTED_CLUSTER_API_VERSION, ArcConnection, ArcConnectionArgs
 from providers.cluster_secrets import ClusterSecrets
 
@@ -195,7 +196,12 @@ class EdgeKubernetes(pulumi.ComponentResource):
         self.cluster_name = pulumi.Output.from_input(self._cluster_name)
 
     def server_script(
-        self, admin_username: str, docker_version: str, namespace: str, instance: InstanceTypeSizing
+        self,
+        admin_username: str,
+        docker_version: str,
+        namespace: str,
+        instance: InstanceTypeSizing,
+        network: EdgeNetwork | None = None,
     ) -> pulumi.Output[str]:
         """The K3s server's first-boot script (edge/first_boot.py), carrying the onboarding key and
         the join token: rendered inside an apply of secret Outputs, and secret itself."""
@@ -229,7 +235,7 @@ class EdgeKubernetes(pulumi.ComponentResource):
                 private_key_pem=key,
             )
             server = edge_boot.K3sServer(join_token=token, arc=arc, manifests_yaml=manifests)
-            return edge_boot.render_script(admin_username, docker_version, server=server)
+            return edge_boot.render_script(admin_username, docker_version, server=server, network=network)
 
         values = pulumi.Output.all(
             self._subscription,
@@ -242,7 +248,9 @@ class EdgeKubernetes(pulumi.ComponentResource):
         )
         return pulumi.Output.secret(values.apply(render))
 
-    def agent_script(self, admin_username: str, docker_version: str) -> pulumi.Output[str]:
+    def agent_script(
+        self, admin_username: str, docker_version: str, network: EdgeNetwork | None = None
+    ) -> pulumi.Output[str]:
         """A K3s agent's first-boot script: joins the server with the token; no Arc onboarding."""
         from edge import first_boot as edge_boot
 
@@ -250,7 +258,10 @@ class EdgeKubernetes(pulumi.ComponentResource):
         return pulumi.Output.secret(
             self.join_token.apply(
                 lambda token: edge_boot.render_script(
-                    admin_username, docker_version, agent=edge_boot.K3sAgent(server_url=url, join_token=token)
+                    admin_username,
+                    docker_version,
+                    agent=edge_boot.K3sAgent(server_url=url, join_token=token),
+                    network=network,
                 )
             )
         )

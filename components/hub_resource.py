@@ -45,6 +45,8 @@ class HubEndpoint:
     subscription_id: str
     identity_provider: str
     tenant_id: str | None
+    ca_certificates: str | None = None
+    """The Hub's CA (PEM), trusted next to certifi's roots (hubCaCertificates)."""
 
     @classmethod
     def of(cls, settings: HubSettings) -> HubEndpoint:
@@ -53,6 +55,7 @@ class HubEndpoint:
             subscription_id=settings.subscription_id,
             identity_provider=settings.identity_provider,
             tenant_id=None if settings.uses_adfs else settings.tenant_id,
+            ca_certificates=settings.ca_certificates or None,
         )
 
 
@@ -125,6 +128,7 @@ def declare(logical_name: str, spec: HubResourceSpec, opts: pulumi.ResourceOptio
             subscription_id=hub.subscription_id,
             tenant_id=hub.tenant_id,
             identity_provider=hub.identity_provider,
+            ca_certificates=hub.ca_certificates,
             namespace=spec.namespace,
             resource_type=spec.resource_type,
             resource_name=spec.name,

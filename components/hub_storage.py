@@ -9,6 +9,7 @@ import pulumi
 
 from components.config import HubSettings
 from components.hub_resource import HubEndpoint, HubResourceSpec, declare, property_of
+from providers.hub_blob_container import HubBlobContainer, HubBlobContainerArgs
 
 
 def storage_account_spec(settings: HubSettings, tags: Mapping[str, str]) -> HubResourceSpec:
@@ -28,19 +29,24 @@ def storage_account_spec(settings: HubSettings, tags: Mapping[str, str]) -> HubR
     )
 
 
-def container_spec(settings: HubSettings, account_name: pulumi.Input[str]) -> HubResourceSpec:
-    # The path is made from the account's output, not from config: replacing the account (which
-    # deletes its containers) then makes Pulumi replace the container too.
-    return HubResourceSpec(
-        namespace="Microsoft.Storage",
-        resource_type="containers",
-        parent_resource_path=pulumi.Output.from_input(account_name).apply(
-            lambda name: f"storageAccounts/{name}/blobServices/default"
-        ),
-        name=settings.data_container_name,
+def container_args(
+    settings: HubSettings, account_name: pulumi.Input[str], blob_endpoint: pulumi.Input[str]
+) -> HubBlobContainerArgs:
+    # Through the blob service, not Resource Manager: a Hub serves no ARM path for containers
+    # (providers/hub_blob_container.py says where that is written). The account's name and
+    # endpoint come from its outputs: replacing the account (which deletes its containers) then
+    # makes Pulumi replace the container too.
+    hub = HubEndpoint.of(settings)
+    return HubBlobContainerArgs(
+        arm_endpoint=hub.arm_endpoint,
+        subscription_id=hub.subscription_id,
+        identity_provider=hub.identity_provider,
+        tenant_id=hub.tenant_id,
+        ca_certificates=hub.ca_certificates,
         resource_group_name=settings.resource_group_name,
-        properties={"publicAccess": "None"},
-        hub=HubEndpoint.of(settings),
+        account_name=account_name,
+        blob_endpoint=blob_endpoint,
+        container_name=settings.data_container_name,
     )
 
 
@@ -51,7 +57,8 @@ class HubStorageArgs:
 
 
 class HubStorage(pulumi.ComponentResource):
-    """A storage account on the Hub (https only) and a private blob container for the data."""
+    """A storage account on the Hub (https only) and a private blob container for the data, made
+    through the blob service."""
 
     account_name: pulumi.Output[str]
     account_id: pulumi.Output[str]
@@ -62,10 +69,12 @@ class HubStorage(pulumi.ComponentResource):
         super().__init__("edge-training:edge:HubStorage", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         account = declare(f"{name}-account", storage_account_spec(args.settings, args.tags), child)
-        container = declare(f"{name}-container", container_spec(args.settings, account.name), child)
         self.account_name = account.name
         self.account_id = account.id
         self.blob_endpoint = property_of(account, "primaryEndpoints", "blob")
+        container = HubBlobContainer(
+            f"{name}-container", container_args(args.settings, account.name, self.blob_endpoint), child
+        )
         self.container_name = container.name
         self.register_outputs(
             {

@@ -119,7 +119,9 @@ class HubVm(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         vm_name = naming.hub_resource_name(args.kind, args.stack)
         script = (
-            args.script if args.script is not None else first_boot.render_script(s.admin_username, s.docker_version)
+            args.script
+            if args.script is not None
+            else first_boot.render_script(s.admin_username, s.docker_version, network=s.edge_network)
         )
         nic_id = args.nic_id
         if nic_id is None:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from edge import cluster_manifests
+from edge.real_edge import EdgeNetwork, arc_proxy_values, shell_functions
 
 SCRIPT = Path(__file__).with_name("first_boot.sh")
 SCRIPT_PATH_ON_VM = "/opt/edge-training/first-boot.sh"
@@ -161,7 +162,7 @@ def _check_token(what: str, token: str) -> None:
         raise FirstBootError(f"{what} must be 16 to 256 printable ASCII characters without spaces")
 
 
-def arc_helm_values(arc: ArcOnboarding) -> dict[str, Any]:
+def arc_helm_values(arc: ArcOnboarding, network: EdgeNetwork | None = None) -> dict[str, Any]:
     """The values `az connectedk8s connect` gives the azure-arc-k8sagents chart.
 
     From azure-cli-extensions src/connectedk8s/azext_connectedk8s/_utils.py `helm_install_release`
@@ -170,8 +171,9 @@ def arc_helm_values(arc: ArcOnboarding) -> dict[str, Any]:
     azureEnvironment; systemDefaultValues.spnOnboarding=false and clusterconnect-agent.enabled=true;
     `--disable-auto-upgrade` sets systemDefaultValues.azureArcAgents.autoUpdate=false), and Microsoft's
     edge-ai arc-agents module (helm_release "arc_agent"), which installs the chart without the CLI.
+    Behind a proxy, also the values its --proxy-* options set (edge/real_edge.py).
     """
-    return {
+    values: dict[str, Any] = {
         "global": {
             "subscriptionId": arc.subscription_id,
             "tenantId": arc.tenant_id,
@@ -189,6 +191,8 @@ def arc_helm_values(arc: ArcOnboarding) -> dict[str, Any]:
             "azureArcAgents": {"autoUpdate": False},
         },
     }
+    values["global"].update(arc_proxy_values(network or EdgeNetwork()))
+    return values
 
 
 def k3s_config(join_token: str, server_url: str | None = None) -> str:
@@ -289,9 +293,12 @@ def render_script(
     docker_version: str,
     server: K3sServer | None = None,
     agent: K3sAgent | None = None,
+    network: EdgeNetwork | None = None,
 ) -> str:
     """The script with its values filled in (admin_username and docker_version are validated by
-    components.config). None/None: the Docker-only script of the virtual-machine mode."""
+    components.config). None/None: the Docker-only script of the virtual-machine mode. `network`:
+    the operator's CAs and proxy (edge/real_edge.py), applied before anything is downloaded."""
+    network = network or EdgeNetwork()
     if server is not None and agent is not None:
         raise FirstBootError("a VM is either the K3s server or a K3s agent, not both")
     secrets = ""
@@ -305,7 +312,7 @@ def render_script(
             [
                 _writer("write_k3s_config", '"$1"', k3s_config(server.join_token)),
                 # One line of JSON (which is YAML): the PEM's newlines are escaped inside it.
-                _writer("write_arc_values", '"$1"', json.dumps(arc_helm_values(server.arc))),
+                _writer("write_arc_values", '"$1"', json.dumps(arc_helm_values(server.arc, network))),
                 _manifest_writers(manifests),
                 _writer("write_instance_types_script", '"$1"', _INSTANCE_TYPES_SCRIPT),
                 _writer("write_instance_types_unit", '"$1"', _INSTANCE_TYPES_UNIT),
@@ -333,8 +340,8 @@ def render_script(
     for placeholder, value in values.items():
         script = script.replace(placeholder, value)
     # Last, so no placeholder replacement ever runs over a secret.
-    script = script.replace("@SECRETS@\n", secrets)
-    if secrets:
+    script = script.replace("@SECRETS@\n", secrets + shell_functions(network))
+    if secrets or network.proxied:  # a proxy URL may carry credentials
         shebang, rest = script.split("\n", 1)
         script = f"{shebang}\n{_SECRET_BEARING}{rest}"
     return script

@@ -203,6 +203,8 @@ install_instance_types_unit() {
 arch=$(dpkg --print-architecture)
 export DEBIAN_FRONTEND=noninteractive
 
+configure_edge_network  # the operator's CAs and proxy, before anything is fetched (edge/real_edge.py)
+
 missing=()
 for pkg in ca-certificates curl gnupg; do
   is_installed "$pkg" || missing+=("$pkg")

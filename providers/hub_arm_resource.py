@@ -41,7 +41,8 @@ from pulumi.runtime import rpc
 
 from clients.arm import ArmClient, ArmError
 from clients.cloud import Cloud, CloudDiscoveryError, discover
-from clients.credentials import HUB_PREFIX, credential_from_environment
+from clients.credentials import HUB_PREFIX, credential_from_environment, refuse_entra_only_sign_in
+from clients.trust import CaCertificatesError, parse_ca_certificates, transport_trusting
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ IDENTITY = (
     "location",
 )
 BODY = ("tags", "sku", "kind", "properties", "secretProperties")
-INPUTS = (*IDENTITY, "tenantId", "identityProvider", "apiVersion", *BODY)
+# caCertificates: the Hub's CA (PEM, public), trusted next to certifi's roots for every request.
+INPUTS = (*IDENTITY, "tenantId", "identityProvider", "caCertificates", "apiVersion", *BODY)
 OUTPUTS = ("observedProperties",)
 
 # What Resource Manager refuses to change in place (409 PropertyChangeNotAllowed, or a silent
@@ -220,9 +222,19 @@ class HubArmResourceProvider(ResourceProvider):
 
     # --- clients, made per call -----------------------------------------------------------------
 
+    def _transport_for(self, props: Mapping[str, Any]) -> HttpTransport | None:
+        """The tests' transport, else one trusting the Hub's CA (when given) next to certifi's."""
+        return self._transport or transport_trusting(props.get("caCertificates") or None)
+
     def _client(self, props: Mapping[str, Any]) -> ArmClient:
         cloud, credential = self._session(props)
-        return ArmClient(cloud, credential, transport=self._transport)
+        return ArmClient(cloud, credential, transport=self._transport_for(props))
+
+    def client_for(self, props: Mapping[str, Any]) -> ArmClient:
+        """A Resource Manager client for the Hub `props` name (armEndpoint, identityProvider,
+        tenantId), on this process's shared sign-in: for the other Hub providers (the blob
+        container's listKeys)."""
+        return self._client(props)
 
     def _session(self, props: Mapping[str, Any]) -> tuple[Cloud, TokenCredential]:
         """The Hub's metadata and a credential for it, once per process and sign-in: every call of
@@ -234,13 +246,16 @@ class HubArmResourceProvider(ResourceProvider):
             str(props.get("identityProvider")),
             str(props.get("tenantId")),
             hashlib.sha256(repr(environment).encode()).hexdigest(),
-            id(self._transport),
+            id(self._transport_for(props)),
         )
         with _SESSIONS_LOCK:
             if key in _SESSIONS:
                 return _SESSIONS[key]
-        cloud = discover(str(props["armEndpoint"]), transport=self._transport)
         wanted_adfs = props.get("identityProvider") == "adfs"
+        if wanted_adfs:  # before the metadata read: nothing is sent for a sign-in that cannot work
+            refuse_entra_only_sign_in(os.environ, HUB_PREFIX)
+        transport = self._transport_for(props)
+        cloud = discover(str(props["armEndpoint"]), transport=transport)
         if cloud.uses_adfs != wanted_adfs:
             raise HubArmError(
                 f"identityProvider is {props.get('identityProvider')!r}, but {props['armEndpoint']} signs in at "
@@ -251,7 +266,7 @@ class HubArmResourceProvider(ResourceProvider):
             os.environ,
             prefix=HUB_PREFIX,
             cloud=cloud,
-            transport=self._transport,
+            transport=transport,
             tenant_id=None if wanted_adfs else (props.get("tenantId") or None),
         )
         with _SESSIONS_LOCK:
@@ -301,6 +316,11 @@ class HubArmResourceProvider(ResourceProvider):
         string("location", False)
         string("kind", False)
         string("tenantId", False, _SEGMENT)
+        if (ca := string("caCertificates", False)) is not None:
+            try:
+                parse_ca_certificates(ca)
+            except CaCertificatesError as error:
+                fail("caCertificates", str(error))
         provider = string("identityProvider", True)
         if provider is not None and provider not in IDENTITY_PROVIDERS:
             fail("identityProvider", f"{provider!r} is not one of {', '.join(IDENTITY_PROVIDERS)}")
@@ -477,6 +497,7 @@ class HubArmResourceArgs:
     properties: pulumi.Input[Mapping[str, Any]]
     secret_properties: pulumi.Input[Mapping[str, Any]] | None = None
     tenant_id: pulumi.Input[str] | None = None
+    ca_certificates: str | None = None
     parent_resource_path: pulumi.Input[str] = ""
     location: pulumi.Input[str] | None = None
     sku: pulumi.Input[Mapping[str, Any]] | None = None
@@ -501,6 +522,7 @@ class HubArmResource(pulumi.dynamic.Resource, module="edge-training", name="HubA
             "subscriptionId": args.subscription_id,
             "tenantId": args.tenant_id,
             "identityProvider": args.identity_provider,
+            "caCertificates": args.ca_certificates or None,
             "resourceProviderNamespace": args.namespace,
             "resourceType": args.resource_type,
             "parentResourcePath": args.parent_resource_path,

@@ -26,7 +26,6 @@ HUB_ARM = "pulumi-python:dynamic/edge-training:HubArmResource"
 # the request body at that version.
 HUB_TYPES: dict[tuple[str, str], tuple[str, type]] = {
     ("Microsoft.Storage", "storageAccounts"): ("2019-06-01", storage_models.StorageAccountCreateParameters),
-    ("Microsoft.Storage", "containers"): ("2019-06-01", storage_models.BlobContainer),
     ("Microsoft.Network", "networkSecurityGroups"): ("2018-11-01", network_models.NetworkSecurityGroup),
     ("Microsoft.Network", "virtualNetworks"): ("2018-11-01", network_models.VirtualNetwork),
     ("Microsoft.Network", "publicIPAddresses"): ("2018-11-01", network_models.PublicIPAddress),
@@ -84,7 +83,8 @@ def test_every_hub_resource_is_a_hub_arm_resource_at_its_profile_api_version(rec
     assert declared == expected
     # And no Hub resource slipped through an azure-native class (which would send a newer version).
     children = {r.type for c in hub_components(recording) for r in recording.children_of(c)}
-    assert children == {HUB_ARM}
+    # (The blob container is the one Hub resource made through the data plane, not Resource Manager.)
+    assert children == {HUB_ARM, "pulumi-python:dynamic/edge-training:HubBlobContainer"}
     assert not [r for r in recording.of_type("pulumi:providers:azure-native") if r.name != "azure"]
 
 
@@ -165,14 +165,18 @@ def test_custom_data_and_protected_settings_stay_secret(recording: Recording) ->
 
 
 def test_storage_is_https_only_and_the_container_private(recording: Recording) -> None:
-    account = by_type(recording, "storageAccounts").inputs
-    assert account["properties"]["supportsHttpsTrafficOnly"] is True
-    assert account["sku"] == {"name": "Standard_LRS"}
-    container = by_type(recording, "containers")
-    assert container.inputs["properties"] == {"publicAccess": "None"}
-    assert container.inputs["parentResourcePath"] == f"storageAccounts/{account['resourceName']}/blobServices/default"
-    # The path comes from the account's output: replacing the account replaces the container.
-    assert by_type(recording, "storageAccounts").urn in container.property_dependencies["parentResourcePath"]
+    account = by_type(recording, "storageAccounts")
+    assert account.inputs["properties"]["supportsHttpsTrafficOnly"] is True
+    assert account.inputs["sku"] == {"name": "Standard_LRS"}
+    # The container goes through the blob service, never Resource Manager (no ARM path on a Hub).
+    assert not [r for r in hub_resources(recording) if "containers" in str(r.inputs["resourceType"])]
+    [container] = recording.of_type("pulumi-python:dynamic/edge-training:HubBlobContainer")
+    assert container.inputs["containerName"] == "training-data"  # Pulumi.yaml's default
+    assert container.inputs["accountName"] == account.inputs["resourceName"]
+    # Name and endpoint come from the account's outputs: replacing the account replaces the container.
+    assert account.urn in container.property_dependencies["accountName"]
+    assert account.urn in container.property_dependencies["blobEndpoint"]
+    assert not {"accountKey", "key"} & set(container.inputs)  # the key is fetched per call, never an input
 
 
 def _inbound_ssh_sources(recording: Recording) -> list[str]:

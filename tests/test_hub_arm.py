@@ -74,14 +74,14 @@ def test_the_edge_lifecycle_runs_against_a_hub_at_the_profiles_versions_only(
     declared = engine.declared(program())
     kinds = [inputs["resourceType"] for _, inputs in declared]
     assert sorted(kinds) == sorted(
-        ["storageAccounts", "containers", "networkSecurityGroups", "virtualNetworks", "publicIPAddresses",
+        ["storageAccounts", "networkSecurityGroups", "virtualNetworks", "publicIPAddresses",
          "networkInterfaces", "virtualMachines"]
     )  # fmt: skip
 
     # Create, in the program's dependency order (the stand-in refuses dangling references).
     actions = engine.up(declared, hub.url)
     assert set(actions.values()) == {"create"}
-    assert len(hub.resources) == 7
+    assert len(hub.resources) == 6
     for resource in hub.resources.values():
         assert resource["properties"].get("provisioningState", "Succeeded") == "Succeeded", resource["id"]
     pip = next(outs for name, (_, outs) in engine.state.items() if name.endswith("-pip"))
@@ -95,8 +95,7 @@ def test_the_edge_lifecycle_runs_against_a_hub_at_the_profiles_versions_only(
     # A tag changes: every tagged resource is updated in place, nothing replaced.
     tagged = engine.declared(program(tags=["owner=data-team"]))
     actions = engine.up(tagged, hub.url)
-    assert {a for n, a in actions.items() if not n.endswith("-container")} == {"update"}
-    assert actions["hub-storage-container"] == "same"  # containers carry no tags
+    assert set(actions.values()) == {"update"}
     assert all(r.get("tags", {}).get("owner") == "data-team" for r in hub.resources.values() if "tags" in r)
 
     # The VM image changes: the VM is replaced (the Hub refuses that change in place), nothing else.
@@ -432,6 +431,22 @@ def test_the_identity_provider_must_match_the_hubs_metadata(hub: HubArm, provide
     with pytest.raises(HubArmError, match="hubIdentityProvider"):
         provider.create(nsg(hub, identityProvider="azuread", tenantId="00000000-0000-0000-0000-000000000002"))
     assert not [r for r in hub.requests if r.path.startswith("/subscriptions/")]
+
+
+@pytest.mark.parametrize("variable", ["HUB_ARM_USE_OIDC", "HUB_ARM_USE_MSI"])
+def test_an_adfs_hub_refuses_entra_only_sign_in_before_any_request(
+    hub: HubArm, provider: HubArmResourceProvider, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "true")
+    with pytest.raises(HubArmError, match=rf"{variable} cannot sign in to an AD FS Hub.*Entra ID tokens"):
+        provider.create(nsg(hub))
+    assert hub.requests == []  # not even the metadata
+    # Whoever discovers the Hub first (the CLI, the attach step) is refused the same way.
+    cloud = discover(hub.url, transport=hub.transport())
+    with pytest.raises(ValueError, match=f"{variable} cannot sign in to an AD FS Hub"):
+        credential_from_environment(prefix="HUB_ARM_", cloud=cloud)
+    monkeypatch.setenv(variable, "false")  # off is no refusal
+    provider.create(nsg(hub))
 
 
 def test_a_wrong_secret_fails_sign_in_with_no_secret_in_the_error(

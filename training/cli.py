@@ -59,7 +59,20 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _outputs(args: argparse.Namespace) -> stack_outputs.StackOutputs:
-    return stack_outputs.load(stack=args.stack, outputs_file=args.outputs)
+    return _trusting(stack_outputs.load(stack=args.stack, outputs_file=args.outputs))
+
+
+def _trusting(outputs: stack_outputs.StackOutputs) -> stack_outputs.StackOutputs:
+    """This process trusts the stack's Hub CA next to certifi's roots (edge_train/trust.py), for
+    everything it sends to the Hub (staging, the blob client, deploy); an operator's own
+    REQUESTS_CA_BUNDLE / SSL_CERT_FILE wins."""
+    if outputs.hubCaCertificates.strip():
+        from training.src.edge_train.trust import BUNDLE_VARIABLES, combined_bundle
+
+        bundle = str(combined_bundle(outputs.hubCaCertificates))
+        for name in BUNDLE_VARIABLES:
+            os.environ.setdefault(name, bundle)
+    return outputs
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -310,7 +323,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from training import deploy
 
     values, source = stack_outputs.load_values(args.stack, args.outputs)
-    outputs = stack_outputs.StackOutputs.from_mapping(values, source)
+    outputs = _trusting(stack_outputs.StackOutputs.from_mapping(values, source))
     if not (args.image and args.ssh_key):
         raise stack_outputs.OutputsError("--target edge needs --image (from `package`) and --ssh-key")
     token_name = args.token_name or values.get("registryPullTokenName")

@@ -50,6 +50,8 @@ CREDENTIAL_DIRECTORY = "/etc/edge-training"
 # developer guide (learn.microsoft.com/azure-stack/user/azure-stack-acs-differences) tells
 # clients to pin 2019-07-07. Newer Hub builds may take more: --blob-api-version / hubBlobApiVersion.
 DEFAULT_BLOB_API_VERSION = "2019-07-07"
+HUB_CA_FILE = f"{CREDENTIAL_DIRECTORY}/hub-ca.pem"
+"""Where jobs find the Hub's CA (edge/real_edge.py HUB_CA_ON_VM, mounted like the credential)."""
 API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 DEFAULT_TIMEOUT_SECONDS = 6 * 3600
 VIRTUAL_MACHINE, KUBERNETES = "virtual-machine", "kubernetes"
@@ -91,6 +93,8 @@ class SubmitSettings:
     stack: str
     compute_mode: str = VIRTUAL_MACHINE
     blob_api_version: str = DEFAULT_BLOB_API_VERSION
+    hub_ca: bool = False
+    """The Hub has its own CA: jobs trust the copy the VM or the cluster mounts (HUB_CA_FILE)."""
 
     @classmethod
     def from_outputs(cls, outputs: StackOutputs, blob_api_version: str | None = None) -> SubmitSettings:
@@ -104,6 +108,7 @@ class SubmitSettings:
             stack=outputs.stackName,
             compute_mode=outputs.edgeComputeMode,
             blob_api_version=version,
+            hub_ca=bool(outputs.hubCaCertificates.strip()),
         )
 
 
@@ -235,6 +240,10 @@ def apply_settings(spec: JobSpec, settings: SubmitSettings) -> tuple[dict[str, A
     # Locations only: where the data is, not how to read it.
     variables["EDGE_ACCOUNT_URL"] = settings.account_url
     variables["EDGE_BLOB_API_VERSION"] = settings.blob_api_version
+    if settings.hub_ca:
+        # A path, not certificate material: first boot wrote the CA there (edge/real_edge.py), and
+        # edge_train trusts it next to certifi's roots (edge_train/trust.py).
+        variables["EDGE_HUB_CA_FILE"] = HUB_CA_FILE
     # edge_train sits at the root of the snapshot; the command runs there (Azure ML runs a job's
     # command in its code folder), so "." finds it whatever script the command starts.
     variables["PYTHONPATH"] = ":".join(p for p in (".", str(variables.get("PYTHONPATH") or "")) if p)

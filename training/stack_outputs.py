@@ -38,6 +38,8 @@ class StackOutputs:
     """"kubernetes" (Arc-enabled cluster on the Hub) or "virtual-machine" (the attached VM)."""
     hubBlobApiVersion: str = "2019-07-07"
     """The x-ms-version the Hub's blob service accepts (Hub storage pins 2019-07-07)."""
+    hubCaCertificates: str = ""
+    """The CA certificates (PEM) that sign the Hub's endpoints (hubCaCertificates); empty: public roots."""
     sshHostKeyFingerprint: str = ""
     """Recorded by the SSH attach: required in virtual-machine mode; empty in kubernetes mode,
     where nothing attaches over SSH."""

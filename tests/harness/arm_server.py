@@ -3,10 +3,9 @@ azure-core client: it records every request and plays scripted responses."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import re
+import shutil
 import ssl
 import threading
 from collections.abc import Callable, Iterator
@@ -19,10 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from azure.core.credentials import AccessToken
 from azure.core.pipeline.transport import RequestsTransport
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from tests.harness.private_ca import make_private_ca
 
 TEST_TOKEN = "test-bearer-token-edge-training"
 TEST_TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -72,30 +69,6 @@ class FakeArm:
             return queue.pop(0) if len(queue) > 1 else queue[0]
 
 
-def _certificate(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "arm.crt", directory / "arm.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
-
-
 class StaticCredential:
     """A TokenCredential handing out one fake token."""
 
@@ -142,9 +115,13 @@ Respond = Callable[[str, str, dict[str, str], bytes], Reply]
 
 @contextmanager
 def https_server(directory: Path, respond: Respond, name: str) -> Iterator[tuple[str, Path]]:
-    """A threaded HTTPS server on 127.0.0.1 with a certificate of its own, answering every request
-    with `respond`; yields its URL and the certificate to trust. Stopped, and checked gone, on exit."""
-    cert, key = _certificate(directory)
+    """A threaded HTTPS server on 127.0.0.1 with a certificate from a private CA of its own (as an
+    operator's PKI signs a Hub's endpoints), answering every request with `respond`; yields its
+    URL and the CA's certificate to trust. Stopped, and checked gone, on exit."""
+    pki = make_private_ca(directory / f"{name}-pki")
+    # Where tests that serve a raw answer under the same certificate find it (test_attach_adversarial).
+    shutil.copyfile(pki.server_cert, directory / "arm.crt")
+    shutil.copyfile(pki.server_key, directory / "arm.key")
 
     class Handler(BaseHTTPRequestHandler):
         def _handle(self) -> None:
@@ -168,12 +145,12 @@ def https_server(directory: Path, respond: Respond, name: str) -> Iterator[tuple
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
+    context.load_cert_chain(pki.server_cert, pki.server_key)
     server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), name=name, daemon=True)
     thread.start()
     try:
-        yield f"https://127.0.0.1:{server.server_address[1]}", cert
+        yield f"https://127.0.0.1:{server.server_address[1]}", pki.ca_file
     finally:
         server.shutdown()
         server.server_close()

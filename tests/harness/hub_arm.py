@@ -5,7 +5,10 @@ Stateful, and as strict as a Hub where it matters to us:
 - metadata at `api-version=2015-01-01` only (the only format a Hub serves); an AD FS farm for
   sign-in (openid-configuration and a token endpoint checking the client's id, secret and scope);
 - resources kept in memory; PUT and DELETE asynchronous (storage accounts 202 + Location, the rest
-  201/200 + Azure-AsyncOperation, blob containers synchronous), finishing on the second poll;
+  201/200 + Azure-AsyncOperation), finishing on the second poll; a storage account's `listKeys`;
+- no ARM path for blob containers (`blobServices/containers`): a Hub's Microsoft.Storage serves
+  none (its profile tables list accounts, keys, names, usages and operations only), so it answers
+  400 InvalidResourceType, as Resource Manager does for a type its provider does not register;
 - 400 `InvalidApiVersionParameter` for a missing or malformed version and 400
   `NoRegisteredProviderFound` for any version outside profile 2020-09-01-hybrid, on every
   resource and operation request;
@@ -21,6 +24,7 @@ Faults (429, 500, a failed provisioning) are injected per request.
 
 from __future__ import annotations
 
+import base64
 import copy
 import itertools
 import re
@@ -53,7 +57,6 @@ PROFILE = {
 }
 MODELS: dict[tuple[str, str], type] = {
     ("Microsoft.Storage", "storageAccounts"): storage_models.StorageAccountCreateParameters,
-    ("Microsoft.Storage", "storageAccounts/blobServices/containers"): storage_models.BlobContainer,
     ("Microsoft.Network", "networkSecurityGroups"): network_models.NetworkSecurityGroup,
     ("Microsoft.Network", "virtualNetworks"): network_models.VirtualNetwork,
     ("Microsoft.Network", "publicIPAddresses"): network_models.PublicIPAddress,
@@ -135,6 +138,8 @@ class HubArm:
     faults: list[Fault] = field(default_factory=list)
     failing_provisioning: dict[str, tuple[str, str]] = field(default_factory=dict)
     tokens: set[str] = field(default_factory=set)
+    storage_keys: dict[str, str] = field(default_factory=dict)
+    """Account name -> the key listKeys answers (made up per account unless a test sets it)."""
     retry_after: str = "1"
     """What operation answers say in Retry-After (clients in tests record waits instead of sleeping)."""
     lock: threading.RLock = field(default_factory=threading.RLock)
@@ -285,7 +290,16 @@ class _Arm:
             return _error(404, "SubscriptionNotFound", f"The subscription '{subscription}' could not be found.")
         if group.lower() != self.hub.resource_group.lower():
             return _error(404, "ResourceGroupNotFound", f"Resource group '{group}' could not be found.")
+        if method == "POST" and namespace == "Microsoft.Storage" and len(parts) == 3 and parts[2] == "listKeys":
+            return self.list_keys(path.lower().rsplit("/", 1)[0], parts[1])
         if len(parts) % 2 or (namespace, kind) not in MODELS:
+            if kind.startswith("storageAccounts/blobServices"):
+                return _error(
+                    400,
+                    "InvalidResourceType",
+                    f"The resource type '{kind}' could not be found in the namespace '{namespace}' for api version "
+                    f"'{PROFILE[namespace]}'.",
+                )
             return _error(400, "InvalidResourceType", f"The resource type '{kind}' is not in '{namespace}'.")
         key = path.lower()
         if method == "GET":
@@ -295,6 +309,13 @@ class _Arm:
         if method == "DELETE":
             return self.delete(key, namespace, kind)
         return _error(405, "MethodNotAllowed", method)
+
+    def list_keys(self, account_key: str, name: str) -> Reply:
+        account = self.hub.resources.get(account_key)
+        if account is None or account["properties"].get("provisioningState") not in (None, "Succeeded"):
+            return _error(404, "ResourceNotFound", f"The storage account '{name}' was not found.")
+        value = self.hub.storage_keys.setdefault(name, base64.b64encode(secrets.token_bytes(64)).decode())
+        return Reply(200, {"keys": [{"keyName": "key1", "value": value, "permissions": "FULL"}]})
 
     def _view(self, key: str, kind: str) -> dict[str, Any]:
         view = copy.deepcopy(self.hub.resources[key])
@@ -375,9 +396,6 @@ class _Arm:
             **{k: copy.deepcopy(body[k]) for k in ("location", "tags", "sku", "kind") if k in body},
             "properties": properties,
         }
-        if kind == "storageAccounts/blobServices/containers":  # synchronous
-            self.hub.resources[key] = resource
-            return Reply(200 if existing else 201, self._view(key, kind))
         properties["provisioningState"] = "Updating" if existing else "Creating"
         self.hub.resources[key] = resource
         operation = self._operation(key, "put", namespace, kind)

@@ -144,11 +144,13 @@ def read_list_sas(container: str) -> str:
     )
 
 
-def start_azurite(location: Path) -> Azurite:
-    """Azurite's blob service on 127.0.0.1 and a port the OS picks, data under `location`."""
+def start_azurite(location: Path, tls: tuple[Path, Path] | None = None) -> Azurite:
+    """Azurite's blob service on 127.0.0.1 and a port the OS picks, data under `location`; over
+    HTTPS with `tls` (certificate and key PEM files), as a Hub's blob endpoint is."""
     location.mkdir(parents=True, exist_ok=True)
-    service = _spawn("azurite", emulator.command(location))
-    match = service.wait_for_line(emulator.LISTENING)
+    argv = emulator.command(location) + (["--cert", str(tls[0]), "--key", str(tls[1])] if tls else [])
+    service = _spawn("azurite", argv)
+    match = service.wait_for_line(re.compile(r"listens on https://127\.0\.0\.1:(\d+)") if tls else emulator.LISTENING)
     return Azurite(service=service, port=int(match.group(1)), location=location)
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .trust import trust_hub_ca
+
 if TYPE_CHECKING:  # the SDK is imported when a client is built, not when the CLI parses its flags
     from azure.storage.blob import BlobServiceClient
 
@@ -59,7 +61,8 @@ class StorageCredential:
             "api_version": api_version or env.get(API_VERSION_VARIABLE) or HUB_BLOB_API_VERSION,
             **client_options,
         }
-        if bundle := env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE"):
+        # An operator's own bundle, else certifi's with the Hub's CA from $EDGE_HUB_CA_FILE (trust.py).
+        if bundle := env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE") or trust_hub_ca(dict(env)):
             options.setdefault("connection_verify", bundle)  # the Hub's own CA, as the reader uses it
         if self.connection_string:
             return BlobServiceClient.from_connection_string(self.connection_string, **options)

@@ -39,6 +39,8 @@ from xml.etree import ElementTree
 
 import urllib3
 
+from .trust import trust_hub_ca
+
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
 
@@ -310,6 +312,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def _ca_bundle() -> str:
+    trust_hub_ca()  # the Hub's CA from $EDGE_HUB_CA_FILE, next to certifi's (trust.py)
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
     if bundle:
         return bundle
