@@ -139,3 +139,24 @@ def test_the_virtual_machine_mode_installs_the_gpu_stack_on_the_vm() -> None:
     assert 'GPU_COUNT="1"' in script.splitlines() and 'K3S_ROLE="none"' in script.splitlines()
     assert recording.exports["gpusPerNode"].value == 1
     assert "instanceTypes" not in recording.exports  # the VM compute has no instance types
+
+
+def test_the_gpu_page_states_what_the_code_pins() -> None:
+    from edge import first_boot
+
+    root = Path(__file__).resolve().parent.parent
+    page = (root / "docs" / "deploy" / "gpus.md").read_text()
+    for value in (
+        first_boot.NVIDIA_DRIVER_BRANCH,
+        first_boot.NVIDIA_TOOLKIT_VERSION,
+        first_boot.NVIDIA_KEY_FINGERPRINT,
+        first_boot.GPU_RERUN_UNIT,
+        cluster_manifests.GPU_CHECK_IMAGE,
+        cluster_manifests.GPU_CHECK_POD,
+        stack_config.INSTANCE_TYPE_NAME + stack_config.GPU_INSTANCE_TYPE_SUFFIX,
+        *first_boot.GPU_HOSTS,
+    ):
+        assert value in page, value
+    # The README and Pulumi.yaml point here, and the refusal names this page.
+    assert "docs/deploy/gpus.md" in (root / "README.md").read_text()
+    assert "docs/deploy/gpus.md" in stack_config.NVV4_REFUSAL
