@@ -102,3 +102,36 @@ def test_gpu_outputs_are_read_typed(tmp_path) -> None:
     assert outputs.instanceTypes == ("edge-training", "edge-training-gpu")
     settings = jobs.SubmitSettings.from_outputs(outputs)
     assert (settings.gpus, settings.instance_types) == (2, ("edge-training", "edge-training-gpu"))
+
+
+# --- what a job sees: edge_train.accelerators (no CUDA needed) -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("smi", "expected"),
+    [
+        (
+            'echo "GPU 0: Tesla V100-PCIE-16GB (UUID: GPU-1a)"; echo "GPU 1: Tesla V100-PCIE-16GB (UUID: GPU-2b)"\n',
+            ("Tesla V100-PCIE-16GB", "Tesla V100-PCIE-16GB"),
+        ),
+        # What nvidia-smi says on a VM whose driver is not loaded, with its exit status.
+        ('echo "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver."; exit 9\n', ()),
+        ("echo 'No devices were found'\n", ()),
+        # A driver in a bad state lists some and fails: no GPU is claimed.
+        (
+            'echo "GPU 0: Tesla V100-PCIE-16GB (UUID: GPU-1a)"; echo "Unable to determine the device handle for GPU1"; '
+            "exit 15\n",
+            (),
+        ),
+        (None, ()),  # no nvidia-smi at all: a laptop, a CPU node
+    ],
+)
+def test_visible_gpus_reads_nvidia_smi_and_never_needs_cuda(tmp_path, monkeypatch, smi, expected) -> None:
+    from tests.harness.services import restricted_bin, write_shim
+    from training.src.edge_train import accelerators
+
+    stubs = restricted_bin(tmp_path / "bin", ["sh", "echo"])
+    if smi is not None:
+        write_shim(stubs, "nvidia-smi", smi)
+    monkeypatch.setenv("PATH", str(stubs))
+    assert accelerators.visible_gpus() == expected
