@@ -335,11 +335,10 @@ def gpu_check_pod(namespace: str, image: str = GPU_CHECK_IMAGE) -> dict[str, Any
                         "requests": {"cpu": "10m", "memory": "32Mi"},
                         "limits": {"cpu": "200m", "memory": "128Mi"},
                     },
-                    "securityContext": {
-                        "allowPrivilegeEscalation": False,
-                        "readOnlyRootFilesystem": True,
-                        "capabilities": {"drop": ["ALL"]},
-                    },
+                    # No readOnlyRootFilesystem (the restricted profile does not ask for it): the
+                    # NVIDIA runtime's hook mounts the driver's files into the container's root
+                    # and updates its ld cache as the container starts.
+                    "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
                 }
             ],
         },

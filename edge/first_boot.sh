@@ -7,6 +7,8 @@
 #   volumes applied; a systemd unit that applies the InstanceTypes once the Azure ML extension has
 #   installed their CRD; a marker when the cluster is ready.
 # - agent: K3s at the same version, joining the server.
+# On an NCv3 size (NVIDIA V100), in every role, the GPU stack of first_boot_gpu.sh: driver,
+# container toolkit, Docker's and containerd's NVIDIA runtime, and a pod that must see the GPUs.
 # Then a marker the attach step waits for, written last.
 # Idempotent: every step checks before it changes anything, so a second run changes nothing.
 # Run by cloud-init (runcmd) or by the CustomScript extension; edge/first_boot.py fills in the
