@@ -59,8 +59,10 @@ if kubernetes:
     h = config.hub
     # The VMs boot once the cluster exists in Azure: the server's Arc agents onboard to it.
     after_cluster = pulumi.ResourceOptions(depends_on=[arc.cluster])
+    e = config.edge
+    gpu_instance = e.instance_types[1] if e.gpus else None  # the GPU twin of the default instance type
     server = arc.server_script(
-        h.admin_username, h.docker_version, config.edge.namespace, config.edge.instance_type, h.edge_network
+        h.admin_username, h.docker_version, e.namespace, e.instance_type, gpu_instance, h.edge_network
     )
     vm = HubVm("hub-vm", HubVmArgs(h, config.stack, network.nic_id, config.tags, script=server), after_cluster)
     agents = [
@@ -71,7 +73,7 @@ if kubernetes:
                 config.stack,
                 None,
                 config.tags,
-                arc.agent_script(h.admin_username, h.docker_version, h.edge_network),
+                arc.agent_script(h.admin_username, h.docker_version, e.gpus, h.edge_network),
                 kind=f"vm-agent{i}",
                 subnet_id=network.subnet_id,
             ),
@@ -85,8 +87,13 @@ else:
     # Imported here: the attach's provider speaks SSH (paramiko, about 0.1 s of CPU to import),
     # which the Kubernetes mode never needs while the program runs.
     from components.edge_compute import EdgeCompute, EdgeComputeArgs
+    from edge import first_boot
 
-    vm = HubVm("hub-vm", HubVmArgs(config.hub, config.stack, network.nic_id, config.tags))
+    h = config.hub
+    vm_script = first_boot.render_script(
+        h.admin_username, h.docker_version, gpus=config.edge.gpus, network=h.edge_network
+    )
+    vm = HubVm("hub-vm", HubVmArgs(h, config.stack, network.nic_id, config.tags, script=vm_script))
     # 3. Attach: preflight the VM over SSH and attach it to the workspace as compute.
     compute = EdgeCompute(
         "edge-compute",
@@ -136,9 +143,11 @@ pulumi.export("edgeComputeMode", config.edge.mode)
 pulumi.export("computeName", compute_name)
 pulumi.export("computeId", compute_id)
 pulumi.export("sshHostKeyFingerprint", host_key)  # empty in kubernetes mode: nothing connects over SSH
+pulumi.export("gpusPerNode", config.edge.gpus)  # NVIDIA GPUs of each node; 0: a CPU-only stack
 if kubernetes:
     pulumi.export("kubernetesNamespace", config.edge.namespace)
     pulumi.export("instanceType", config.edge.instance_type.name)
+    pulumi.export("instanceTypes", [i.name for i in config.edge.instance_types])
     pulumi.export("arcClusterName", arc.cluster_name)
     pulumi.export("arcClusterId", arc.cluster_id)
     pulumi.export("hubAgentCount", config.edge.agent_count)

@@ -851,6 +851,8 @@ class InstanceTypeSizing:
     name: str
     cpu: str
     memory: str
+    gpus: int = 0
+    """nvidia.com/gpu in limits (Kubernetes copies extended resources to requests)."""
 
 
 @dataclass(frozen=True)
@@ -865,10 +867,19 @@ class EdgeComputeSettings:
     instance_type: InstanceTypeSizing
     connect_deadline_seconds: int
     """How long to wait for the Arc-connected cluster to report Connected."""
+    gpus: int = 0
+    """NVIDIA GPUs per node (hubVmSize's, every node having the same size); 0 on a CPU-only stack."""
 
     @property
     def kubernetes(self) -> bool:
         return self.mode == "kubernetes"
+
+    @property
+    def instance_types(self) -> tuple[InstanceTypeSizing, ...]:
+        """Every instance type the compute offers: the default one, and on a GPU stack its GPU twin."""
+        if not self.gpus:
+            return (self.instance_type,)
+        return (self.instance_type, gpu_instance_type(self.instance_type, self.gpus))
 
 
 def _cpu_cores(text: str) -> float | None:
@@ -949,6 +960,7 @@ def _edge_compute(r: _Reader, hub: HubSettings, attach: AttachSettings) -> EdgeC
                 "required with edgeComputeMode virtual-machine; set it with: "
                 "pulumi config set --secret sshPrivateKey < keyfile",
             )
+    gpus = _check_gpu_size(r, mode, vm_size)
     return EdgeComputeSettings(
         mode=mode,
         vm_size=vm_size,
@@ -956,4 +968,38 @@ def _edge_compute(r: _Reader, hub: HubSettings, attach: AttachSettings) -> EdgeC
         namespace=namespace,
         instance_type=InstanceTypeSizing(name=INSTANCE_TYPE_NAME, cpu=cpu_text, memory=memory_text),
         connect_deadline_seconds=connect_deadline,
+        gpus=gpus,
     )
+
+
+# --- GPUs (issue 24): which Hub sizes give a job a GPU, and which are refused ---
+
+# NVIDIA V100s per VM of the Hub's NCv3 sizes (passthrough: whole GPUs; Microsoft Learn, "NCv3-series":
+# NC6s_v3 1, NC12s_v3 2, NC24s_v3 4; "Graphics processing unit (GPU) VM on Azure Stack Hub").
+HUB_NVIDIA_GPUS: Mapping[str, int] = MappingProxyType(
+    {"Standard_NC6s_v3": 1, "Standard_NC12s_v3": 2, "Standard_NC24s_v3": 4}
+)
+GPU_INSTANCE_TYPE_SUFFIX = "-gpu"
+# MicrosoftDocs/azure-stack-docs, azure-stack/user/gpu-vms-about.md, "Partitioned GPU VM size":
+# "NVv4 virtual machines currently support only Windows guest operating system", and the only
+# driver it points to is AMD's Windows driver. Both modes run Ubuntu, so neither can use the MI25.
+NVV4_REFUSAL = (
+    "NVv4 (AMD Radeon Instinct MI25, partitioned) is not supported: Azure Stack Hub's GPU documentation "
+    "says NVv4 VMs support only a Windows guest and documents only AMD's Windows driver, while both edge "
+    "compute modes run Ubuntu, so no job could use the GPU; choose NCv3 (NVIDIA V100) or a CPU size "
+    "(docs/deploy/gpus.md)"
+)
+
+
+def gpu_instance_type(base: InstanceTypeSizing, gpus: int) -> InstanceTypeSizing:
+    """The GPU twin of the default instance type: the same CPU and memory, and every GPU of a node
+    (one GPU job at a time on a node, with all of it; the Hub's NCv3 GPUs are whole, not shared)."""
+    return InstanceTypeSizing(name=base.name + GPU_INSTANCE_TYPE_SUFFIX, cpu=base.cpu, memory=base.memory, gpus=gpus)
+
+
+def _check_gpu_size(r: _Reader, mode: str, vm_size: str) -> int:
+    """NVIDIA GPUs per node for `vm_size`; NVv4 refused in both modes, with the reason."""
+    if HUB_VM_SIZE_FAMILIES["NVv4"].fullmatch(vm_size):
+        r.problem("hubVmSize", f"{vm_size!r} with edgeComputeMode {mode}: {NVV4_REFUSAL}")
+        return 0
+    return HUB_NVIDIA_GPUS.get(vm_size, 0)

@@ -82,7 +82,13 @@ def relay_namespace_name(cluster: str, subscription_id: str, resource_group: str
 
 
 def extension_settings(
-    cluster_id: str, cluster: str, location: str, node_count: int, hybrid_connection_id: str, hybrid_connection: str
+    cluster_id: str,
+    cluster: str,
+    location: str,
+    node_count: int,
+    hybrid_connection_id: str,
+    hybrid_connection: str,
+    gpus: int = 0,
 ) -> dict[str, str]:
     """The configurationSettings `az k8s-extension create --extension-type Microsoft.AzureML.Kubernetes
     --cluster-type connectedClusters --config enableTraining=True` sends (Azure/azure-cli-extensions,
@@ -106,11 +112,30 @@ def extension_settings(
         "nginxIngress.enabled": "false",
         "relayserver.hybridConnectionResourceID": hybrid_connection_id,
         "relayserver.hybridConnectionName": hybrid_connection,
+        # Said either way: Microsoft's settings table says "By default, Azure Machine Learning
+        # extension deployment won't install NVIDIA Device Plugin" (azure-ai-docs,
+        # how-to-deploy-kubernetes-extension.md), older versions of it said the opposite. On a GPU
+        # stack the plugin advertises nvidia.com/gpu, which the GPU instance type requests; it runs
+        # on containerd's default runtime, which the first boot makes NVIDIA's.
+        "installNvidiaDevicePlugin": "True" if gpus else "False",
     }
     if node_count < 3:  # the CLI's small-cluster defaults (totalNodeCount < 3)
         settings["clusterPurpose"] = "DevTest"
         settings["inferenceRouterHA"] = "false"
     return settings
+
+
+def compute_instance_type(sizing: InstanceTypeSizing) -> machinelearningservices.InstanceTypeSchemaArgs:
+    """An instance type as the Kubernetes compute lists it: requests = limits, GPUs in limits
+    (as the cluster's InstanceType has them, edge/cluster_manifests.py)."""
+    limits = {"cpu": sizing.cpu, "memory": sizing.memory}
+    if sizing.gpus:
+        limits["nvidia.com/gpu"] = str(sizing.gpus)
+    return machinelearningservices.InstanceTypeSchemaArgs(
+        resources=machinelearningservices.InstanceTypeSchemaResourcesArgs(
+            requests={"cpu": sizing.cpu, "memory": sizing.memory}, limits=limits
+        )
+    )
 
 
 K3S_API_PORT = 6443
@@ -201,24 +226,30 @@ class EdgeKubernetes(pulumi.ComponentResource):
         docker_version: str,
         namespace: str,
         instance: InstanceTypeSizing,
+        gpu_instance: InstanceTypeSizing | None = None,
         network: EdgeNetwork | None = None,
     ) -> pulumi.Output[str]:
         """The K3s server's first-boot script (edge/first_boot.py), carrying the onboarding key and
-        the join token: rendered inside an apply of secret Outputs, and secret itself."""
+        the join token: rendered inside an apply of secret Outputs, and secret itself. With
+        `gpu_instance` (a GPU stack), its GPUs are the node's: the first boot installs and checks them."""
         from edge import cluster_manifests
         from edge import first_boot as edge_boot
 
+        instances = [instance, *([gpu_instance] if gpu_instance is not None else [])]
+        gpus = gpu_instance.gpus if gpu_instance is not None else 0
         manifests = cluster_manifests.to_yaml(
             cluster_manifests.cluster_manifests(
                 namespace,
                 [
                     cluster_manifests.InstanceTypeSpec(
-                        name=instance.name,
-                        cpu_request=instance.cpu,
-                        memory_request=instance.memory,
-                        cpu_limit=instance.cpu,
-                        memory_limit=instance.memory,
+                        name=i.name,
+                        cpu_request=i.cpu,
+                        memory_request=i.memory,
+                        cpu_limit=i.cpu,
+                        memory_limit=i.memory,
+                        gpu=i.gpus,
                     )
+                    for i in instances
                 ],
             )
         )
@@ -235,7 +266,9 @@ class EdgeKubernetes(pulumi.ComponentResource):
                 private_key_pem=key,
             )
             server = edge_boot.K3sServer(join_token=token, arc=arc, manifests_yaml=manifests)
-            return edge_boot.render_script(admin_username, docker_version, server=server, network=network)
+            return edge_boot.render_script(
+                admin_username, docker_version, server=server, gpus=gpus, network=network
+            )
 
         values = pulumi.Output.all(
             self._subscription,
@@ -249,7 +282,7 @@ class EdgeKubernetes(pulumi.ComponentResource):
         return pulumi.Output.secret(values.apply(render))
 
     def agent_script(
-        self, admin_username: str, docker_version: str, network: EdgeNetwork | None = None
+        self, admin_username: str, docker_version: str, gpus: int = 0, network: EdgeNetwork | None = None
     ) -> pulumi.Output[str]:
         """A K3s agent's first-boot script: joins the server with the token; no Arc onboarding."""
         from edge import first_boot as edge_boot
@@ -261,6 +294,7 @@ class EdgeKubernetes(pulumi.ComponentResource):
                     admin_username,
                     docker_version,
                     agent=edge_boot.K3sAgent(server_url=url, join_token=token),
+                    gpus=gpus,
                     network=network,
                 )
             )
@@ -324,7 +358,7 @@ class EdgeKubernetes(pulumi.ComponentResource):
 
         settings = pulumi.Output.all(self._cluster.id, hybrid_connection.id).apply(
             lambda v: extension_settings(
-                v[0], self._cluster_name, args.location, 1 + s.agent_count, v[1], self._cluster_name
+                v[0], self._cluster_name, args.location, 1 + s.agent_count, v[1], self._cluster_name, s.gpus
             )
         )
         extension = kubernetesconfiguration.Extension(
@@ -378,14 +412,7 @@ class EdgeKubernetes(pulumi.ComponentResource):
                 properties=machinelearningservices.KubernetesPropertiesArgs(
                     namespace=s.namespace,
                     default_instance_type=t.name,
-                    instance_types={
-                        t.name: machinelearningservices.InstanceTypeSchemaArgs(
-                            resources=machinelearningservices.InstanceTypeSchemaResourcesArgs(
-                                requests={"cpu": t.cpu, "memory": t.memory},
-                                limits={"cpu": t.cpu, "memory": t.memory},
-                            )
-                        )
-                    },
+                    instance_types={i.name: compute_instance_type(i) for i in s.instance_types},
                 ),
             ),
             tags=dict(args.tags),
@@ -408,6 +435,8 @@ class EdgeKubernetes(pulumi.ComponentResource):
                 "computeName": self.compute_name,
                 "extensionId": extension.id,
                 "connectivityStatus": self.connectivity_status,
+                "instanceTypes": [i.name for i in s.instance_types],
+                "gpusPerNode": s.gpus,
             }
         )
 

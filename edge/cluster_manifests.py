@@ -282,3 +282,64 @@ def cluster_manifests(
 def to_yaml(manifests: Sequence[dict[str, Any]]) -> str:
     """One multi-document YAML stream, as `kubectl apply -f` takes it."""
     return yaml.safe_dump_all(list(manifests), sort_keys=False, explicit_start=True)
+
+
+# --- GPUs (issue 24) ---
+
+NVIDIA_RUNTIME_CLASS = "nvidia"
+"""K3s ships a RuntimeClass of this name for the runtime it finds (docs.k3s.io, "Alternative
+Container Runtime Support": "K3s includes Kubernetes RuntimeClass definitions for all supported
+alternative runtimes"); the first boot checks that it exists rather than declaring its own,
+which K3s's packaged manifest would fight over."""
+GPU_CHECK_POD = "edge-training-gpu-check"
+# Any glibc image will do: the NVIDIA runtime mounts nvidia-smi and its libraries into the
+# container ("utility" capability). From Microsoft's registry, already on Arc's outbound list.
+GPU_CHECK_IMAGE = "mcr.microsoft.com/azurelinux/base/core:3.0"
+
+
+def gpu_check_pod(namespace: str, image: str = GPU_CHECK_IMAGE) -> dict[str, Any]:
+    """A pod that lists the GPUs it can see (`nvidia-smi -L`) and exits: what the first boot runs to
+    prove a pod sees the GPU before anything is declared ready.
+
+    It asks for the NVIDIA runtime by its RuntimeClass and for every GPU by NVIDIA_VISIBLE_DEVICES,
+    not by nvidia.com/gpu: the device plugin comes with the Azure ML extension, after the first
+    boot. Restricted by Pod Security's "restricted" profile, like the jobs beside it."""
+    _check_name("namespace", namespace)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": GPU_CHECK_POD,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/part-of": "edge-training"},
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "runtimeClassName": NVIDIA_RUNTIME_CLASS,
+            "automountServiceAccountToken": False,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 65534,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": "nvidia-smi",
+                    "image": image,
+                    "command": ["nvidia-smi", "-L"],
+                    "env": [
+                        {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"},
+                        {"name": "NVIDIA_DRIVER_CAPABILITIES", "value": "utility"},
+                    ],
+                    "resources": {
+                        "requests": {"cpu": "10m", "memory": "32Mi"},
+                        "limits": {"cpu": "200m", "memory": "128Mi"},
+                    },
+                    # No readOnlyRootFilesystem (the restricted profile does not ask for it): the
+                    # NVIDIA runtime's hook mounts the driver's files into the container's root
+                    # and updates its ld cache as the container starts.
+                    "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                }
+            ],
+        },
+    }

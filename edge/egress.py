@@ -100,6 +100,13 @@ EGRESS: tuple[Egress, ...] = (
     ),
     Egress("get.helm.sh", 443, "first boot (curl)", "Helm's release tarball", "edge/first_boot.py HELM_SHA256"),
     Egress(
+        "nvidia.github.io",
+        443,
+        "first boot (curl, apt), NCv3 sizes only",
+        "NVIDIA's container-toolkit signing key and apt repository",
+        "edge/first_boot.py NVIDIA_KEY_FINGERPRINT, NVIDIA_TOOLKIT_VERSION (docs/deploy/gpus.md)",
+    ),
+    Egress(
         "<k3s-server>",
         6443,
         "K3s agents",

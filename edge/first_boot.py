@@ -24,6 +24,8 @@ from edge import cluster_manifests
 from edge.real_edge import EdgeNetwork, arc_proxy_values, shell_functions
 
 SCRIPT = Path(__file__).with_name("first_boot.sh")
+GPU_SCRIPT = Path(__file__).with_name("first_boot_gpu.sh")
+"""The GPU functions, rendered into SCRIPT (at @GPU_FUNCTIONS@) whatever the VM size."""
 SCRIPT_PATH_ON_VM = "/opt/edge-training/first-boot.sh"
 MARKER_PATH_ON_VM = "/var/lib/edge-training/first-boot-done"
 """Written last by the script; the attach step waits for it."""
@@ -57,6 +59,29 @@ HELM_SHA256 = "3f43c0aa57243852dd542493a0f54f1396c0bc8ec7296bbb2c01e802010819ce"
 # log) and turn the agents' self-upgrade off, so the cluster runs what was tested.
 ARC_CHART = "oci://mcr.microsoft.com/azurearck8s/batch1/stable/v2/azure-arc-k8sagents"
 ARC_CHART_VERSION = "1.31.3"
+
+# NVIDIA GPUs (issue 24; docs/deploy/gpus.md has the sources).
+# The driver: Ubuntu's packaged NVIDIA driver, the route Microsoft's "Install NVIDIA GPU drivers on
+# N-series VMs running Linux" gives for Ubuntu (ubuntu-drivers; signed by Canonical, verified by
+# apt against the archive keys the image already trusts, so no new key and no new host). Pinned to
+# a branch, not to a package version: Ubuntu's archive keeps only the newest build of a branch in
+# -updates, so an exact version would stop installing months later. R580 is NVIDIA's long-term
+# support branch and the last one that supports Volta (the Hub's V100).
+NVIDIA_DRIVER_BRANCH = "580-server"
+# The container toolkit: NVIDIA's apt repository (nvidia.github.io/libnvidia-container, NVIDIA's
+# container-toolkit install guide), its four packages at one pinned version, held. The signing key
+# is checked against this fingerprint before apt trusts it (apt's NO_PUBKEY for the repository
+# names its long id, DDCAE044F796ECB0).
+NVIDIA_TOOLKIT_VERSION = "1.18.1-1"
+NVIDIA_KEY_FINGERPRINT = "C95B321B61E88C1809C4F759DDCAE044F796ECB0"
+NVIDIA_RUNTIME = "nvidia"
+"""K3s's name for the runtime it adds when it finds nvidia-container-runtime (docs.k3s.io, advanced,
+"Alternative Container Runtime Support"), and what its config's default-runtime names."""
+GPU_RERUN_UNIT = "edge-training-first-boot.service"
+"""Runs the script again after the one reboot the driver may need, until the marker exists."""
+GPU_HOSTS = ("nvidia.github.io",)
+"""Where the GPU first boot downloads from beyond what a CPU VM already reaches (the driver comes
+from the Ubuntu mirror the image uses; the check pod's image from mcr.microsoft.com)."""
 
 _HEREDOC_END = "EDGE_TRAINING_EOF"
 _SECRET_BEARING = "# This script holds secrets: root-only (0700), never logged.\n"  # noqa: S105 (a comment line)
@@ -195,7 +220,7 @@ def arc_helm_values(arc: ArcOnboarding, network: EdgeNetwork | None = None) -> d
     return values
 
 
-def k3s_config(join_token: str, server_url: str | None = None) -> str:
+def k3s_config(join_token: str, server_url: str | None = None, gpus: int = 0) -> str:
     """/etc/rancher/k3s/config.yaml (keys are the K3s flags without dashes, docs.k3s.io/installation/configuration)."""
     config: dict[str, Any] = {"token": join_token}
     if server_url is None:
@@ -204,6 +229,11 @@ def k3s_config(join_token: str, server_url: str | None = None) -> str:
         config["disable"] = ["traefik", "servicelb"]
     else:
         config["server"] = server_url
+    if gpus:
+        # Azure ML's job pods and the extension's device plugin name no RuntimeClass: only the
+        # node's default runtime reaches them (K3s docs: "select one of these to replace runc as
+        # the default runtime on a node by setting the --default-runtime value").
+        config["default-runtime"] = NVIDIA_RUNTIME
     return yaml.safe_dump(config, sort_keys=False)
 
 
@@ -288,34 +318,52 @@ def _manifest_writers(manifests: dict[str, str]) -> str:
     return f"write_manifests() {{\n{body}}}\n"
 
 
+def _gpu_check_namespace(manifests: dict[str, str]) -> str:
+    for document in yaml.safe_load_all(manifests["cluster.yaml"]):
+        if document and document.get("kind") == "Namespace":
+            return str(document["metadata"]["name"])
+    raise FirstBootError("server.manifests_yaml declares no Namespace for the GPU check pod to run in")
+
+
 def render_script(
     admin_username: str,
     docker_version: str,
     server: K3sServer | None = None,
     agent: K3sAgent | None = None,
+    gpus: int = 0,
     network: EdgeNetwork | None = None,
 ) -> str:
     """The script with its values filled in (admin_username and docker_version are validated by
-    components.config). None/None: the Docker-only script of the virtual-machine mode. `network`:
-    the operator's CAs and proxy (edge/real_edge.py), applied before anything is downloaded."""
+    components.config). None/None: the Docker-only script of the virtual-machine mode. `gpus`:
+    the VM's NVIDIA GPUs (components.config.HUB_NVIDIA_GPUS), 0 for none. `network`: the
+    operator's CAs and proxy (edge/real_edge.py), applied before anything is downloaded."""
     network = network or EdgeNetwork()
     if server is not None and agent is not None:
         raise FirstBootError("a VM is either the K3s server or a K3s agent, not both")
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or not 0 <= gpus <= 16:
+        raise FirstBootError(f"gpus {gpus!r} is not a number of GPUs from 0 to 16")
     secrets = ""
     role = "none"
+    gpu_check_namespace = ""
     if server is not None:
         role = "server"
         _check_token("server.join_token", server.join_token)
         _check_arc(server.arc)
         manifests = _split_manifests(server.manifests_yaml)
+        gpu_writer = []
+        if gpus:
+            gpu_check_namespace = _gpu_check_namespace(manifests)
+            pod = cluster_manifests.to_yaml([cluster_manifests.gpu_check_pod(gpu_check_namespace)])
+            gpu_writer = [_writer("write_gpu_check_pod", '"$1"', pod)]
         secrets = "\n".join(
             [
-                _writer("write_k3s_config", '"$1"', k3s_config(server.join_token)),
+                _writer("write_k3s_config", '"$1"', k3s_config(server.join_token, gpus=gpus)),
                 # One line of JSON (which is YAML): the PEM's newlines are escaped inside it.
                 _writer("write_arc_values", '"$1"', json.dumps(arc_helm_values(server.arc, network))),
                 _manifest_writers(manifests),
                 _writer("write_instance_types_script", '"$1"', _INSTANCE_TYPES_SCRIPT),
                 _writer("write_instance_types_unit", '"$1"', _INSTANCE_TYPES_UNIT),
+                *gpu_writer,
             ]
         )
     elif agent is not None:
@@ -323,7 +371,7 @@ def render_script(
         _check_token("agent.join_token", agent.join_token)
         if not isinstance(agent.server_url, str) or not _SERVER_URL.fullmatch(agent.server_url):
             raise FirstBootError(f"agent.server_url {agent.server_url!r} is not https://<host>:<port>")
-        secrets = _writer("write_k3s_config", '"$1"', k3s_config(agent.join_token, agent.server_url))
+        secrets = _writer("write_k3s_config", '"$1"', k3s_config(agent.join_token, agent.server_url, gpus))
     values = {
         "@ADMIN_USER@": admin_username,
         "@DOCKER_VERSION@": docker_version,
@@ -335,8 +383,14 @@ def render_script(
         "@HELM_SHA256@": HELM_SHA256,
         "@ARC_CHART@": ARC_CHART,
         "@ARC_CHART_VERSION@": ARC_CHART_VERSION,
+        "@GPU_COUNT@": str(gpus),
+        "@NVIDIA_DRIVER_BRANCH@": NVIDIA_DRIVER_BRANCH,
+        "@NVIDIA_TOOLKIT_VERSION@": NVIDIA_TOOLKIT_VERSION,
+        "@NVIDIA_KEY_FINGERPRINT@": NVIDIA_KEY_FINGERPRINT,
+        "@GPU_CHECK_NAMESPACE@": gpu_check_namespace,
+        "@GPU_CHECK_POD@": cluster_manifests.GPU_CHECK_POD,
     }
-    script = SCRIPT.read_text()
+    script = SCRIPT.read_text().replace("@GPU_FUNCTIONS@\n", GPU_SCRIPT.read_text())
     for placeholder, value in values.items():
         script = script.replace(placeholder, value)
     # Last, so no placeholder replacement ever runs over a secret.

@@ -7,6 +7,8 @@
 #   volumes applied; a systemd unit that applies the InstanceTypes once the Azure ML extension has
 #   installed their CRD; a marker when the cluster is ready.
 # - agent: K3s at the same version, joining the server.
+# On an NCv3 size (NVIDIA V100), in every role, the GPU stack of first_boot_gpu.sh: driver,
+# container toolkit, Docker's and containerd's NVIDIA runtime, and a pod that must see the GPUs.
 # Then a marker the attach step waits for, written last.
 # Idempotent: every step checks before it changes anything, so a second run changes nothing.
 # Run by cloud-init (runcmd) or by the CustomScript extension; edge/first_boot.py fills in the
@@ -86,6 +88,7 @@ write_private() {  # path
 }
 
 @SECRETS@
+@GPU_FUNCTIONS@
 
 k3s_version() { if [ -x "$K3S_BIN" ]; then "$K3S_BIN" --version 2>/dev/null | awk 'NR == 1 { print $3 }'; fi; }
 helm_version() { if [ -x "$HELM_BIN" ]; then "$HELM_BIN" version --template '{{.Version}}' 2>/dev/null; fi; }
@@ -261,13 +264,16 @@ if ! id -nG "$ADMIN_USER" | tr ' ' '\n' | grep -qx docker; then
 fi
 systemctl is-enabled --quiet docker || systemctl enable docker
 systemctl is-active --quiet docker || systemctl start docker
+if [ "$GPU_COUNT" -gt 0 ]; then install_nvidia_gpu_stack; fi
 
 if [ "$K3S_ROLE" != none ]; then
   install_k3s
 fi
+if [ "$K3S_ROLE" != none ] && [ "$GPU_COUNT" -gt 0 ]; then check_k3s_nvidia_runtime; fi
 if [ "$K3S_ROLE" = server ]; then
   wait_for_node
   apply_manifests
+  if [ "$GPU_COUNT" -gt 0 ]; then check_gpu_visible_to_a_pod; fi
   install_helm
   install_arc_agents
   install_instance_types_unit
@@ -280,6 +286,7 @@ fi
 # Last, after every step above succeeded: the marker the attach step waits for.
 done_line="docker=$DOCKER_VERSION user=$ADMIN_USER"
 if [ "$K3S_ROLE" != none ]; then done_line="$done_line k3s=$K3S_VERSION role=$K3S_ROLE"; fi
+if [ "$GPU_COUNT" -gt 0 ]; then done_line="$done_line gpus=$GPU_COUNT"; fi
 if [ "$(cat "$MARKER" 2>/dev/null)" != "$done_line" ]; then
   mkdir -p "$(dirname "$MARKER")"
   echo "$done_line" > "$MARKER"

@@ -279,9 +279,19 @@ def test_everywhere_passes_with_the_opt_out_and_the_pack_still_flags_it(sources:
     assert len(found) == 1 and "from everywhere" in found[0], found
 
 
-@pytest.mark.parametrize("size", ["Standard_NC6s_v3", "Standard_NC24s_v3", "Standard_NV4as_v4", "Standard_NV32as_v4"])
+@pytest.mark.parametrize("size", ["Standard_NC6s_v3", "Standard_NC24s_v3"])
 def test_hub_gpu_sizes_are_accepted(size: str) -> None:
     assert parse({"hubVmSize": size}).hub.vm_size == size
+
+
+# NVv4 (partitioned AMD MI25): Linux guests are not supported on the Hub (issue 24, docs/deploy/gpus.md).
+@pytest.mark.parametrize("size", ["Standard_NV4as_v4", "Standard_NV32as_v4"])
+@pytest.mark.parametrize("mode", ["kubernetes", "virtual-machine"])
+def test_hub_nvv4_sizes_are_refused_with_the_reason(size: str, mode: str) -> None:
+    with pytest.raises(stack_config.ConfigError) as raised:
+        parse({"hubVmSize": size, "edgeComputeMode": mode})
+    assert raised.value.keys == {"hubVmSize"}
+    assert "support only a Windows guest" in str(raised.value)
 
 
 def test_the_smallest_subnet_azure_allows_is_accepted() -> None:

@@ -191,6 +191,7 @@ def test_the_extension_body_is_valid_at_2023_05_01_and_is_what_the_cli_sends(rec
         "relayserver.hybridConnectionName": "arc-edge-dev",
         "clusterPurpose": "DevTest",
         "inferenceRouterHA": "false",
+        "installNvidiaDevicePlugin": "False",  # a CPU-only stack (issue 24)
     }
     assert body["properties"]["configurationProtectedSettings"] == {
         "relayServerConnectionString": FAKE_RELAY_CONNECTION_STRING,

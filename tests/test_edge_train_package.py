@@ -162,8 +162,13 @@ def test_an_example_trains_from_azurite_and_logs_to_mlflow(
     tracking_uri, artifacts = local.tracking_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)  # for models:/ below
     MlflowClient(tracking_uri).create_experiment("pkg-test", artifact_location=artifacts)
+    # Issue 24: churn runs where a GPU is visible (an nvidia-smi that lists one), boosting where
+    # none is; both train on the CPU (scikit-learn) and record what they saw.
+    gpu_bin = tmp_path / "gpu-bin"
+    if example == "churn":
+        services.write_shim(gpu_bin, "nvidia-smi", 'echo "GPU 0: Tesla V100-PCIE-16GB (UUID: GPU-1a)"\n')
     environment = {
-        "PATH": "/usr/bin:/bin",
+        "PATH": f"{gpu_bin}:/usr/bin:/bin",
         "HOME": str(tmp_path),
         "AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string,
         "MLFLOW_TRACKING_URI": tracking_uri,
@@ -203,6 +208,7 @@ def test_an_example_trains_from_azurite_and_logs_to_mlflow(
     assert run.data.tags["hub_location"] == f"hub://{container}/churn/"
     assert run.data.tags["hub_blobs"] == "5"
     assert run.data.tags["example"] == example
+    assert run.data.tags["edge.gpus"] == {"churn": "1", "boosting": "0"}[example]
     expected_params = {"churn": {"c", "max_iter", "seed"}, "boosting": {"learning_rate", "max_iter", "random_state"}}
     assert expected_params[example] <= set(run.data.params)
     (logged,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id])

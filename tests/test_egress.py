@@ -26,9 +26,10 @@ def scripts() -> dict[str, str]:
     rendered = {}
     for network_name, network in (("plain", None), ("proxied", PROXY)):
         for role, kwargs in (("docker", {}), ("server", {"server": SERVER}), ("agent", {"agent": AGENT})):
-            rendered[f"{role}-{network_name}"] = first_boot.render_script(
-                "azureuser", "27.5.1", network=network, **kwargs
-            )
+            for gpus in (0, 1):
+                rendered[f"{role}-{network_name}-gpus{gpus}"] = first_boot.render_script(
+                    "azureuser", "27.5.1", network=network, gpus=gpus, **kwargs
+                )
     return rendered
 
 
@@ -40,7 +41,7 @@ def reached_hosts() -> dict[str, set[str]]:
     for name in found:
         found[name] = {"k3s-server" if h == urlsplit(AGENT.server_url).hostname else h for h in found[name]}
     found["arc chart"] = hosts_in_urls(first_boot.ARC_CHART)
-    images = (cluster_manifests.COPIER_IMAGE, jobs.BASE_IMAGE)
+    images = (cluster_manifests.COPIER_IMAGE, cluster_manifests.GPU_CHECK_IMAGE, jobs.BASE_IMAGE)
     found["images"] = {image.split("/", 1)[0] for image in images}
     settings = extension_settings("/subscriptions/s/x", "edge-dev", "westeurope", 1, "/relay/id", "hc")
     found["extension settings"] = {h for value in settings.values() for h in HOST.findall(value)}
@@ -50,7 +51,10 @@ def reached_hosts() -> dict[str, set[str]]:
 def test_the_code_names_the_hosts_we_expect_it_to() -> None:
     """The extraction itself works: it finds what we know is there (so a pass below means something)."""
     found = reached_hosts()
-    assert {"download.docker.com", "github.com", "raw.githubusercontent.com", "get.helm.sh"} <= found["server-plain"]
+    assert {"download.docker.com", "github.com", "raw.githubusercontent.com", "get.helm.sh"} <= found[
+        "server-plain-gpus0"
+    ]
+    assert "nvidia.github.io" in found["server-plain-gpus1"]
     assert found["arc chart"] == {"mcr.microsoft.com"}
     assert found["extension settings"] == {"westeurope.cloudapp.azure.com"}
 

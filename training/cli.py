@@ -141,6 +141,11 @@ def configure_submit(commands: Any) -> None:
     submit.add_argument(
         "--blob-api-version", help="x-ms-version for Hub storage (default: hubBlobApiVersion, 2019-07-07)"
     )
+    submit.add_argument(
+        "--instance-type",
+        help="kubernetes mode: the instance type to run on, e.g. edge-training-gpu for the GPUs of an NCv3 stack "
+        "(default: the job file's resources.instance_type, else the compute's default)",
+    )
     submit.add_argument("--dry-run", action="store_true", help="print the job and the guard's findings; send nothing")
     submit.add_argument("--no-stream", action="store_true", help="do not follow the job's logs")
     submit.set_defaults(handler=cmd_submit)
@@ -161,7 +166,9 @@ def _job_spec(args: argparse.Namespace, outputs: stack_outputs.StackOutputs) -> 
     if args.code is not None:
         if not args.command:
             raise UsageError("--code needs --command (what to run in that folder)")
-        return jobs.spec_from_code(args.code, args.command, inputs, environment)
+        return _with_instance_type(
+            jobs.spec_from_code(args.code, args.command, inputs, environment), args.instance_type
+        )
     if args.command:
         raise UsageError("--command goes with --code")
     if args.file is not None:
@@ -177,7 +184,21 @@ def _job_spec(args: argparse.Namespace, outputs: stack_outputs.StackOutputs) -> 
         if environment:
             body["environment"] = environment
         spec = jobs.JobSpec(body, spec.base_dir, spec.source)
-    return spec
+    return _with_instance_type(spec, args.instance_type)
+
+
+def _with_instance_type(spec: Any, instance_type: str | None) -> Any:
+    """--instance-type over the job's own resources.instance_type (checked against the stack later)."""
+    from training import jobs
+
+    if instance_type is None:
+        return spec
+    body = dict(spec.body)
+    resources = body.get("resources") or {}
+    if not isinstance(resources, dict):
+        raise UsageError(f"{spec.source}: resources must be a mapping")
+    body["resources"] = {**resources, "instance_type": instance_type}
+    return jobs.JobSpec(body, spec.base_dir, spec.source)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

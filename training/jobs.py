@@ -95,6 +95,10 @@ class SubmitSettings:
     blob_api_version: str = DEFAULT_BLOB_API_VERSION
     hub_ca: bool = False
     """The Hub has its own CA: jobs trust the copy the VM or the cluster mounts (HUB_CA_FILE)."""
+    gpus: int = 0
+    """NVIDIA GPUs per edge node; 0: a CPU-only stack."""
+    instance_types: tuple[str, ...] = ()
+    """The Kubernetes compute's instance types, when the stack says (older stacks do not)."""
 
     @classmethod
     def from_outputs(cls, outputs: StackOutputs, blob_api_version: str | None = None) -> SubmitSettings:
@@ -109,6 +113,8 @@ class SubmitSettings:
             compute_mode=outputs.edgeComputeMode,
             blob_api_version=version,
             hub_ca=bool(outputs.hubCaCertificates.strip()),
+            gpus=outputs.gpusPerNode,
+            instance_types=outputs.instanceTypes,
         )
 
 
@@ -251,10 +257,16 @@ def apply_settings(spec: JobSpec, settings: SubmitSettings) -> tuple[dict[str, A
     if isinstance(body["environment"], dict) and isinstance(body["environment"].get("conda_file"), str):
         body["environment"]["conda_file"] = str((spec.base_dir / body["environment"]["conda_file"]).resolve())
     resources = body.setdefault("resources", {})
+    if not isinstance(resources, dict):
+        raise JobSpecError(f"{spec.source}: resources must be a mapping")
+    check_instance_type(resources, settings, spec.source)
     if settings.compute_mode == VIRTUAL_MACHINE:
         # The credential file on the VM, into the container, read-only; a path, not a secret.
         mount = f"-v {CREDENTIAL_DIRECTORY}:{CREDENTIAL_DIRECTORY}:ro"
-        resources["docker_args"] = " ".join(a for a in (str(resources.get("docker_args") or ""), mount) if a)
+        # On a GPU VM every job gets its GPUs (Docker's --gpus, through the NVIDIA runtime the
+        # first boot installs): the VM compute runs one job at a time and has no instance types.
+        gpus = "--gpus all" if settings.gpus else ""
+        resources["docker_args"] = " ".join(a for a in (str(resources.get("docker_args") or ""), mount, gpus) if a)
     else:
         # Kubernetes: the cluster mounts the credential at the same path into every job, from a
         # volume claim annotated ml.azure.com/mountpath (Azure ML's Arc extension mounts such
@@ -269,6 +281,34 @@ def apply_settings(spec: JobSpec, settings: SubmitSettings) -> tuple[dict[str, A
         tags[f"hub_input.{name}"] = location.uri
     body.setdefault("display_name", "edge-training " + (", ".join(str(v) for v in hub_inputs.values()) or "job"))
     return body, hub_inputs
+
+
+GPU_WORD = re.compile(r"gpu", re.IGNORECASE)
+
+
+def check_instance_type(resources: Mapping[str, Any], settings: SubmitSettings, source: str) -> None:
+    """`resources.instance_type` against the stack, before anything is sent: a name the compute
+    offers, in the mode that has instance types; a GPU type on a CPU-only stack refused."""
+    name = resources.get("instance_type")
+    if name is None:
+        return
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name):
+        raise JobSpecError(f"{source}: instance_type {name!r} is not an instance type name (a DNS label)")
+    wants_gpu = bool(GPU_WORD.search(name))
+    if wants_gpu and not settings.gpus:
+        raise JobSpecError(
+            f"{source}: instance_type {name!r} asks for a GPU, and stack {settings.stack!r} has none (its hubVmSize "
+            "is a CPU size); deploy on an NCv3 size (docs/deploy/gpus.md) or leave instance_type out"
+        )
+    if settings.compute_mode == VIRTUAL_MACHINE:
+        given = f"its {settings.gpus} GPU(s) with every job" if settings.gpus else "every job the whole VM"
+        raise JobSpecError(
+            f"{source}: instance_type {name!r}: the virtual-machine compute has no instance types; it gives {given}"
+        )
+    if settings.instance_types and name not in settings.instance_types:
+        raise JobSpecError(
+            f"{source}: instance_type {name!r} is not one of the compute's: {', '.join(settings.instance_types)}"
+        )
 
 
 # --- the code snapshot ----------------------------------------------------------------------------

@@ -43,6 +43,11 @@ class StackOutputs:
     sshHostKeyFingerprint: str = ""
     """Recorded by the SSH attach: required in virtual-machine mode; empty in kubernetes mode,
     where nothing attaches over SSH."""
+    gpusPerNode: int = 0
+    """NVIDIA GPUs of each edge node (hubVmSize's); 0 on a CPU-only stack, and on stacks from
+    before GPUs were supported."""
+    instanceTypes: tuple[str, ...] = ()
+    """The Kubernetes compute's instance types (kubernetes mode); () when the stack predates them."""
 
     @classmethod
     def from_mapping(cls, values: Any, source: str) -> StackOutputs:
@@ -58,8 +63,10 @@ class StackOutputs:
                 f"{source} lacks the stack outputs {', '.join(missing)}: run `pulumi up` for the stack first, "
                 "or pass --outputs with a file from `pulumi stack output --json`"
             )
-        chosen = {n: str(values[n]) for n in required} | {n: str(values[n]) for n in optional if values.get(n)}
-        outputs = cls(**chosen)
+        chosen = {n: str(values[n]) for n in required} | {
+            n: str(values[n]) for n in optional if values.get(n) and n not in _TYPED
+        }
+        outputs = cls(**chosen, **_typed_outputs(values, source))
         if outputs.edgeComputeMode not in COMPUTE_MODES:
             raise OutputsError(
                 f"{source}: edgeComputeMode {outputs.edgeComputeMode!r} is not one of {', '.join(COMPUTE_MODES)}"
@@ -70,6 +77,25 @@ class StackOutputs:
                 "records: run `pulumi up` for the stack first"
             )
         return outputs
+
+
+_TYPED = ("gpusPerNode", "instanceTypes")
+
+
+def _typed_outputs(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The outputs that are not strings (issue 24): a GPU count and a list of instance type names."""
+    typed: dict[str, Any] = {}
+    gpus = values.get("gpusPerNode")
+    if gpus is not None:
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+            raise OutputsError(f"{source}: gpusPerNode {gpus!r} is not a number of GPUs")
+        typed["gpusPerNode"] = gpus
+    names = values.get("instanceTypes")
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise OutputsError(f"{source}: instanceTypes {names!r} is not a list of instance type names")
+        typed["instanceTypes"] = tuple(names)
+    return typed
 
 
 def load(stack: str | None = None, outputs_file: Path | None = None) -> StackOutputs:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import logging
 import os
@@ -95,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             run_id = active.info.run_id
             mlflow.log_params(params)
             mlflow.log_metrics(metrics)
-            mlflow.set_tags({**edge_train.lineage_tags(staged, fingerprint), "example": "boosting"})
+            # Trees train on the CPU; the run records the GPUs the job saw (issue 24).
+            gpus = str(len(importlib.import_module(f"{edge_train.__name__}.accelerators").visible_gpus()))
+            mlflow.set_tags({**edge_train.lineage_tags(staged, fingerprint), "example": "boosting", "edge.gpus": gpus})
             mlflow.sklearn.log_model(model, name="model", **saving)
     summary = {
         "metrics": metrics,

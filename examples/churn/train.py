@@ -98,15 +98,25 @@ def run(service: Any, config: TrainConfig) -> TrainResult:
         "hyperparameters": asdict(config.hyperparameters),
     }
     (config.output_dir / "lineage.json").write_text(json.dumps(lineage, indent=2))
-    run_id = _track(trained, metrics, config, staged, fingerprint, x) if config.track else None
+    # scikit-learn trains on the CPU; on a GPU instance type the run still records what it saw.
+    gpus = _accelerators().visible_gpus()
+    run_id = _track(trained, metrics, config, staged, fingerprint, x, len(gpus)) if config.track else None
     log.info(
-        "trained on %d rows: accuracy %.3f, AUC %.3f; data %s",
+        "trained on %d rows: accuracy %.3f, AUC %.3f; data %s; GPUs visible: %s",
         metrics.rows,
         metrics.accuracy,
         metrics.roc_auc,
         fingerprint[:12],
+        ", ".join(gpus) or "none",
     )
     return TrainResult(model_dir / "model.joblib", metrics, fingerprint, staged, run_id)
+
+
+def _accelerators() -> Any:
+    """edge_train.accelerators, from wherever edge_train came (the snapshot or this checkout)."""
+    import importlib
+
+    return importlib.import_module(f"{edge_train.__name__}.accelerators")
 
 
 def requirements() -> list[str]:
@@ -141,6 +151,7 @@ def _track(
     staged: edge_train.Staged,
     fingerprint: str,
     x: Any,
+    gpus: int = 0,
 ) -> str:
     import mlflow
     import mlflow.sklearn
@@ -150,7 +161,7 @@ def _track(
     with mlflow.start_run() as active:
         mlflow.log_params(asdict(config.hyperparameters))
         mlflow.log_metrics({k: float(v) for k, v in metrics.as_dict().items()})
-        mlflow.set_tags({**edge_train.lineage_tags(staged, fingerprint), "example": "churn"})
+        mlflow.set_tags({**edge_train.lineage_tags(staged, fingerprint), "example": "churn", "edge.gpus": str(gpus)})
         mlflow.sklearn.log_model(
             trained,
             name="model",
