@@ -8,6 +8,7 @@ that joins it. Pinned versions below, each with where its checksum comes from.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import re
@@ -20,9 +21,11 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from edge import cluster_manifests
+from edge import cluster_manifests, k3s_releases
 
 SCRIPT = Path(__file__).with_name("first_boot.sh")
+UPGRADE_FUNCTIONS = Path(__file__).with_name("k3s_upgrade.sh")
+"""The in-place upgrade's shell functions, rendered into SCRIPT at @K3S_UPGRADE@."""
 SCRIPT_PATH_ON_VM = "/opt/edge-training/first-boot.sh"
 MARKER_PATH_ON_VM = "/var/lib/edge-training/first-boot-done"
 """Written last by the script; the attach step waits for it."""
@@ -40,9 +43,11 @@ INSTANCE_TYPES_UNIT = "edge-training-instance-types.service"
 # K3S_INSTALLER_SHA256 is install.sh at the same tag (raw.githubusercontent.com/k3s-io/k3s/<tag>/),
 # not get.k3s.io, which changes under you. The installer runs with INSTALL_K3S_SKIP_DOWNLOAD=true,
 # k3s's documented way to install a binary you placed yourself (docs.k3s.io, air-gap install).
-K3S_VERSION = "v1.36.2+k3s1"
-K3S_SHA256 = "65a55ec56c24eab44383086166ec620a491952b7e23941a49ddca6e8a4c4b4de"
-K3S_INSTALLER_SHA256 = "46177d4c99440b4c0311b67233823a8e8a2fc09693f6c89af1a7161e152fbfad"
+# The default release; `k3sVersion` picks another from edge/k3s_releases.py, where the checksums are data.
+_DEFAULT_K3S = k3s_releases.RELEASES[k3s_releases.DEFAULT_VERSION]
+K3S_VERSION = _DEFAULT_K3S.version
+K3S_SHA256 = _DEFAULT_K3S.sha256
+K3S_INSTALLER_SHA256 = _DEFAULT_K3S.installer_sha256
 K3S_KUBERNETES_MINOR = "1.36"
 """What manifests are validated against (kubernetes-validate's schemas for this minor)."""
 # Helm 3.18.6 linux-amd64: the SHA-256 of helm-v3.18.6-linux-amd64.tar.gz, as published next to it
@@ -56,6 +61,13 @@ HELM_SHA256 = "3f43c0aa57243852dd542493a0f54f1396c0bc8ec7296bbb2c01e802010819ce"
 # log) and turn the agents' self-upgrade off, so the cluster runs what was tested.
 ARC_CHART = "oci://mcr.microsoft.com/azurearck8s/batch1/stable/v2/azure-arc-k8sagents"
 ARC_CHART_VERSION = "1.31.3"
+# How long the in-place upgrade waits (edge/k3s_upgrade.sh): a drain, a node to come back Ready,
+# and an agent for its turn. The turn must fit the server's roll of every node before it inside
+# the CustomScript extension's 90 minutes ("the script is allowed 90 minutes to run", Microsoft
+# Learn, "Use the Azure Custom Script Extension Version 2 with Linux virtual machines").
+UPGRADE_DRAIN_SECONDS = 600
+UPGRADE_READY_SECONDS = 600
+UPGRADE_TURN_SECONDS = 80 * 60
 
 _HEREDOC_END = "EDGE_TRAINING_EOF"
 _SECRET_BEARING = "# This script holds secrets: root-only (0700), never logged.\n"  # noqa: S105 (a comment line)
@@ -84,6 +96,9 @@ class ArcOnboarding:
     """PKCS#1 "BEGIN RSA PRIVATE KEY": the chart's global.onboardingPrivateKey, whose public half
     is the ConnectedCluster's agentPublicKeyCertificate."""
     azure_environment: str = "AZUREPUBLICCLOUD"
+    auto_upgrade: bool = True
+    """Arc agents upgraded by Azure, as `az connectedk8s connect` leaves them; False pins chart_version."""
+    chart_version: str = ARC_CHART_VERSION
 
 
 @dataclass(frozen=True)
@@ -118,6 +133,8 @@ def _check_arc(arc: ArcOnboarding) -> None:
         raise FirstBootError(f"arc.cluster_name {arc.cluster_name!r} is not a connected cluster name")
     if not _LOCATION.fullmatch(arc.location or ""):
         raise FirstBootError(f"arc.location {arc.location!r} is not a region name such as 'westeurope'")
+    if not isinstance(arc.chart_version, str) or not re.fullmatch(r"\d{1,3}\.\d{1,3}\.\d{1,4}", arc.chart_version):
+        raise FirstBootError(f"arc.chart_version {arc.chart_version!r} is not a chart version X.Y.Z")
     if arc.azure_environment not in _AZURE_ENVIRONMENTS:
         raise FirstBootError(f"arc.azure_environment {arc.azure_environment!r} is not one of {_AZURE_ENVIRONMENTS}")
     pem = arc.private_key_pem or ""
@@ -186,7 +203,7 @@ def arc_helm_values(arc: ArcOnboarding) -> dict[str, Any]:
         "systemDefaultValues": {
             "spnOnboarding": False,
             "clusterconnect-agent": {"enabled": True},
-            "azureArcAgents": {"autoUpdate": False},
+            "azureArcAgents": {"autoUpdate": arc.auto_upgrade},
         },
     }
 
@@ -289,9 +306,14 @@ def render_script(
     docker_version: str,
     server: K3sServer | None = None,
     agent: K3sAgent | None = None,
+    k3s: k3s_releases.K3sRelease | None = None,
 ) -> str:
     """The script with its values filled in (admin_username and docker_version are validated by
-    components.config). None/None: the Docker-only script of the virtual-machine mode."""
+    components.config). None/None: the Docker-only script of the virtual-machine mode. `k3s`: the
+    release to install or upgrade to (default: K3S_VERSION)."""
+    k3s = k3s or _DEFAULT_K3S
+    if k3s_releases.RELEASES.get(k3s.version) != k3s:
+        raise FirstBootError(f"K3s {k3s.version} is not a release recorded in edge/k3s_releases.py")
     if server is not None and agent is not None:
         raise FirstBootError("a VM is either the K3s server or a K3s agent, not both")
     secrets = ""
@@ -321,15 +343,23 @@ def render_script(
         "@ADMIN_USER@": admin_username,
         "@DOCKER_VERSION@": docker_version,
         "@K3S_ROLE@": role,
-        "@K3S_VERSION@": K3S_VERSION,
-        "@K3S_SHA256@": K3S_SHA256,
-        "@K3S_INSTALLER_SHA256@": K3S_INSTALLER_SHA256,
+        "@K3S_VERSION@": k3s.version,
+        "@K3S_SHA256@": k3s.sha256,
+        "@K3S_INSTALLER_SHA256@": k3s.installer_sha256,
         "@HELM_VERSION@": HELM_VERSION,
         "@HELM_SHA256@": HELM_SHA256,
         "@ARC_CHART@": ARC_CHART,
-        "@ARC_CHART_VERSION@": ARC_CHART_VERSION,
+        "@ARC_CHART_VERSION@": server.arc.chart_version if server is not None else ARC_CHART_VERSION,
+        "@ARC_AUTO_UPGRADE@": "true" if server is None or server.arc.auto_upgrade else "false",
+        # A digest of the key, never the key: enough to notice a rotated one.
+        "@ARC_KEY_FINGERPRINT@": (
+            hashlib.sha256(server.arc.private_key_pem.encode()).hexdigest() if server is not None else ""
+        ),
+        "@UPGRADE_DRAIN_SECONDS@": str(UPGRADE_DRAIN_SECONDS),
+        "@UPGRADE_READY_SECONDS@": str(UPGRADE_READY_SECONDS),
+        "@UPGRADE_TURN_SECONDS@": str(UPGRADE_TURN_SECONDS),
     }
-    script = SCRIPT.read_text()
+    script = SCRIPT.read_text().replace("@K3S_UPGRADE@\n", UPGRADE_FUNCTIONS.read_text(), 1)
     for placeholder, value in values.items():
         script = script.replace(placeholder, value)
     # Last, so no placeholder replacement ever runs over a secret.

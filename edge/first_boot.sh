@@ -34,6 +34,12 @@ HELM_VERSION="@HELM_VERSION@"
 HELM_SHA256="@HELM_SHA256@"
 ARC_CHART="@ARC_CHART@"
 ARC_CHART_VERSION="@ARC_CHART_VERSION@"
+# true: any deployed chart is kept (Azure upgrades the agents); false: exactly ARC_CHART_VERSION.
+ARC_AUTO_UPGRADE="@ARC_AUTO_UPGRADE@"
+# SHA-256 of the onboarding key (not the key): a rotated key installs the agents again.
+ARC_KEY_FINGERPRINT="@ARC_KEY_FINGERPRINT@"
+ARC_KEY_INSTALLED="$ROOT/var/lib/edge-training/arc-onboarding-key.sha256"
+FIRST_BOOT_LOCK="$ROOT/run/edge-training-first-boot.lock"
 ARC_NAMESPACE="azure-arc-release"
 K3S_BIN="$ROOT/usr/local/bin/k3s"
 K3S_CONFIG="$ROOT/etc/rancher/k3s/config.yaml"
@@ -90,25 +96,41 @@ write_private() {  # path
 k3s_version() { if [ -x "$K3S_BIN" ]; then "$K3S_BIN" --version 2>/dev/null | awk 'NR == 1 { print $3 }'; fi; }
 helm_version() { if [ -x "$HELM_BIN" ]; then "$HELM_BIN" version --template '{{.Version}}' 2>/dev/null; fi; }
 
+# cloud-init and the CustomScript extension may both run first boot on a new VM: one at a time.
+hold_first_boot_lock() {
+  mkdir -p "$(dirname "$FIRST_BOOT_LOCK")"
+  exec 9>> "$FIRST_BOOT_LOCK"  # appending: a rerun leaves the file as it was
+  flock 9
+}
+
+# Downloads K3s $K3S_VERSION and its installer into $work, each checked against its pinned SHA-256.
+fetch_verified_k3s() {
+  work=$(mktemp -d)
+  local release="https://github.com/k3s-io/k3s/releases/download/${K3S_VERSION//+/%2B}"
+  fetch "$release/k3s" "$work/k3s"
+  fetch "$release/sha256sum-amd64.txt" "$work/sha256sum-amd64.txt"
+  fetch "https://raw.githubusercontent.com/k3s-io/k3s/${K3S_VERSION//+/%2B}/install.sh" "$work/install.sh"
+  local published
+  published=$(awk '$2 == "k3s" { print $1 }' "$work/sha256sum-amd64.txt")
+  [ "$published" = "$K3S_SHA256" ] ||
+    fail "the release's sha256sum-amd64.txt lists '$published' for k3s, pinned $K3S_SHA256"
+  verify_sha256 "$work/k3s" "$K3S_SHA256" "K3s $K3S_VERSION"
+  verify_sha256 "$work/install.sh" "$K3S_INSTALLER_SHA256" "K3s's install.sh at $K3S_VERSION"
+}
+
+@K3S_UPGRADE@
+
 install_k3s() {
   local service=k3s config_changed=false
   [ "$K3S_ROLE" = server ] || service=k3s-agent
   # The token lives in K3s's own config file (0600), not in the installer's environment, which
   # the installer would copy into the unit's environment file.
   if write_k3s_config "$K3S_CONFIG"; then config_changed=true; log "wrote $K3S_CONFIG"; fi
-  if [ "$(k3s_version)" != "$K3S_VERSION" ]; then
+  if [ -n "$(k3s_version)" ] && [ "$(k3s_version)" != "$K3S_VERSION" ]; then
+    "upgrade_${K3S_ROLE}_node"  # in place, one node at a time (k3s_upgrade.sh)
+  elif [ "$(k3s_version)" != "$K3S_VERSION" ]; then
     log "installing K3s $K3S_VERSION ($K3S_ROLE; found '$(k3s_version)')"
-    work=$(mktemp -d)
-    local release="https://github.com/k3s-io/k3s/releases/download/${K3S_VERSION//+/%2B}"
-    fetch "$release/k3s" "$work/k3s"
-    fetch "$release/sha256sum-amd64.txt" "$work/sha256sum-amd64.txt"
-    fetch "https://raw.githubusercontent.com/k3s-io/k3s/${K3S_VERSION//+/%2B}/install.sh" "$work/install.sh"
-    local published
-    published=$(awk '$2 == "k3s" { print $1 }' "$work/sha256sum-amd64.txt")
-    [ "$published" = "$K3S_SHA256" ] ||
-      fail "the release's sha256sum-amd64.txt lists '$published' for k3s, pinned $K3S_SHA256"
-    verify_sha256 "$work/k3s" "$K3S_SHA256" "K3s $K3S_VERSION"
-    verify_sha256 "$work/install.sh" "$K3S_INSTALLER_SHA256" "K3s's install.sh at $K3S_VERSION"
+    fetch_verified_k3s
     install -D -m 0755 "$work/k3s" "$K3S_BIN"
     # The installer at the same tag writes the systemd unit and the kubectl/crictl links, and
     # starts K3s; it uses the verified binary instead of downloading one.
@@ -161,9 +183,13 @@ install_helm() {
 }
 
 arc_agents_deployed() {
+  local chart="azure-arc-k8sagents-$ARC_CHART_VERSION"
+  # With auto-upgrade on, Azure moves the chart on: any version counts, and none is forced back.
+  [ "$ARC_AUTO_UPGRADE" = false ] || chart="azure-arc-k8sagents-"
+  [ "$(cat "$ARC_KEY_INSTALLED" 2>/dev/null)" = "$ARC_KEY_FINGERPRINT" ] || return 1
   # Helm's JSON is compact; no `grep -q`, whose early exit would fail the pipe under pipefail.
   "$HELM_BIN" list --namespace "$ARC_NAMESPACE" --filter '^azure-arc$' --deployed --output json 2> /dev/null |
-    grep -F "\"chart\":\"azure-arc-k8sagents-$ARC_CHART_VERSION\"" > /dev/null
+    grep -F "\"chart\":\"$chart" > /dev/null
 }
 
 install_arc_agents() {
@@ -179,6 +205,8 @@ install_arc_agents() {
     --namespace "$ARC_NAMESPACE" --create-namespace --values "$ARC_VALUES" --wait --timeout 600s
   rm -f "$ARC_VALUES"
   ARC_VALUES=""
+  mkdir -p "$STATE_DIR"
+  echo "$ARC_KEY_FINGERPRINT" > "$ARC_KEY_INSTALLED"
 }
 
 install_instance_types_unit() {
@@ -198,6 +226,7 @@ install_instance_types_unit() {
   fi
 }
 
+hold_first_boot_lock
 # shellcheck source=/dev/null
 . "$ROOT/etc/os-release"
 arch=$(dpkg --print-architecture)
@@ -265,6 +294,7 @@ if [ "$K3S_ROLE" != none ]; then
 fi
 if [ "$K3S_ROLE" = server ]; then
   wait_for_node
+  roll_agents
   apply_manifests
   install_helm
   install_arc_agents
