@@ -53,6 +53,7 @@ if kubernetes:
             tags=config.tags,
             provider=azure,
             deadline_seconds=config.edge.connect_deadline_seconds,
+            day_two=config.day_two,
         ),
         pulumi.ResourceOptions(depends_on=[cloud]),
     )
@@ -60,7 +61,11 @@ if kubernetes:
     # The VMs boot once the cluster exists in Azure: the server's Arc agents onboard to it.
     after_cluster = pulumi.ResourceOptions(depends_on=[arc.cluster])
     server = arc.server_script(h.admin_username, h.docker_version, config.edge.namespace, config.edge.instance_type)
-    vm = HubVm("hub-vm", HubVmArgs(h, config.stack, network.nic_id, config.tags, script=server), after_cluster)
+    # Day two: each K3s VM's script travels in its CustomScript extension, which reruns it in place
+    # whenever it changes (an upgrade, a rotation); the VM itself is never replaced for that.
+    vm = HubVm(
+        "hub-vm", HubVmArgs(h, config.stack, network.nic_id, config.tags, script=server, day_two=True), after_cluster
+    )
     agents = [
         HubVm(
             f"hub-agent-{i}",
@@ -72,6 +77,7 @@ if kubernetes:
                 arc.agent_script(h.admin_username, h.docker_version),
                 kind=f"vm-agent{i}",
                 subnet_id=network.subnet_id,
+                day_two=True,
             ),
             after_cluster,
         )
