@@ -48,8 +48,8 @@ drain_node() {  # node
   fi
 }
 
+# Installs the binary fetch_verified_k3s left in $work, and restarts K3s on it.
 swap_k3s_binary() {  # service
-  fetch_verified_k3s
   log "replacing K3s $(k3s_version) with $K3S_VERSION"
   install -m 0755 "$work/k3s" "$K3S_BIN.new"
   mv -f "$K3S_BIN.new" "$K3S_BIN"
@@ -63,6 +63,7 @@ upgrade_server_node() {
   local me
   me=$(node_name)
   log "upgrading node $me (server) to K3s $K3S_VERSION"
+  fetch_verified_k3s  # before the node leaves service: a bad download stops nothing that runs
   drain_node "$me"
   swap_k3s_binary k3s
   wait_until "$UPGRADE_READY_SECONDS" node_at_version "$me" ||
@@ -104,6 +105,7 @@ marked_for_upgrade() {  # node
 upgrade_agent_node() {
   local me
   me=$(node_name)
+  fetch_verified_k3s
   log "node $me waits for the server to drain it for K3s $K3S_VERSION"
   wait_until "$UPGRADE_TURN_SECONDS" marked_for_upgrade "$me" ||
     stop_roll "$me" "the server did not drain it for the upgrade within ${UPGRADE_TURN_SECONDS}s (see the server's first-boot extension)"
