@@ -14,7 +14,7 @@ import pulumi
 
 from components.azure_provider import azure_provider
 from components.config import from_pulumi
-from components.edge_kubernetes import EdgeKubernetes, EdgeKubernetesArgs
+from components.edge_kubernetes import EdgeKubernetes, EdgeKubernetesArgs, agent_kind
 from components.hub_network import HubNetwork, HubNetworkArgs
 from components.hub_storage import HubStorage, HubStorageArgs
 from components.hub_vm import HubVm, HubVmArgs
@@ -75,7 +75,7 @@ if kubernetes:
                 None,
                 config.tags,
                 arc.agent_script(h.admin_username, h.docker_version),
-                kind=f"vm-agent{i}",
+                kind=agent_kind(i),
                 subnet_id=network.subnet_id,
                 day_two=True,
             ),

@@ -121,6 +121,16 @@ def k3s_server_url(stack: str) -> str:
     return f"https://{naming.hub_resource_name('vm', stack)}:{K3S_API_PORT}"
 
 
+def agent_kind(index: int) -> str:
+    """The `HubVm` kind of agent `index` (1-based): its VM, computer and K3s node name derive from it."""
+    return f"vm-agent{index}"
+
+
+def agent_node_names(stack: str, count: int) -> tuple[str, ...]:
+    """The node names the agents register under: K3s takes the host name, the VM's computer name."""
+    return tuple(naming.hub_resource_name(agent_kind(i), stack).lower() for i in range(1, count + 1))
+
+
 @dataclass(frozen=True)
 class EdgeKubernetesArgs:
     settings: EdgeComputeSettings
@@ -247,6 +257,7 @@ class EdgeKubernetes(pulumi.ComponentResource):
         auto = day_two is None or day_two.arc_agent_auto_upgrade
         chart = (day_two.arc_agent_version if day_two else None) or edge_boot.ARC_CHART_VERSION
         k3s = day_two.k3s if day_two else None
+        agent_nodes = agent_node_names(self._args.stack, self._args.settings.agent_count)
 
         def render(values: list[str]) -> str:
             subscription, tenant, group, key, token, _cluster_id = values
@@ -260,7 +271,7 @@ class EdgeKubernetes(pulumi.ComponentResource):
                 auto_upgrade=auto,
                 chart_version=chart,
             )
-            server = edge_boot.K3sServer(join_token=token, arc=arc, manifests_yaml=manifests)
+            server = edge_boot.K3sServer(join_token=token, arc=arc, manifests_yaml=manifests, agent_nodes=agent_nodes)
             return edge_boot.render_script(admin_username, docker_version, server=server, k3s=k3s)
 
         values = pulumi.Output.all(

@@ -76,6 +76,7 @@ _RESOURCE_GROUP = re.compile(r"[-\w._()]{0,89}[-\w()]")  # 1-90, not ending in "
 # Kubernetes cluster resource names as Azure validates them (1-63; letters, digits, "-", "_";
 # alphanumeric at both ends), e.g. the AKS managedClusters resourceName pattern.
 _CLUSTER_NAME = re.compile(r"[A-Za-z0-9]([-_A-Za-z0-9]{0,61}[A-Za-z0-9])?")
+_NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _SERVER_URL = re.compile(r"https://[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}")
 _JOIN_TOKEN = re.compile(r"[!-~]{16,256}")  # printable ASCII, no spaces: K3s reads it verbatim
 _AZURE_ENVIRONMENTS = ("AZUREPUBLICCLOUD", "AZUREUSGOVERNMENTCLOUD", "AZURECHINACLOUD")
@@ -108,6 +109,9 @@ class K3sServer:
     manifests_yaml: str
     """Applied at first boot, except InstanceTypes, applied once the amlarc CRDs
     (instancetypes.amlarc.azureml.com) exist, and the Secret, created once and never overwritten."""
+    agent_nodes: tuple[str, ...] = ()
+    """The agents' node names (their VMs' computer names) the stack declares: any other node the
+    server finds is drained and deleted (scale down, edge/k3s_upgrade.sh)."""
 
 
 @dataclass(frozen=True)
@@ -323,6 +327,9 @@ def render_script(
         _check_token("server.join_token", server.join_token)
         _check_arc(server.arc)
         manifests = _split_manifests(server.manifests_yaml)
+        bad = [n for n in server.agent_nodes if not _NODE_NAME.fullmatch(n)]
+        if bad:
+            raise FirstBootError(f"server.agent_nodes {bad!r}: not Kubernetes node names (DNS labels)")
         secrets = "\n".join(
             [
                 _writer("write_k3s_config", '"$1"', k3s_config(server.join_token)),
@@ -355,6 +362,7 @@ def render_script(
         "@ARC_KEY_FINGERPRINT@": (
             hashlib.sha256(server.arc.private_key_pem.encode()).hexdigest() if server is not None else ""
         ),
+        "@K3S_AGENT_NODES@": " ".join(server.agent_nodes) if server is not None else "",
         "@UPGRADE_DRAIN_SECONDS@": str(UPGRADE_DRAIN_SECONDS),
         "@UPGRADE_READY_SECONDS@": str(UPGRADE_READY_SECONDS),
         "@UPGRADE_TURN_SECONDS@": str(UPGRADE_TURN_SECONDS),

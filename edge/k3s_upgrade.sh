@@ -16,6 +16,8 @@ UPGRADE_READY_SECONDS="@UPGRADE_READY_SECONDS@"
 UPGRADE_TURN_SECONDS="@UPGRADE_TURN_SECONDS@"
 UPGRADE_POLL_SECONDS="${EDGE_UPGRADE_POLL_SECONDS:-5}"
 UPGRADE_MARK="edge-training.io/k3s-upgrade-to"
+# The server: the agents' node names the stack declares (space separated).
+K3S_AGENT_NODES="@K3S_AGENT_NODES@"
 # What an agent reads its own Node with: the kubelet's credentials, allowed to get its own node.
 AGENT_KUBECONFIG="$ROOT/var/lib/rancher/k3s/agent/kubelet.kubeconfig"
 
@@ -71,10 +73,28 @@ upgrade_server_node() {
   kubectl uncordon "$me" > /dev/null
 }
 
+# Scale down: a node whose VM left the stack (hubAgentCount lowered) is drained and deleted from
+# the cluster. The server's extension runs this as an update, and Pulumi deletes the VMs of removed
+# resources only after every update succeeded, so the node is gone before its VM is.
+remove_departed_agents() {
+  local me node
+  me=$(node_name)
+  for node in $(kubectl get nodes -o 'jsonpath={.items[*].metadata.name}' | tr ' ' '\n' | sort); do
+    [ "$node" != "$me" ] || continue
+    case " $K3S_AGENT_NODES " in *" $node "*) continue ;; esac
+    log "removing node $node: its VM is no longer in the stack"
+    kubectl cordon "$node" > /dev/null
+    kubectl drain "$node" --ignore-daemonsets --delete-emptydir-data --timeout="${UPGRADE_DRAIN_SECONDS}s" > /dev/null ||
+      fail "scale-down stopped at node $node: its pods did not leave within ${UPGRADE_DRAIN_SECONDS}s (kubectl drain); it stays cordoned and its VM is not deleted. Run pulumi up again once its pods can move"
+    kubectl delete node "$node" > /dev/null
+  done
+}
+
 # The server, once it runs the new version: each agent in turn, skipping those already there.
 roll_agents() {
   local me node
   me=$(node_name)
+  remove_departed_agents
   for node in $(kubectl get nodes -o 'jsonpath={.items[*].metadata.name}' | tr ' ' '\n' | sort); do
     [ "$node" != "$me" ] || continue
     if [ "$(node_version "$node")" = "$K3S_VERSION" ]; then

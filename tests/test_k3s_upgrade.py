@@ -56,7 +56,7 @@ fi
 case "$1" in
   wait)
     for n in "$nodes"/*; do [ "$(cat "$n/ready")" = True ] || exit 1; done ;;
-  apply|create|annotate|cordon|uncordon|drain) ;;
+  apply|create|annotate|cordon|uncordon|drain|delete) ;;
   get)
     case "$2" in
       -f) [ -f "$STATE/secret-created" ]; exit ;;
@@ -84,6 +84,7 @@ case "$1" in
       echo "error: unable to drain node \"$2\" due to error: global timeout reached: $timeout" >&2; exit 1
     fi
     echo "drain $2" >> "$CLUSTER/events" ;;
+  delete) rm -rf "${nodes:?}/$3"; echo "delete $3" >> "$CLUSTER/events" ;;
   annotate)  # annotate [--overwrite] node NAME KEY=VALUE | KEY-
     set -- $(for arg; do case "$arg" in --*) ;; *) echo "$arg" ;; esac; done)
     case "$4" in
@@ -137,16 +138,17 @@ class Cluster:
         (self.fixtures / "k3s").write_bytes(binary)
         (self.fixtures / "sha256sum-amd64.txt").write_text(f"{sha256(binary)}  k3s\n")
 
-    def script(self, node: str, version: str) -> str:
-        role = {"server": SERVER} if node == SERVER_NODE else {"agent": AGENT}
+    def script(self, node: str, version: str, agents: tuple[str, ...] = AGENT_NODES) -> str:
+        server = first_boot.K3sServer(SERVER.join_token, SERVER.arc, SERVER.manifests_yaml, agent_nodes=agents)
+        role = {"server": server} if node == SERVER_NODE else {"agent": AGENT}
         script = first_boot.render_script("azureuser", "27.5.1", k3s=self.releases[version], **role)
         helm = sha256((self.fixtures / "helm-v3.18.6-linux-amd64.tar.gz").read_bytes())
         return script.replace(first_boot.HELM_SHA256, helm)
 
-    def start(self, node: str, version: str) -> subprocess.Popen[str]:
+    def start(self, node: str, version: str, agents: tuple[str, ...] = AGENT_NODES) -> subprocess.Popen[str]:
         system = self.systems[node]
         path = system["root"].parent / "first-boot.sh"
-        path.write_text(self.script(node, version))
+        path.write_text(self.script(node, version, agents))
         env = {
             "PATH": f"{system['stubs']}:/usr/bin:/bin",
             "EDGE_BOOTSTRAP_ROOT": str(system["root"]),
@@ -297,3 +299,25 @@ def test_a_download_that_fails_its_checksum_stops_the_roll_before_any_node_leave
     assert server.returncode != 0 and f"K3s {NEW} has SHA-256" in err
     assert cluster.events()[booted:] == []
     assert cluster.node(SERVER_NODE, "version") == OLD and cluster.installed(SERVER_NODE) == k3s_binary(OLD)
+
+
+def test_scaling_down_drains_and_deletes_the_departed_node_and_keeps_the_others(cluster: Cluster) -> None:
+    booted = len(cluster.events())
+    server = cluster.start(SERVER_NODE, OLD, agents=AGENT_NODES[:1])
+    _, err = server.communicate(timeout=60)
+    assert server.returncode == 0, err
+    gone = AGENT_NODES[1]
+    assert cluster.events()[booted:] == [f"cordon {gone}", f"drain {gone}", f"delete {gone}"]
+    assert not (cluster.state / "nodes" / gone).exists()
+    assert cluster.node(AGENT_NODES[0], "version") == OLD and not cluster.cordoned(AGENT_NODES[0])
+
+
+def test_a_departed_node_whose_pods_do_not_leave_stops_the_update_before_its_vm_goes(cluster: Cluster) -> None:
+    gone = AGENT_NODES[1]
+    (cluster.state / "nodes" / gone / "drain-stuck").touch()
+    server = cluster.start(SERVER_NODE, OLD, agents=AGENT_NODES[:1])
+    _, err = server.communicate(timeout=60)
+    assert server.returncode != 0
+    assert f"scale-down stopped at node {gone}: its pods did not leave within 600s" in err
+    # The failed extension fails `pulumi up` before Pulumi deletes anything: the node and its VM stay.
+    assert (cluster.state / "nodes" / gone).exists() and cluster.cordoned(gone)
