@@ -170,8 +170,15 @@ class HubVm(pulumi.ComponentResource):
                 hub=HubEndpoint.of(s),
             ),
             # A stack made before day two carried the K3s script in the custom data: the engine
-            # keeps what it has, so moving the script to the extension replaces no VM.
-            pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(ignore_changes=["secretProperties"]))
+            # keeps what it has, so moving the script to the extension replaces no VM. And the VM
+            # itself waits for what the component waits for (the connected cluster), so a destroy
+            # deletes it, and the Arc agents on it, before that.
+            pulumi.ResourceOptions.merge(
+                child,
+                pulumi.ResourceOptions(
+                    ignore_changes=["secretProperties"], depends_on=(opts.depends_on if opts else None)
+                ),
+            )
             if args.day_two
             else child,
         )

@@ -165,7 +165,10 @@ def extension_body(resource: pulumi_mocks.Resource) -> dict[str, Any]:
         "configurationSettings",
         "configurationProtectedSettings",
     )
-    return {"identity": resource.inputs["identity"], "properties": {k: resource.inputs[k] for k in fields}}
+    properties = {k: resource.inputs[k] for k in fields}
+    if "version" in resource.inputs:  # a pinned version (azuremlExtensionVersion)
+        properties["version"] = resource.inputs["version"]
+    return {"identity": resource.inputs["identity"], "properties": properties}
 
 
 def test_the_extension_body_is_valid_at_2023_05_01_and_is_what_the_cli_sends(recording: Recording) -> None:
