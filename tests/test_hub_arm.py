@@ -542,3 +542,38 @@ def test_the_provider_runs_in_pulumis_dynamic_provider_host(hub: HubArm) -> None
         host.wait(timeout=10)
     assert hub.resources == {}
     assert hub.outside_profile() == []
+
+
+def test_an_extension_update_reruns_its_handler_even_after_a_failed_attempt(
+    hub: HubArm, provider: HubArmResourceProvider
+) -> None:
+    """Day two's channel: an updated CustomScript extension runs its script again, and a rerun of
+    `pulumi up` after a failed run sends the same settings with a new forceUpdateTag."""
+    vm = arm_path(vm_inputs(hub))
+    hub.resources[vm.lower()] = {"id": vm, "name": "vm-edge-test", "location": "local", "properties": {}}
+
+    def extension(script: str) -> dict[str, Any]:
+        return nsg(
+            hub,
+            name="first-boot",
+            resourceProviderNamespace="Microsoft.Compute",
+            resourceType="extensions",
+            parentResourcePath="virtualMachines/vm-edge-test",
+            apiVersion="2020-06-01",
+            properties={"publisher": "Microsoft.Azure.Extensions", "type": "CustomScript", "typeHandlerVersion": "2.0"},
+            secretProperties={"protectedSettings": {"script": script}},
+        )
+
+    created = provider.create(extension("b2xk"))
+    assert "forceUpdateTag" not in puts(hub, "first-boot")[-1].body["properties"]
+    hub.fail_provisioning("first-boot", "VMExtensionProvisioningError", "Enable failed: stopped at node vm-agent1")
+    with pytest.raises(HubArmError, match="stopped at node vm-agent1"):
+        provider.update(created.id, created.outs or {}, extension("bmV3"))
+    provider.update(created.id, created.outs or {}, extension("bmV3"))  # the engine kept the old state
+    failed, rerun = (put.body["properties"] for put in puts(hub, "first-boot")[-2:])
+    assert failed["protectedSettings"] == rerun["protectedSettings"]
+    assert failed["forceUpdateTag"] and rerun["forceUpdateTag"] and failed["forceUpdateTag"] != rerun["forceUpdateTag"]
+    # No other type has the field.
+    group = provider.create(nsg(hub))
+    provider.update(group.id, group.outs or {}, nsg(hub, tags={"project": "edge-training", "stack": "test", "o": "x"}))
+    assert "forceUpdateTag" not in puts(hub, "nsg-edge-test")[-1].body["properties"]
