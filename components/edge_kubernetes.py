@@ -311,6 +311,8 @@ class EdgeKubernetes(pulumi.ComponentResource):
                 cluster_name=self._cluster_name,
                 location=args.location,
                 deadline_seconds=args.deadline_seconds,
+                k3s_version=args.day_two.k3s.version if args.day_two else None,
+                extension_name=EXTENSION_NAME,
             ),
             pulumi.ResourceOptions(parent=self, depends_on=[self._cluster, *nodes]),
         )
