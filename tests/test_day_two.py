@@ -16,6 +16,7 @@ from azure.mgmt.kubernetesconfiguration.v2023_05_01 import models as extension_m
 
 from components import edge_kubernetes
 from edge import first_boot, k3s_releases
+from providers.arc_connection import ArcConnectionProvider
 from providers.cluster_secrets import ClusterSecretsProvider, new_onboarding_key, public_key_certificate
 from providers.hub_arm_resource import HubArmResourceProvider
 from tests.conftest import DEV_SECRET_KEYS, dev_stack_config
@@ -73,10 +74,16 @@ def test_changing_k3s_version_updates_each_nodes_script_and_replaces_nothing(
 ) -> None:
     after = run({"k3sVersion": NEXT})
     names = changed(before, after)
-    # Only the three nodes' CustomScript extensions: no VM, no cluster, no Azure ML extension.
-    assert names == {"hub-vm-first-boot", "hub-agent-1-first-boot", "hub-agent-2-first-boot"}
+    # The three nodes' CustomScript extensions, and the version the refresh compares against: no
+    # VM, no cluster, no Azure ML extension.
+    scripts = {"hub-vm-first-boot", "hub-agent-1-first-boot", "hub-agent-2-first-boot"}
+    assert names == scripts | {"edge-kubernetes-connected"}
     old, new = by_name(before), by_name(after)
-    for name in names:
+    wait = ArcConnectionProvider().diff(
+        "id", old["edge-kubernetes-connected"].inputs, new["edge-kubernetes-connected"].inputs
+    )
+    assert wait.changes and wait.replaces == []
+    for name in scripts:
         diff = HubArmResourceProvider().diff("id", old[name].inputs, new[name].inputs)
         assert diff.changes and diff.replaces == [], name
         script = extension_script(new[name])
