@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import pickle
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -237,3 +238,51 @@ def test_first_boot_and_the_upgrade_share_one_script_file_and_its_waits_fit_the_
     script = first_boot.render_script("azureuser", "27.5.1")
     assert "upgrade_server_node()" in script and not re.findall(r"@[A-Z0-9_]+@", script)
     assert first_boot.UPGRADE_TURN_SECONDS < 90 * 60
+
+
+# --- the page that documents it --------------------------------------------------------------------
+
+DAY_TWO = Path(__file__).resolve().parent.parent / "docs" / "operate" / "day-two.md"
+
+
+def _blocks(text: str) -> list[list[str]]:
+    return [
+        [line.strip() for line in block.strip().splitlines()]
+        for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
+    ]
+
+
+def test_the_day_two_pages_commands_are_valid_config_for_this_stack(
+    next_release: k3s_releases.K3sRelease,
+) -> None:
+    """Each block of docs/operate/day-two.md: its `pulumi config set`s, applied to the example stack
+    (the upgrade's version recorded as the fixture does), are valid config, then one pulumi verb."""
+    from components.config import parse
+
+    text = DAY_TWO.read_text()
+    blocks = _blocks(text)
+    assert len(blocks) >= 7
+    verbs = set()
+    for block in blocks:
+        *sets, verb = block
+        assert verb in ("pulumi up", "pulumi destroy", "pulumi refresh"), block
+        verbs.add(verb)
+        overrides: dict[str, Any] = {}
+        for line in sets:
+            parts = line.split()
+            assert parts[:3] == ["pulumi", "config", "set"] and len(parts) == 5, line
+            overrides[parts[3]] = parts[4]
+        config = parse(dev_stack_config(AGENTS | overrides), stack="dev", secret_keys=DEV_SECRET_KEYS)
+        assert config.day_two is not None
+        if "k3sVersion" in overrides:
+            assert config.day_two.k3s == next_release
+        if "arcOnboardingKeyRotation" in overrides:
+            assert config.day_two.onboarding_key_rotation == 1
+    assert verbs == {"pulumi up", "pulumi destroy", "pulumi refresh"}
+    window = k3s_releases.AZUREML_EXTENSION_WINDOW
+    text = " ".join(text.split())
+    assert f"{window.oldest} to {window.newest} as of {window.as_of}" in text
+    assert f"within {first_boot.UPGRADE_DRAIN_SECONDS}s" in text
+    assert f"at most {first_boot.UPGRADE_TURN_SECONDS // 60} minutes" in text
+    for path in re.findall(r"`((?:edge|providers|components)/[\w/]+\.\w+)`", text):
+        assert (DAY_TWO.parent.parent.parent / path).exists(), path
