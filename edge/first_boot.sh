@@ -192,16 +192,26 @@ arc_agents_deployed() {
     grep -F "\"chart\":\"$chart" > /dev/null
 }
 
+# The chart version of the deployed azure-arc release, if any.
+arc_deployed_version() {
+  "$HELM_BIN" list --namespace "$ARC_NAMESPACE" --filter '^azure-arc$' --deployed --output json 2> /dev/null |
+    sed -n 's/.*"chart":"azure-arc-k8sagents-\([0-9.]*\)".*/\1/p'
+}
+
 install_arc_agents() {
   if arc_agents_deployed; then return 0; fi
-  log "installing the Azure Arc agents (chart azure-arc-k8sagents $ARC_CHART_VERSION)"
+  local version="$ARC_CHART_VERSION" deployed
+  # Auto-upgraded agents given a rotated key keep the version Azure moved them to.
+  deployed=$(arc_deployed_version)
+  if [ "$ARC_AUTO_UPGRADE" = true ] && [ -n "$deployed" ]; then version=$deployed; fi
+  log "installing the Azure Arc agents (chart azure-arc-k8sagents $version)"
   mkdir -p "$ARC_VALUES_DIR"
   chmod 0700 "$ARC_VALUES_DIR"
   ARC_VALUES="$ARC_VALUES_DIR/arc-onboarding-values.json"
   write_arc_values "$ARC_VALUES" || true
   # The values az connectedk8s connect sets, from a file: the onboarding key is in no argument.
   # --wait: the agents are running when this returns, so the key is no longer needed.
-  "$HELM_BIN" upgrade --install azure-arc "$ARC_CHART" --version "$ARC_CHART_VERSION" \
+  "$HELM_BIN" upgrade --install azure-arc "$ARC_CHART" --version "$version" \
     --namespace "$ARC_NAMESPACE" --create-namespace --values "$ARC_VALUES" --wait --timeout 600s
   rm -f "$ARC_VALUES"
   ARC_VALUES=""

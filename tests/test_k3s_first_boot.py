@@ -372,6 +372,15 @@ def test_a_rotated_onboarding_key_installs_the_agents_again_and_only_its_digest_
     before = len(calls(system))
     assert run(system, server_script(system, rotated)).returncode == 0
     assert not [c for c in calls(system)[before:] if c.startswith("helm upgrade")]
+    # Agents Azure has upgraded keep their version when a new key is installed.
+    (system["state"] / "arc-release").write_text("azure-arc-k8sagents-1.33.0\n")
+    again = first_boot.K3sServer(
+        JOIN_TOKEN, first_boot.ArcOnboarding(**{**ARC.__dict__, "private_key_pem": PRIVATE_KEY_PEM}), MANIFESTS
+    )
+    before = len(calls(system))
+    assert run(system, server_script(system, again)).returncode == 0
+    (upgrade,) = [c for c in calls(system)[before:] if c.startswith("helm upgrade")]
+    assert "--version 1.33.0" in upgrade
 
 
 @pytest.mark.parametrize(
