@@ -111,7 +111,8 @@ class HubVmArgs:
 
 class HubVm(pulumi.ComponentResource):
     """Ubuntu from the Hub marketplace with Docker installed at first boot, by cloud-init or by
-    the CustomScript extension (`hubBootstrap`), running the same script."""
+    the CustomScript extension (`hubBootstrap`), running the same script. With `day_two` (the K3s
+    nodes) the script always runs from the extension, which reruns it whenever it changes."""
 
     vm_id: pulumi.Output[str]
     vm_name: pulumi.Output[str]

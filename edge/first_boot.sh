@@ -7,6 +7,8 @@
 #   volumes applied; a systemd unit that applies the InstanceTypes once the Azure ML extension has
 #   installed their CRD; a marker when the cluster is ready.
 # - agent: K3s at the same version, joining the server.
+# A node that runs K3s at another version is upgraded in place, one node at a time, and the
+# server removes nodes whose VMs left the stack (k3s_upgrade.sh, rendered in below).
 # Then a marker the attach step waits for, written last.
 # Idempotent: every step checks before it changes anything, so a second run changes nothing.
 # Run by cloud-init (runcmd) or by the CustomScript extension; edge/first_boot.py fills in the
