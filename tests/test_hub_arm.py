@@ -73,10 +73,11 @@ def test_the_edge_lifecycle_runs_against_a_hub_at_the_profiles_versions_only(
     engine = Engine(provider, hub)
     declared = engine.declared(program())
     kinds = [inputs["resourceType"] for _, inputs in declared]
+    # The VM's extension: the K3s script's day-two channel (docs/operate/day-two.md).
     assert sorted(kinds) == sorted(
         ["storageAccounts", "containers", "networkSecurityGroups", "virtualNetworks", "publicIPAddresses",
          "networkInterfaces", "virtualMachines", "extensions"]
-    )  # fmt: skip (the extension: the K3s script's day-two channel, docs/operate/day-two.md)
+    )  # fmt: skip
 
     # Create, in the program's dependency order (the stand-in refuses dangling references).
     actions = engine.up(declared, hub.url)
