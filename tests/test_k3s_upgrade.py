@@ -128,9 +128,12 @@ class Cluster:
         installer = sha256(INSTALLER.encode())
         self.releases = {v: k3s_releases.K3sRelease(v, sha256(k3s_binary(v)), installer) for v in (OLD, NEW)}
         monkeypatch.setattr(k3s_releases, "RELEASES", self.releases)
-        # Short waits: the stand-in answers at once; only an agent left waiting for its turn waits.
-        monkeypatch.setattr(first_boot, "UPGRADE_TURN_SECONDS", 3)
+        # The stand-in answers at once, so a node is Ready as soon as K3s restarts: a short deadline
+        # is reached only by a node that never comes back. An agent's turn comes after every node
+        # before it, however loaded the machine: long, except in tests where no turn comes.
         monkeypatch.setattr(first_boot, "UPGRADE_READY_SECONDS", 2)
+        self.monkeypatch = monkeypatch
+        self.turn_seconds = 120
 
     def serve(self, version: str) -> None:
         """The release's assets where the curl stub finds them."""
@@ -141,6 +144,7 @@ class Cluster:
     def script(self, node: str, version: str, agents: tuple[str, ...] = AGENT_NODES) -> str:
         server = first_boot.K3sServer(SERVER.join_token, SERVER.arc, SERVER.manifests_yaml, agent_nodes=agents)
         role = {"server": server} if node == SERVER_NODE else {"agent": AGENT}
+        self.monkeypatch.setattr(first_boot, "UPGRADE_TURN_SECONDS", self.turn_seconds)
         script = first_boot.render_script("azureuser", "27.5.1", k3s=self.releases[version], **role)
         helm = sha256((self.fixtures / "helm-v3.18.6-linux-amd64.tar.gz").read_bytes())
         return script.replace(first_boot.HELM_SHA256, helm)
@@ -251,6 +255,7 @@ def test_a_drain_that_times_out_stops_the_roll_at_that_node_and_a_rerun_resumes(
     stuck = AGENT_NODES[0]
     (cluster.state / "nodes" / stuck / "drain-stuck").touch()
     booted = len(cluster.events())
+    cluster.turn_seconds = 3  # no turn comes: the server stops at the first agent
     results = cluster.roll(NEW)
     code, err = results[SERVER_NODE]
     assert code != 0
@@ -269,6 +274,7 @@ def test_a_drain_that_times_out_stops_the_roll_at_that_node_and_a_rerun_resumes(
         assert cluster.installed(agent) == k3s_binary(OLD)
 
     (cluster.state / "nodes" / stuck / "drain-stuck").unlink()
+    cluster.turn_seconds = 120
     resumed = len(cluster.events())
     results = cluster.roll(NEW)
     assert all(code == 0 for code, _ in results.values()), results
@@ -280,6 +286,7 @@ def test_a_drain_that_times_out_stops_the_roll_at_that_node_and_a_rerun_resumes(
 
 def test_a_server_that_does_not_come_back_ready_stops_before_any_agent(cluster: Cluster) -> None:
     (cluster.state / "nodes" / SERVER_NODE / "broken").touch()
+    cluster.turn_seconds = 3  # no turn comes
     booted = len(cluster.events())
     results = cluster.roll(NEW)
     code, err = results[SERVER_NODE]
