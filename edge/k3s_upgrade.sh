@@ -67,10 +67,20 @@ upgrade_server_node() {
   log "upgrading node $me (server) to K3s $K3S_VERSION"
   fetch_verified_k3s  # before the node leaves service: a bad download stops nothing that runs
   drain_node "$me"
+  # Marked like an agent: a rerun after a failure below knows this cordon is the upgrade's.
+  kubectl annotate --overwrite node "$me" "$UPGRADE_MARK=$K3S_VERSION" > /dev/null
   swap_k3s_binary k3s
   wait_until "$UPGRADE_READY_SECONDS" node_at_version "$me" ||
     stop_roll "$me" "not Ready at $K3S_VERSION within ${UPGRADE_READY_SECONDS}s; it stays cordoned (journalctl -u k3s)"
-  kubectl uncordon "$me" > /dev/null
+  finish_node_upgrade "$me"
+}
+
+# Puts a node the upgrade cordoned back in service, once it is Ready at the new version.
+finish_node_upgrade() {  # node
+  node_at_version "$1" || return 0
+  [ -n "$(node_field "$1" "{.metadata.annotations.edge-training\\.io/k3s-upgrade-to}")" ] || return 0
+  kubectl uncordon "$1" > /dev/null
+  kubectl annotate node "$1" "$UPGRADE_MARK-" > /dev/null
 }
 
 # Scale down: a node whose VM left the stack (hubAgentCount lowered) is drained and deleted from
@@ -94,17 +104,14 @@ remove_departed_agents() {
 roll_agents() {
   local me node
   me=$(node_name)
+  finish_node_upgrade "$me"  # a run that stopped after the server's swap left it cordoned
   remove_departed_agents
   for node in $(kubectl get nodes -o 'jsonpath={.items[*].metadata.name}' | tr ' ' '\n' | sort); do
     [ "$node" != "$me" ] || continue
     if [ "$(node_version "$node")" = "$K3S_VERSION" ]; then
       # Done, perhaps by a run that stopped before it could put the node back (a node that only
       # joined, not yet Ready, is left alone).
-      if node_ready "$node" && [ "$(node_field "$node" '{.spec.unschedulable}')" = true ] &&
-        [ -n "$(node_field "$node" "{.metadata.annotations.edge-training\\.io/k3s-upgrade-to}")" ]; then
-        kubectl uncordon "$node" > /dev/null
-        kubectl annotate node "$node" "$UPGRADE_MARK-" > /dev/null
-      fi
+      finish_node_upgrade "$node"
       continue
     fi
     log "upgrading node $node (agent) to K3s $K3S_VERSION"
@@ -112,8 +119,7 @@ roll_agents() {
     kubectl annotate --overwrite node "$node" "$UPGRADE_MARK=$K3S_VERSION" > /dev/null
     wait_until "$UPGRADE_READY_SECONDS" node_at_version "$node" ||
       stop_roll "$node" "not Ready at $K3S_VERSION within ${UPGRADE_READY_SECONDS}s after it was drained; it stays cordoned (on it: journalctl -u k3s-agent)"
-    kubectl uncordon "$node" > /dev/null
-    kubectl annotate node "$node" "$UPGRADE_MARK-" > /dev/null
+    finish_node_upgrade "$node"
   done
 }
 

@@ -229,7 +229,7 @@ def test_an_upgrade_rolls_the_server_then_each_agent_one_node_at_a_time(cluster:
     expected = []
     for node in (SERVER_NODE, *AGENT_NODES):
         expected += [f"cordon {node}", f"drain {node}"]
-        expected += [f"start {node} {NEW}"] if node == SERVER_NODE else [f"mark {node}", f"start {node} {NEW}"]
+        expected += [f"mark {node}", f"start {node} {NEW}"]
         expected += [f"uncordon {node}"]
     assert events == expected
     assert _cordoned_at_once(events) == 1
@@ -294,6 +294,19 @@ def test_a_server_that_does_not_come_back_ready_stops_before_any_agent(cluster: 
     assert f"stopped at node {SERVER_NODE}: not Ready at {NEW} within 2s; it stays cordoned" in err
     assert [e for e in cluster.events()[booted:] if any(e.endswith(a) for a in AGENT_NODES)] == []
     assert all(cluster.node(a, "version") == OLD for a in AGENT_NODES)
+    assert cluster.cordoned(SERVER_NODE)
+
+    # K3s comes back (the operator fixed it): the rerun puts the server in service and goes on.
+    (cluster.state / "nodes" / SERVER_NODE / "broken").unlink()
+    (cluster.state / "nodes" / SERVER_NODE / "ready").write_text("True\n")
+    cluster.turn_seconds = 120
+    resumed = len(cluster.events())
+    results = cluster.roll(NEW)
+    assert all(code == 0 for code, _ in results.values()), results
+    events = cluster.events()[resumed:]
+    assert events[0] == f"uncordon {SERVER_NODE}" and f"drain {SERVER_NODE}" not in events
+    assert not cluster.cordoned(SERVER_NODE) and cluster.node(SERVER_NODE, "mark") == ""
+    assert all(cluster.node(a, "version") == NEW for a in AGENT_NODES)
 
 
 def test_a_download_that_fails_its_checksum_stops_the_roll_before_any_node_leaves_service(cluster: Cluster) -> None:
