@@ -14,7 +14,7 @@ import pulumi
 
 from components.azure_provider import azure_provider
 from components.config import from_pulumi
-from components.edge_kubernetes import EdgeKubernetes, EdgeKubernetesArgs
+from components.edge_kubernetes import EdgeKubernetes, EdgeKubernetesArgs, agent_kind
 from components.hub_network import HubNetwork, HubNetworkArgs
 from components.hub_storage import HubStorage, HubStorageArgs
 from components.hub_vm import HubVm, HubVmArgs
@@ -53,6 +53,7 @@ if kubernetes:
             tags=config.tags,
             provider=azure,
             deadline_seconds=config.edge.connect_deadline_seconds,
+            day_two=config.day_two,
         ),
         pulumi.ResourceOptions(depends_on=[cloud]),
     )
@@ -64,7 +65,11 @@ if kubernetes:
     server = arc.server_script(
         h.admin_username, h.docker_version, e.namespace, e.instance_type, gpu_instance, h.edge_network
     )
-    vm = HubVm("hub-vm", HubVmArgs(h, config.stack, network.nic_id, config.tags, script=server), after_cluster)
+    # Day two: each K3s VM's script travels in its CustomScript extension, which reruns it in place
+    # whenever it changes (an upgrade, a rotation); the VM itself is never replaced for that.
+    vm = HubVm(
+        "hub-vm", HubVmArgs(h, config.stack, network.nic_id, config.tags, script=server, day_two=True), after_cluster
+    )
     agents = [
         HubVm(
             f"hub-agent-{i}",
@@ -74,8 +79,9 @@ if kubernetes:
                 None,
                 config.tags,
                 arc.agent_script(h.admin_username, h.docker_version, e.gpus, h.edge_network),
-                kind=f"vm-agent{i}",
+                kind=agent_kind(i),
                 subnet_id=network.subnet_id,
+                day_two=True,
             ),
             after_cluster,
         )

@@ -109,7 +109,9 @@ def main() -> None:
         config_file = work / "config.json"
         config_file.write_text(json.dumps(dev_stack_config()))
         secrets_file = work / "cluster-secrets.json"
-        secrets_file.write_text(json.dumps(ClusterSecretsProvider().create({"keyBits": KEY_BITS, "rotation": 0}).outs))
+        secrets_file.write_text(
+            json.dumps(ClusterSecretsProvider().create({"keyBits": KEY_BITS, "onboardingKeyRotation": 0}).outs)
+        )
         empty_main = work / "__main__.py"
         empty_main.write_text('"""An empty Pulumi program."""\n')
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -28,6 +28,9 @@ from components import naming
 from edge.real_edge import EdgeNetwork, no_proxy_problem, proxy_problem
 from policy.address_space import everywhere_reason as ssh_everywhere_reason
 from policy.address_space import parse_source
+
+if TYPE_CHECKING:
+    from edge.k3s_releases import K3sRelease
 
 PROJECT = "edge-training"
 PROJECT_FILE = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
@@ -193,6 +196,8 @@ class StackConfig:
     hub: HubSettings
     attach: AttachSettings
     edge: EdgeComputeSettings
+    day_two: DayTwoSettings | None = None
+    """Versions and rotations of the Kubernetes mode (issue 23); always set by `parse`."""
 
 
 @dataclass(frozen=True)
@@ -380,13 +385,16 @@ def parse(
     attach = _attach(r, "" if r.has_problem("hubSshPublicKey") else hub.ssh_public_key)
     edge = _edge_compute(r, hub, attach)
     hub = replace(hub, vm_size=edge.vm_size)
+    day_two = _day_two(r)
 
     unread = set(schema) - r.read
     if unread:
         raise TypeError(f"Pulumi.yaml declares keys the program never reads: {sorted(unread)}")
     if r.problems:
         raise ConfigError(r.problems)
-    return StackConfig(project=project, stack=stack, tags=tags, azure=azure, hub=hub, attach=attach, edge=edge)
+    return StackConfig(
+        project=project, stack=stack, tags=tags, azure=azure, hub=hub, attach=attach, edge=edge, day_two=day_two
+    )
 
 
 def from_pulumi() -> StackConfig:
@@ -1003,3 +1011,55 @@ def _check_gpu_size(r: _Reader, mode: str, vm_size: str) -> int:
         r.problem("hubVmSize", f"{vm_size!r} with edgeComputeMode {mode}: {NVV4_REFUSAL}")
         return 0
     return HUB_NVIDIA_GPUS.get(vm_size, 0)
+
+
+# --- Day two (issue 23): versions as configuration, and rotation on purpose ---------------------
+
+_CHART_VERSION = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,4}")
+_EXTENSION_VERSION = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,5}")
+MAX_ROTATION = 1_000_000
+
+
+@dataclass(frozen=True)
+class DayTwoSettings:
+    k3s: K3sRelease
+    """What every node runs: first boot installs it, a change upgrades the nodes in place."""
+    arc_agent_auto_upgrade: bool
+    """On by default, as `az connectedk8s connect` leaves it; off only with a pinned version."""
+    arc_agent_version: str | None
+    """The azure-arc-k8sagents chart kept when auto-upgrade is off; None: the version first boot
+    installs (edge/first_boot.py ARC_CHART_VERSION), from which auto-upgrade moves on."""
+    extension_version: str | None
+    """None: the extension follows the stable train's minor versions; else the pinned version."""
+    onboarding_key_rotation: int
+    """Raised by one to rotate the Arc onboarding key (providers/cluster_secrets.py)."""
+
+
+def _day_two(r: _Reader) -> DayTwoSettings:
+    from edge import k3s_releases
+
+    version = r.string("k3sVersion")
+    problem = k3s_releases.problem_with(version)
+    if problem is not None:
+        r.problem("k3sVersion", problem)
+    release = k3s_releases.RELEASES.get(version) or k3s_releases.RELEASES[k3s_releases.DEFAULT_VERSION]
+
+    auto = r.boolean("arcAgentAutoUpgrade")
+    pinned = r.string("arcAgentVersion")
+    if pinned and not _CHART_VERSION.fullmatch(pinned):
+        r.problem("arcAgentVersion", f"{pinned!r} is not an azure-arc-k8sagents chart version X.Y.Z")
+    elif pinned and auto:
+        r.problem(
+            "arcAgentVersion",
+            "pins the Arc agents, which only holds with arcAgentAutoUpgrade false (the explicit opt-out)",
+        )
+    extension = r.string("azuremlExtensionVersion")
+    if extension and not _EXTENSION_VERSION.fullmatch(extension):
+        r.problem("azuremlExtensionVersion", f"{extension!r} is not an extension version X.Y.Z (or empty to follow)")
+    return DayTwoSettings(
+        k3s=release,
+        arc_agent_auto_upgrade=auto,
+        arc_agent_version=pinned or None,
+        extension_version=extension or None,
+        onboarding_key_rotation=r.integer("arcOnboardingKeyRotation", 0, MAX_ROTATION),
+    )

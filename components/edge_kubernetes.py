@@ -29,7 +29,7 @@ import pulumi_azure_native as azure_native
 from pulumi_azure_native import authorization, kubernetesconfiguration, machinelearningservices, relay, resources
 
 from components import naming
-from components.config import EdgeComputeSettings, InstanceTypeSizing
+from components.config import DayTwoSettings, EdgeComputeSettings, InstanceTypeSizing
 from components.roles import assign_role
 from edge.real_edge import EdgeNetwork
 from providers.arc_connection import CONNECTED_CLUSTER_API_VERSION, ArcConnection, ArcConnectionArgs
@@ -147,6 +147,16 @@ def k3s_server_url(stack: str) -> str:
     return f"https://{naming.hub_resource_name('vm', stack)}:{K3S_API_PORT}"
 
 
+def agent_kind(index: int) -> str:
+    """The `HubVm` kind of agent `index` (1-based): its VM, computer and K3s node name derive from it."""
+    return f"vm-agent{index}"
+
+
+def agent_node_names(stack: str, count: int) -> tuple[str, ...]:
+    """The node names the agents register under: K3s takes the host name, the VM's computer name."""
+    return tuple(naming.hub_resource_name(agent_kind(i), stack).lower() for i in range(1, count + 1))
+
+
 @dataclass(frozen=True)
 class EdgeKubernetesArgs:
     settings: EdgeComputeSettings
@@ -162,6 +172,29 @@ class EdgeKubernetesArgs:
     tags: Mapping[str, str]
     provider: azure_native.Provider
     deadline_seconds: int = 1800
+    day_two: DayTwoSettings | None = None
+    """Versions and rotation (k3sVersion, the Arc agents' and the extension's policies); None:
+    the defaults of a stack that sets none of them."""
+
+
+def arc_agent_profile(day_two: DayTwoSettings | None) -> dict[str, str]:
+    """`arcAgentProfile` of the connected cluster: auto-upgrade on, as `az connectedk8s connect`
+    leaves it; off with the pinned version only on purpose (arcAgentAutoUpgrade false). Both
+    fields are writable on create and update (azure-mgmt-hybridkubernetes 2.0.0, ArcAgentProfile)."""
+    if day_two is None or day_two.arc_agent_auto_upgrade:
+        return {"agentAutoUpgrade": "Enabled"}
+    from edge.first_boot import ARC_CHART_VERSION
+
+    return {"agentAutoUpgrade": "Disabled", "desiredAgentVersion": day_two.arc_agent_version or ARC_CHART_VERSION}
+
+
+def extension_version_policy(day_two: DayTwoSettings | None) -> dict[str, object]:
+    """The extension follows the stable train's minor versions unless a version is pinned; the
+    service takes `version` only with autoUpgradeMinorVersion false (Microsoft.KubernetesConfiguration
+    2023-05-01, Extension.version: "To use 'version', autoUpgradeMinorVersion must be 'false'")."""
+    if day_two is None or day_two.extension_version is None:
+        return {"release_train": "stable", "auto_upgrade_minor_version": True}
+    return {"release_train": "stable", "auto_upgrade_minor_version": False, "version": day_two.extension_version}
 
 
 class EdgeKubernetes(pulumi.ComponentResource):
@@ -191,7 +224,11 @@ class EdgeKubernetes(pulumi.ComponentResource):
         )
         self._subscription = pulumi.Output.from_input(args.subscription_id)
         self.tenant_id = client.tenant_id
-        secrets = ClusterSecrets(f"{name}-secrets", opts=pulumi.ResourceOptions(parent=self))
+        secrets = ClusterSecrets(
+            f"{name}-secrets",
+            onboarding_key_rotation=args.day_two.onboarding_key_rotation if args.day_two else 0,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
         self.onboarding_private_key = secrets.onboarding_private_key
         self.join_token = secrets.join_token
 
@@ -210,8 +247,7 @@ class EdgeKubernetes(pulumi.ComponentResource):
                 "agentPublicKeyCertificate": secrets.agent_public_key_certificate,
                 "distribution": DISTRIBUTION,
                 "infrastructure": INFRASTRUCTURE,
-                # The first boot installs a pinned chart; the agents must not move it.
-                "arcAgentProfile": {"agentAutoUpgrade": "Disabled"},
+                "arcAgentProfile": arc_agent_profile(args.day_two),
             },
             tags=dict(args.tags),
             opts=self._child,
@@ -254,6 +290,11 @@ class EdgeKubernetes(pulumi.ComponentResource):
             )
         )
         location, cluster = self._args.location, self._cluster_name
+        day_two = self._args.day_two
+        auto = day_two is None or day_two.arc_agent_auto_upgrade
+        chart = (day_two.arc_agent_version if day_two else None) or edge_boot.ARC_CHART_VERSION
+        k3s = day_two.k3s if day_two else None
+        agent_nodes = agent_node_names(self._args.stack, self._args.settings.agent_count)
 
         def render(values: list[str]) -> str:
             subscription, tenant, group, key, token, _cluster_id = values
@@ -264,10 +305,12 @@ class EdgeKubernetes(pulumi.ComponentResource):
                 cluster_name=cluster,
                 location=location,
                 private_key_pem=key,
+                auto_upgrade=auto,
+                chart_version=chart,
             )
-            server = edge_boot.K3sServer(join_token=token, arc=arc, manifests_yaml=manifests)
+            server = edge_boot.K3sServer(join_token=token, arc=arc, manifests_yaml=manifests, agent_nodes=agent_nodes)
             return edge_boot.render_script(
-                admin_username, docker_version, server=server, gpus=gpus, network=network
+                admin_username, docker_version, server=server, gpus=gpus, network=network, k3s=k3s
             )
 
         values = pulumi.Output.all(
@@ -288,6 +331,7 @@ class EdgeKubernetes(pulumi.ComponentResource):
         from edge import first_boot as edge_boot
 
         url = k3s_server_url(self._args.stack)
+        k3s = self._args.day_two.k3s if self._args.day_two else None
         return pulumi.Output.secret(
             self.join_token.apply(
                 lambda token: edge_boot.render_script(
@@ -296,6 +340,7 @@ class EdgeKubernetes(pulumi.ComponentResource):
                     agent=edge_boot.K3sAgent(server_url=url, join_token=token),
                     gpus=gpus,
                     network=network,
+                    k3s=k3s,
                 )
             )
         )
@@ -312,6 +357,8 @@ class EdgeKubernetes(pulumi.ComponentResource):
                 cluster_name=self._cluster_name,
                 location=args.location,
                 deadline_seconds=args.deadline_seconds,
+                k3s_version=args.day_two.k3s.version if args.day_two else None,
+                extension_name=EXTENSION_NAME,
             ),
             pulumi.ResourceOptions(parent=self, depends_on=[self._cluster, *nodes]),
         )
@@ -369,9 +416,7 @@ class EdgeKubernetes(pulumi.ComponentResource):
             resource_group_name=args.resource_group_name,
             extension_name=EXTENSION_NAME,
             extension_type=EXTENSION_TYPE,
-            release_train="stable",
-            # The service keeps the extension on a supported minor; the Arc agents are what we pin.
-            auto_upgrade_minor_version=True,
+            **extension_version_policy(args.day_two),
             scope=kubernetesconfiguration.ScopeArgs(
                 cluster=kubernetesconfiguration.ScopeClusterArgs(release_namespace=EXTENSION_RELEASE_NAMESPACE)
             ),

@@ -102,11 +102,17 @@ class HubVmArgs:
     kind: str = "vm"
     """Names the VM (and its own NIC): `<kind>-edge-<stack>`."""
     subnet_id: pulumi.Input[str] | None = None
+    day_two: bool = False
+    """The script runs, and reruns whenever it changes, through the CustomScript extension
+    `first-boot` (whatever `hubBootstrap` says); the custom data, if any, is the Docker-only first
+    boot. So a changed script (a K3s upgrade, a rotated key) changes the extension, never the VM,
+    whose osProfile Resource Manager refuses to change (providers/hub_arm_resource.py IMMUTABLE)."""
 
 
 class HubVm(pulumi.ComponentResource):
     """Ubuntu from the Hub marketplace with Docker installed at first boot, by cloud-init or by
-    the CustomScript extension (`hubBootstrap`), running the same script."""
+    the CustomScript extension (`hubBootstrap`), running the same script. With `day_two` (the K3s
+    nodes) the script always runs from the extension, which reruns it whenever it changes."""
 
     vm_id: pulumi.Output[str]
     vm_name: pulumi.Output[str]
@@ -118,11 +124,10 @@ class HubVm(pulumi.ComponentResource):
         s = args.settings
         child = pulumi.ResourceOptions(parent=self)
         vm_name = naming.hub_resource_name(args.kind, args.stack)
-        script = (
-            args.script
-            if args.script is not None
-            else first_boot.render_script(s.admin_username, s.docker_version, network=s.edge_network)
-        )
+        docker_only = first_boot.render_script(s.admin_username, s.docker_version, network=s.edge_network)
+        script = args.script if args.script is not None else docker_only
+        # What the VM's own body carries: never anything a day-two change touches.
+        boot_script = docker_only if args.day_two else script
         nic_id = args.nic_id
         if nic_id is None:
             if args.subnet_id is None:
@@ -161,13 +166,24 @@ class HubVm(pulumi.ComponentResource):
                 name=vm_name,
                 resource_group_name=s.resource_group_name,
                 location=s.location,
-                properties=vm_properties(s, vm_name, nic_id, script),
+                properties=vm_properties(s, vm_name, nic_id, boot_script),
                 tags=args.tags,
                 hub=HubEndpoint.of(s),
             ),
-            child,
+            # A stack made before day two carried the K3s script in the custom data: the engine
+            # keeps what it has, so moving the script to the extension replaces no VM. And the VM
+            # itself waits for what the component waits for (the connected cluster), so a destroy
+            # deletes it, and the Arc agents on it, before that.
+            pulumi.ResourceOptions.merge(
+                child,
+                pulumi.ResourceOptions(
+                    ignore_changes=["secretProperties"], depends_on=(opts.depends_on if opts else None)
+                ),
+            )
+            if args.day_two
+            else child,
         )
-        if s.bootstrap == "custom-script":
+        if s.bootstrap == "custom-script" or args.day_two:
             declare(
                 f"{name}-first-boot",
                 HubResourceSpec(

@@ -8,6 +8,7 @@ that joins it. Pinned versions below, each with where its checksum comes from.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import re
@@ -20,12 +21,14 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from edge import cluster_manifests
+from edge import cluster_manifests, k3s_releases
 from edge.real_edge import EdgeNetwork, arc_proxy_values, shell_functions
 
 SCRIPT = Path(__file__).with_name("first_boot.sh")
 GPU_SCRIPT = Path(__file__).with_name("first_boot_gpu.sh")
 """The GPU functions, rendered into SCRIPT (at @GPU_FUNCTIONS@) whatever the VM size."""
+UPGRADE_FUNCTIONS = Path(__file__).with_name("k3s_upgrade.sh")
+"""The in-place upgrade's shell functions, rendered into SCRIPT at @K3S_UPGRADE@."""
 SCRIPT_PATH_ON_VM = "/opt/edge-training/first-boot.sh"
 MARKER_PATH_ON_VM = "/var/lib/edge-training/first-boot-done"
 """Written last by the script; the attach step waits for it."""
@@ -43,9 +46,11 @@ INSTANCE_TYPES_UNIT = "edge-training-instance-types.service"
 # K3S_INSTALLER_SHA256 is install.sh at the same tag (raw.githubusercontent.com/k3s-io/k3s/<tag>/),
 # not get.k3s.io, which changes under you. The installer runs with INSTALL_K3S_SKIP_DOWNLOAD=true,
 # k3s's documented way to install a binary you placed yourself (docs.k3s.io, air-gap install).
-K3S_VERSION = "v1.36.2+k3s1"
-K3S_SHA256 = "65a55ec56c24eab44383086166ec620a491952b7e23941a49ddca6e8a4c4b4de"
-K3S_INSTALLER_SHA256 = "46177d4c99440b4c0311b67233823a8e8a2fc09693f6c89af1a7161e152fbfad"
+# The default release; `k3sVersion` picks another from edge/k3s_releases.py, where the checksums are data.
+_DEFAULT_K3S = k3s_releases.RELEASES[k3s_releases.DEFAULT_VERSION]
+K3S_VERSION = _DEFAULT_K3S.version
+K3S_SHA256 = _DEFAULT_K3S.sha256
+K3S_INSTALLER_SHA256 = _DEFAULT_K3S.installer_sha256
 K3S_KUBERNETES_MINOR = "1.36"
 """What manifests are validated against (kubernetes-validate's schemas for this minor)."""
 # Helm 3.18.6 linux-amd64: the SHA-256 of helm-v3.18.6-linux-amd64.tar.gz, as published next to it
@@ -59,6 +64,13 @@ HELM_SHA256 = "3f43c0aa57243852dd542493a0f54f1396c0bc8ec7296bbb2c01e802010819ce"
 # log) and turn the agents' self-upgrade off, so the cluster runs what was tested.
 ARC_CHART = "oci://mcr.microsoft.com/azurearck8s/batch1/stable/v2/azure-arc-k8sagents"
 ARC_CHART_VERSION = "1.31.3"
+# How long the in-place upgrade waits (edge/k3s_upgrade.sh): a drain, a node to come back Ready,
+# and an agent for its turn. The turn must fit the server's roll of every node before it inside
+# the CustomScript extension's 90 minutes ("the script is allowed 90 minutes to run", Microsoft
+# Learn, "Use the Azure Custom Script Extension Version 2 with Linux virtual machines").
+UPGRADE_DRAIN_SECONDS = 600
+UPGRADE_READY_SECONDS = 600
+UPGRADE_TURN_SECONDS = 80 * 60
 
 # NVIDIA GPUs (issue 24; docs/deploy/gpus.md has the sources).
 # The driver: Ubuntu's packaged NVIDIA driver, the route Microsoft's "Install NVIDIA GPU drivers on
@@ -90,6 +102,7 @@ _RESOURCE_GROUP = re.compile(r"[-\w._()]{0,89}[-\w()]")  # 1-90, not ending in "
 # Kubernetes cluster resource names as Azure validates them (1-63; letters, digits, "-", "_";
 # alphanumeric at both ends), e.g. the AKS managedClusters resourceName pattern.
 _CLUSTER_NAME = re.compile(r"[A-Za-z0-9]([-_A-Za-z0-9]{0,61}[A-Za-z0-9])?")
+_NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _SERVER_URL = re.compile(r"https://[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5}")
 _JOIN_TOKEN = re.compile(r"[!-~]{16,256}")  # printable ASCII, no spaces: K3s reads it verbatim
 _AZURE_ENVIRONMENTS = ("AZUREPUBLICCLOUD", "AZUREUSGOVERNMENTCLOUD", "AZURECHINACLOUD")
@@ -110,6 +123,9 @@ class ArcOnboarding:
     """PKCS#1 "BEGIN RSA PRIVATE KEY": the chart's global.onboardingPrivateKey, whose public half
     is the ConnectedCluster's agentPublicKeyCertificate."""
     azure_environment: str = "AZUREPUBLICCLOUD"
+    auto_upgrade: bool = True
+    """Arc agents upgraded by Azure, as `az connectedk8s connect` leaves them; False pins chart_version."""
+    chart_version: str = ARC_CHART_VERSION
 
 
 @dataclass(frozen=True)
@@ -119,6 +135,9 @@ class K3sServer:
     manifests_yaml: str
     """Applied at first boot, except InstanceTypes, applied once the amlarc CRDs
     (instancetypes.amlarc.azureml.com) exist, and the Secret, created once and never overwritten."""
+    agent_nodes: tuple[str, ...] = ()
+    """The agents' node names (their VMs' computer names) the stack declares: any other node the
+    server finds is drained and deleted (scale down, edge/k3s_upgrade.sh)."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +163,8 @@ def _check_arc(arc: ArcOnboarding) -> None:
         raise FirstBootError(f"arc.cluster_name {arc.cluster_name!r} is not a connected cluster name")
     if not _LOCATION.fullmatch(arc.location or ""):
         raise FirstBootError(f"arc.location {arc.location!r} is not a region name such as 'westeurope'")
+    if not isinstance(arc.chart_version, str) or not re.fullmatch(r"\d{1,3}\.\d{1,3}\.\d{1,4}", arc.chart_version):
+        raise FirstBootError(f"arc.chart_version {arc.chart_version!r} is not a chart version X.Y.Z")
     if arc.azure_environment not in _AZURE_ENVIRONMENTS:
         raise FirstBootError(f"arc.azure_environment {arc.azure_environment!r} is not one of {_AZURE_ENVIRONMENTS}")
     pem = arc.private_key_pem or ""
@@ -213,7 +234,7 @@ def arc_helm_values(arc: ArcOnboarding, network: EdgeNetwork | None = None) -> d
         "systemDefaultValues": {
             "spnOnboarding": False,
             "clusterconnect-agent": {"enabled": True},
-            "azureArcAgents": {"autoUpdate": False},
+            "azureArcAgents": {"autoUpdate": arc.auto_upgrade},
         },
     }
     values["global"].update(arc_proxy_values(network or EdgeNetwork()))
@@ -332,12 +353,17 @@ def render_script(
     agent: K3sAgent | None = None,
     gpus: int = 0,
     network: EdgeNetwork | None = None,
+    k3s: k3s_releases.K3sRelease | None = None,
 ) -> str:
     """The script with its values filled in (admin_username and docker_version are validated by
     components.config). None/None: the Docker-only script of the virtual-machine mode. `gpus`:
     the VM's NVIDIA GPUs (components.config.HUB_NVIDIA_GPUS), 0 for none. `network`: the
-    operator's CAs and proxy (edge/real_edge.py), applied before anything is downloaded."""
+    operator's CAs and proxy (edge/real_edge.py), applied before anything is downloaded. `k3s`:
+    the release to install or upgrade to (default: K3S_VERSION)."""
     network = network or EdgeNetwork()
+    k3s = k3s or _DEFAULT_K3S
+    if k3s_releases.RELEASES.get(k3s.version) != k3s:
+        raise FirstBootError(f"K3s {k3s.version} is not a release recorded in edge/k3s_releases.py")
     if server is not None and agent is not None:
         raise FirstBootError("a VM is either the K3s server or a K3s agent, not both")
     if isinstance(gpus, bool) or not isinstance(gpus, int) or not 0 <= gpus <= 16:
@@ -350,6 +376,9 @@ def render_script(
         _check_token("server.join_token", server.join_token)
         _check_arc(server.arc)
         manifests = _split_manifests(server.manifests_yaml)
+        bad = [n for n in server.agent_nodes if not _NODE_NAME.fullmatch(n)]
+        if bad:
+            raise FirstBootError(f"server.agent_nodes {bad!r}: not Kubernetes node names (DNS labels)")
         gpu_writer = []
         if gpus:
             gpu_check_namespace = _gpu_check_namespace(manifests)
@@ -376,13 +405,22 @@ def render_script(
         "@ADMIN_USER@": admin_username,
         "@DOCKER_VERSION@": docker_version,
         "@K3S_ROLE@": role,
-        "@K3S_VERSION@": K3S_VERSION,
-        "@K3S_SHA256@": K3S_SHA256,
-        "@K3S_INSTALLER_SHA256@": K3S_INSTALLER_SHA256,
+        "@K3S_VERSION@": k3s.version,
+        "@K3S_SHA256@": k3s.sha256,
+        "@K3S_INSTALLER_SHA256@": k3s.installer_sha256,
         "@HELM_VERSION@": HELM_VERSION,
         "@HELM_SHA256@": HELM_SHA256,
         "@ARC_CHART@": ARC_CHART,
-        "@ARC_CHART_VERSION@": ARC_CHART_VERSION,
+        "@ARC_CHART_VERSION@": server.arc.chart_version if server is not None else ARC_CHART_VERSION,
+        "@ARC_AUTO_UPGRADE@": "true" if server is None or server.arc.auto_upgrade else "false",
+        # A digest of the key, never the key: enough to notice a rotated one.
+        "@ARC_KEY_FINGERPRINT@": (
+            hashlib.sha256(server.arc.private_key_pem.encode()).hexdigest() if server is not None else ""
+        ),
+        "@K3S_AGENT_NODES@": " ".join(server.agent_nodes) if server is not None else "",
+        "@UPGRADE_DRAIN_SECONDS@": str(UPGRADE_DRAIN_SECONDS),
+        "@UPGRADE_READY_SECONDS@": str(UPGRADE_READY_SECONDS),
+        "@UPGRADE_TURN_SECONDS@": str(UPGRADE_TURN_SECONDS),
         "@GPU_COUNT@": str(gpus),
         "@NVIDIA_DRIVER_BRANCH@": NVIDIA_DRIVER_BRANCH,
         "@NVIDIA_TOOLKIT_VERSION@": NVIDIA_TOOLKIT_VERSION,
@@ -390,7 +428,11 @@ def render_script(
         "@GPU_CHECK_NAMESPACE@": gpu_check_namespace,
         "@GPU_CHECK_POD@": cluster_manifests.GPU_CHECK_POD,
     }
-    script = SCRIPT.read_text().replace("@GPU_FUNCTIONS@\n", GPU_SCRIPT.read_text())
+    script = (
+        SCRIPT.read_text()
+        .replace("@GPU_FUNCTIONS@\n", GPU_SCRIPT.read_text())
+        .replace("@K3S_UPGRADE@\n", UPGRADE_FUNCTIONS.read_text(), 1)
+    )
     for placeholder, value in values.items():
         script = script.replace(placeholder, value)
     # Last, so no placeholder replacement ever runs over a secret.

@@ -9,6 +9,8 @@
 # - agent: K3s at the same version, joining the server.
 # On an NCv3 size (NVIDIA V100), in every role, the GPU stack of first_boot_gpu.sh: driver,
 # container toolkit, Docker's and containerd's NVIDIA runtime, and a pod that must see the GPUs.
+# A node that runs K3s at another version is upgraded in place, one node at a time, and the
+# server removes nodes whose VMs left the stack (k3s_upgrade.sh, rendered in below).
 # Then a marker the attach step waits for, written last.
 # Idempotent: every step checks before it changes anything, so a second run changes nothing.
 # Run by cloud-init (runcmd) or by the CustomScript extension; edge/first_boot.py fills in the
@@ -36,6 +38,12 @@ HELM_VERSION="@HELM_VERSION@"
 HELM_SHA256="@HELM_SHA256@"
 ARC_CHART="@ARC_CHART@"
 ARC_CHART_VERSION="@ARC_CHART_VERSION@"
+# true: any deployed chart is kept (Azure upgrades the agents); false: exactly ARC_CHART_VERSION.
+ARC_AUTO_UPGRADE="@ARC_AUTO_UPGRADE@"
+# SHA-256 of the onboarding key (not the key): a rotated key installs the agents again.
+ARC_KEY_FINGERPRINT="@ARC_KEY_FINGERPRINT@"
+ARC_KEY_INSTALLED="$ROOT/var/lib/edge-training/arc-onboarding-key.sha256"
+FIRST_BOOT_LOCK="$ROOT/run/edge-training-first-boot.lock"
 ARC_NAMESPACE="azure-arc-release"
 K3S_BIN="$ROOT/usr/local/bin/k3s"
 K3S_CONFIG="$ROOT/etc/rancher/k3s/config.yaml"
@@ -93,25 +101,41 @@ write_private() {  # path
 k3s_version() { if [ -x "$K3S_BIN" ]; then "$K3S_BIN" --version 2>/dev/null | awk 'NR == 1 { print $3 }'; fi; }
 helm_version() { if [ -x "$HELM_BIN" ]; then "$HELM_BIN" version --template '{{.Version}}' 2>/dev/null; fi; }
 
+# cloud-init and the CustomScript extension may both run first boot on a new VM: one at a time.
+hold_first_boot_lock() {
+  mkdir -p "$(dirname "$FIRST_BOOT_LOCK")"
+  exec 9>> "$FIRST_BOOT_LOCK"  # appending: a rerun leaves the file as it was
+  flock 9
+}
+
+# Downloads K3s $K3S_VERSION and its installer into $work, each checked against its pinned SHA-256.
+fetch_verified_k3s() {
+  work=$(mktemp -d)
+  local release="https://github.com/k3s-io/k3s/releases/download/${K3S_VERSION//+/%2B}"
+  fetch "$release/k3s" "$work/k3s"
+  fetch "$release/sha256sum-amd64.txt" "$work/sha256sum-amd64.txt"
+  fetch "https://raw.githubusercontent.com/k3s-io/k3s/${K3S_VERSION//+/%2B}/install.sh" "$work/install.sh"
+  local published
+  published=$(awk '$2 == "k3s" { print $1 }' "$work/sha256sum-amd64.txt")
+  [ "$published" = "$K3S_SHA256" ] ||
+    fail "the release's sha256sum-amd64.txt lists '$published' for k3s, pinned $K3S_SHA256"
+  verify_sha256 "$work/k3s" "$K3S_SHA256" "K3s $K3S_VERSION"
+  verify_sha256 "$work/install.sh" "$K3S_INSTALLER_SHA256" "K3s's install.sh at $K3S_VERSION"
+}
+
+@K3S_UPGRADE@
+
 install_k3s() {
   local service=k3s config_changed=false
   [ "$K3S_ROLE" = server ] || service=k3s-agent
   # The token lives in K3s's own config file (0600), not in the installer's environment, which
   # the installer would copy into the unit's environment file.
   if write_k3s_config "$K3S_CONFIG"; then config_changed=true; log "wrote $K3S_CONFIG"; fi
-  if [ "$(k3s_version)" != "$K3S_VERSION" ]; then
+  if [ -n "$(k3s_version)" ] && [ "$(k3s_version)" != "$K3S_VERSION" ]; then
+    "upgrade_${K3S_ROLE}_node"  # in place, one node at a time (k3s_upgrade.sh)
+  elif [ "$(k3s_version)" != "$K3S_VERSION" ]; then
     log "installing K3s $K3S_VERSION ($K3S_ROLE; found '$(k3s_version)')"
-    work=$(mktemp -d)
-    local release="https://github.com/k3s-io/k3s/releases/download/${K3S_VERSION//+/%2B}"
-    fetch "$release/k3s" "$work/k3s"
-    fetch "$release/sha256sum-amd64.txt" "$work/sha256sum-amd64.txt"
-    fetch "https://raw.githubusercontent.com/k3s-io/k3s/${K3S_VERSION//+/%2B}/install.sh" "$work/install.sh"
-    local published
-    published=$(awk '$2 == "k3s" { print $1 }' "$work/sha256sum-amd64.txt")
-    [ "$published" = "$K3S_SHA256" ] ||
-      fail "the release's sha256sum-amd64.txt lists '$published' for k3s, pinned $K3S_SHA256"
-    verify_sha256 "$work/k3s" "$K3S_SHA256" "K3s $K3S_VERSION"
-    verify_sha256 "$work/install.sh" "$K3S_INSTALLER_SHA256" "K3s's install.sh at $K3S_VERSION"
+    fetch_verified_k3s
     install -D -m 0755 "$work/k3s" "$K3S_BIN"
     # The installer at the same tag writes the systemd unit and the kubectl/crictl links, and
     # starts K3s; it uses the verified binary instead of downloading one.
@@ -164,24 +188,40 @@ install_helm() {
 }
 
 arc_agents_deployed() {
+  local chart="azure-arc-k8sagents-$ARC_CHART_VERSION"
+  # With auto-upgrade on, Azure moves the chart on: any version counts, and none is forced back.
+  [ "$ARC_AUTO_UPGRADE" = false ] || chart="azure-arc-k8sagents-"
+  [ "$(cat "$ARC_KEY_INSTALLED" 2>/dev/null)" = "$ARC_KEY_FINGERPRINT" ] || return 1
   # Helm's JSON is compact; no `grep -q`, whose early exit would fail the pipe under pipefail.
   "$HELM_BIN" list --namespace "$ARC_NAMESPACE" --filter '^azure-arc$' --deployed --output json 2> /dev/null |
-    grep -F "\"chart\":\"azure-arc-k8sagents-$ARC_CHART_VERSION\"" > /dev/null
+    grep -F "\"chart\":\"$chart" > /dev/null
+}
+
+# The chart version of the deployed azure-arc release, if any.
+arc_deployed_version() {
+  "$HELM_BIN" list --namespace "$ARC_NAMESPACE" --filter '^azure-arc$' --deployed --output json 2> /dev/null |
+    sed -n 's/.*"chart":"azure-arc-k8sagents-\([0-9.]*\)".*/\1/p'
 }
 
 install_arc_agents() {
   if arc_agents_deployed; then return 0; fi
-  log "installing the Azure Arc agents (chart azure-arc-k8sagents $ARC_CHART_VERSION)"
+  local version="$ARC_CHART_VERSION" deployed
+  # Auto-upgraded agents given a rotated key keep the version Azure moved them to.
+  deployed=$(arc_deployed_version)
+  if [ "$ARC_AUTO_UPGRADE" = true ] && [ -n "$deployed" ]; then version=$deployed; fi
+  log "installing the Azure Arc agents (chart azure-arc-k8sagents $version)"
   mkdir -p "$ARC_VALUES_DIR"
   chmod 0700 "$ARC_VALUES_DIR"
   ARC_VALUES="$ARC_VALUES_DIR/arc-onboarding-values.json"
   write_arc_values "$ARC_VALUES" || true
   # The values az connectedk8s connect sets, from a file: the onboarding key is in no argument.
   # --wait: the agents are running when this returns, so the key is no longer needed.
-  "$HELM_BIN" upgrade --install azure-arc "$ARC_CHART" --version "$ARC_CHART_VERSION" \
+  "$HELM_BIN" upgrade --install azure-arc "$ARC_CHART" --version "$version" \
     --namespace "$ARC_NAMESPACE" --create-namespace --values "$ARC_VALUES" --wait --timeout 600s
   rm -f "$ARC_VALUES"
   ARC_VALUES=""
+  mkdir -p "$STATE_DIR"
+  echo "$ARC_KEY_FINGERPRINT" > "$ARC_KEY_INSTALLED"
 }
 
 install_instance_types_unit() {
@@ -201,6 +241,7 @@ install_instance_types_unit() {
   fi
 }
 
+hold_first_boot_lock
 # shellcheck source=/dev/null
 . "$ROOT/etc/os-release"
 arch=$(dpkg --print-architecture)
@@ -272,6 +313,7 @@ fi
 if [ "$K3S_ROLE" != none ] && [ "$GPU_COUNT" -gt 0 ]; then check_k3s_nvidia_runtime; fi
 if [ "$K3S_ROLE" = server ]; then
   wait_for_node
+  roll_agents
   apply_manifests
   if [ "$GPU_COUNT" -gt 0 ]; then check_gpu_visible_to_a_pod; fi
   install_helm

@@ -33,6 +33,15 @@ log = logging.getLogger(__name__)
 # and read at here: the default of azure-mgmt-hybridkubernetes 2.0.0, whose models the tests use.
 CONNECTED_CLUSTER_API_VERSION = "2026-05-01"
 CONNECTED = "Connected"
+EXTENSION_API_VERSION = "2023-05-01"  # Microsoft.KubernetesConfiguration, as components/edge_kubernetes.py declares it
+# What each status means for the operator (connectedClusters.json, ConnectivityStatus; Microsoft
+# Learn, "Azure Arc-enabled Kubernetes agent overview": a cluster whose agents have not reached
+# Azure for 90 days is Expired and must be onboarded again).
+STATUS_HINTS = {
+    "Offline": "the Arc agents have not reached Azure recently: is the server VM up, and its outbound HTTPS allowed?",
+    "Expired": "the agents were offline too long and their identity certificate expired: onboard again "
+    "(raise arcOnboardingKeyRotation; docs/operate/day-two.md)",
+}
 TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
 REPLACE_ON = ("subscriptionId", "resourceGroupName", "clusterName", "armEndpoint")
 
@@ -127,7 +136,9 @@ def wait_until_connected(
 
 
 class ArcConnectionProvider(ResourceProvider):
-    """create waits; read reports the current status; delete has nothing to undo."""
+    """create waits; read reports the current status and any drift (`drift`: the cluster Offline or
+    Expired, nodes at another Kubernetes version than declared, the extension failed or gone);
+    delete has nothing to undo."""
 
     def _client(self, props: dict[str, Any]) -> ArmClient:
         from clients.cloud import discover
@@ -155,6 +166,29 @@ class ArcConnectionProvider(ResourceProvider):
             "kubernetesVersion": properties.get("kubernetesVersion"),
         }
 
+    @staticmethod
+    def drift(props: dict[str, Any], cluster: dict[str, Any], extension: dict[str, Any] | None) -> list[str]:
+        """What `pulumi refresh` shows differs from what the stack declared, one line each."""
+        found = []
+        properties = cluster.get("properties") or {}
+        status = properties.get("connectivityStatus")
+        if status != CONNECTED:
+            found.append(f"cluster is {status}: {STATUS_HINTS.get(str(status), 'not Connected')}")
+        wanted, running = props.get("k3sVersion"), properties.get("kubernetesVersion")
+        # Arc reports the API server's version; K3s's carries its "+k3sN" suffix. Compared without the "v".
+        if wanted and running and str(running).lstrip("v") != str(wanted).lstrip("v"):
+            found.append(
+                f"the nodes run Kubernetes {running}, the stack declares K3s {wanted}: "
+                "run pulumi up to finish the upgrade (docs/operate/day-two.md)"
+            )
+        if props.get("extensionName") and extension is None:
+            found.append(f"extension {props['extensionName']} is gone from the cluster")
+        elif extension is not None:
+            state = (extension.get("properties") or {}).get("provisioningState")
+            if state not in (None, "Succeeded"):
+                found.append(f"extension {props['extensionName']} is {state}")
+        return found
+
     def create(self, props: dict[str, Any]) -> CreateResult:
         ref = self._ref(props)
         with self._client(props) as client:
@@ -173,7 +207,11 @@ class ArcConnectionProvider(ResourceProvider):
         # A cluster that is another resource must be waited for again; anything else (the
         # deadline) only matters while waiting.
         replaces = [k for k in REPLACE_ON if olds.get(k) != news.get(k)]
-        others = [k for k in ("deadlineSeconds", "pollSeconds", "location") if olds.get(k) != news.get(k)]
+        others = [
+            k
+            for k in ("deadlineSeconds", "pollSeconds", "location", "k3sVersion", "extensionName")
+            if olds.get(k) != news.get(k)
+        ]
         return DiffResult(changes=bool(replaces or others), replaces=replaces)
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
@@ -186,12 +224,19 @@ class ArcConnectionProvider(ResourceProvider):
                 cluster = client.get(ref.path, CONNECTED_CLUSTER_API_VERSION)
             except ArmError as error:
                 raise _refused(ref, error) from None
-        if cluster is None:
-            return ReadResult(id_=None, outs={})
-        status = (cluster.get("properties") or {}).get("connectivityStatus")
-        if status != CONNECTED:
-            log.warning("connected cluster %s is %s, no longer Connected", ref.name, status)
-        return ReadResult(id_=id_, outs=self._outs(props, cluster))
+            if cluster is None:
+                return ReadResult(id_=None, outs={})
+            extension = None
+            if props.get("extensionName"):
+                path = f"{ref.path}/providers/Microsoft.KubernetesConfiguration/extensions/{props['extensionName']}"
+                try:
+                    extension = client.get(path, EXTENSION_API_VERSION)
+                except ArmError as error:
+                    raise _refused(ref, error) from None
+        drift = self.drift(props, cluster, extension)
+        for line in drift:
+            log.warning("connected cluster %s: %s", ref.name, line)
+        return ReadResult(id_=id_, outs={**self._outs(props, cluster), "drift": drift})
 
     def delete(self, _id: str, _props: dict[str, Any]) -> None:
         """Waiting leaves nothing behind; the cluster is deleted by its own resource."""
@@ -205,6 +250,10 @@ class ArcConnectionArgs:
     location: pulumi.Input[str]
     deadline_seconds: int = 1800
     arm_endpoint: str = PUBLIC.resource_manager
+    k3s_version: str | None = None
+    """What the nodes should run: a refresh reports a cluster whose Kubernetes version differs."""
+    extension_name: str | None = None
+    """The Azure ML extension on the cluster: a refresh reports it when it failed or is gone."""
 
 
 class ArcConnection(pulumi.dynamic.Resource, module="edge-training", name="ArcConnection"):
@@ -224,7 +273,10 @@ class ArcConnection(pulumi.dynamic.Resource, module="edge-training", name="ArcCo
             "location": args.location,
             "deadlineSeconds": args.deadline_seconds,
             "armEndpoint": args.arm_endpoint,
+            "k3sVersion": args.k3s_version,
+            "extensionName": args.extension_name,
             "connectivityStatus": None,
+            "drift": None,
             "agentVersion": None,
             "kubernetesVersion": None,
         }

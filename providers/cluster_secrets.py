@@ -10,6 +10,10 @@ binary that CI and every developer must download), and the key is made once, on 
 later `pulumi up` does not rotate it. Both private values are marked secret
 (`additional_secret_outputs`), so the state holds them encrypted; the provider object Pulumi
 pickles into the state holds nothing.
+
+Rotation is on purpose only (`k3sJoinTokenRotation`, `arcOnboardingKeyRotation`): each counter
+renews its one secret in place, so the connected cluster keeps its resource id and the nodes take
+the new value through the day-two channel (docs/operate/day-two.md).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 import pulumi
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider
+from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
 KEY_BITS = 4096  # what az connectedk8s connect generates
 TOKEN_BYTES = 32
@@ -46,22 +50,48 @@ def new_onboarding_key(bits: int = KEY_BITS) -> str:
     ).decode()
 
 
+ROTATIONS = {"onboardingKeyRotation": "onboardingPrivateKey", "joinTokenRotation": "joinToken"}
+"""Each counter renews exactly one secret, in place (the resource and the other secret stay)."""
+
+
+def _count(props: dict[str, Any], key: str) -> int:
+    # Absent is 0: state written before the counters existed (it had one `rotation`, always 0)
+    # must not read as a rotation.
+    return int(props.get(key) or 0)
+
+
+def _with_key(outs: dict[str, Any]) -> dict[str, Any]:
+    private_key = new_onboarding_key(int(outs.get("keyBits") or KEY_BITS))
+    return {
+        **outs,
+        "onboardingPrivateKey": private_key,
+        "agentPublicKeyCertificate": public_key_certificate(private_key),
+    }
+
+
 class ClusterSecretsProvider(ResourceProvider):
+    """Nothing in the provider object: Pulumi pickles it into the state, and a new pickle (a code
+    change, another Pulumi version) reaches `diff` as `__provider`, which is not an input here."""
+
     def create(self, props: dict[str, Any]) -> CreateResult:
-        private_key = new_onboarding_key(int(props.get("keyBits") or KEY_BITS))
-        outs = {
-            **props,
-            "onboardingPrivateKey": private_key,
-            "agentPublicKeyCertificate": public_key_certificate(private_key),
-            "joinToken": secrets.token_hex(TOKEN_BYTES),
-        }
+        outs = {**_with_key(props), "joinToken": secrets.token_hex(TOKEN_BYTES)}
         return CreateResult(id_=f"cluster-secrets-{secrets.token_hex(8)}", outs=outs)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        # Only a new key size (or rotation number) makes new secrets: rotating means onboarding
-        # the cluster again, so it is never a side effect of an unrelated change.
-        replaces = [k for k in ("keyBits", "rotation") if olds.get(k) != news.get(k)]
-        return DiffResult(changes=bool(replaces), replaces=replaces, delete_before_replace=False)
+        # Only a counter (or a new key size) makes new secrets: rotating means onboarding or joining
+        # again, so it is never a side effect of an unrelated change.
+        replaces = ["keyBits"] if olds.get("keyBits") != news.get("keyBits") else []
+        rotated = [k for k in ROTATIONS if _count(olds, k) != _count(news, k)]
+        return DiffResult(changes=bool(replaces or rotated), replaces=replaces, delete_before_replace=False)
+
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        outs = {**olds, **{k: news.get(k) for k in ("keyBits", *ROTATIONS)}}
+        outs.pop("rotation", None)
+        if _count(olds, "onboardingKeyRotation") != _count(news, "onboardingKeyRotation"):
+            outs = _with_key(outs)
+        if _count(olds, "joinTokenRotation") != _count(news, "joinTokenRotation"):
+            outs["joinToken"] = secrets.token_hex(TOKEN_BYTES)
+        return UpdateResult(outs=outs)
 
     def read(self, id_: str, props: dict[str, Any]) -> ReadResult:
         return ReadResult(id_=id_, outs=props)
@@ -70,8 +100,19 @@ class ClusterSecretsProvider(ResourceProvider):
 class ClusterSecrets(pulumi.dynamic.Resource, module="edge-training", name="ClusterSecrets"):
     """The onboarding key pair and the join token of one cluster."""
 
-    def __init__(self, name: str, rotation: int = 0, opts: pulumi.ResourceOptions | None = None) -> None:
-        props = {"keyBits": KEY_BITS, "rotation": rotation, **dict.fromkeys(SECRET_OUTPUTS + PUBLIC_OUTPUTS)}
+    def __init__(
+        self,
+        name: str,
+        join_token_rotation: int = 0,
+        onboarding_key_rotation: int = 0,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        props = {
+            "keyBits": KEY_BITS,
+            "joinTokenRotation": join_token_rotation,
+            "onboardingKeyRotation": onboarding_key_rotation,
+            **dict.fromkeys(SECRET_OUTPUTS + PUBLIC_OUTPUTS),
+        }
         super().__init__(
             ClusterSecretsProvider(),
             name,

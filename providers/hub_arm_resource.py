@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import threading
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,6 +57,7 @@ HUB_API_VERSIONS: Mapping[str, str] = {
     "Microsoft.Resources": "2019-10-01",
 }
 IDENTITY_PROVIDERS = ("azuread", "adfs")
+EXTENSION = ("Microsoft.Compute", "extensions")
 
 # Inputs naming the resource or where it lives: a change means another resource.
 IDENTITY = (
@@ -401,8 +403,16 @@ class HubArmResourceProvider(ResourceProvider):
     def _put_and_settle(
         self, client: ArmClient, path: str, version: str, props: Mapping[str, Any], creating: bool
     ) -> dict[str, Any]:
+        body = body_of(props)
+        if not creating and (props.get("resourceProviderNamespace"), props.get("resourceType")) == EXTENSION:
+            # An update is the channel of day two (docs/operate/day-two.md): the handler must run
+            # again, even when Resource Manager already holds these settings from an attempt that
+            # failed. forceUpdateTag: "How the extension handler should be forced to update even if
+            # the extension configuration has not changed" (Compute 2020-06-01,
+            # VirtualMachineExtensionProperties). Only ever sent by an update, which only a diff makes.
+            body["properties"]["forceUpdateTag"] = uuid.uuid4().hex
         try:
-            resource = client.put(path, version, body_of(props))
+            resource = client.put(path, version, body)
         except ArmError as error:
             if creating and error.status is not None and error.status < 500:
                 # A failed create leaves a Failed resource behind, which would block the next run

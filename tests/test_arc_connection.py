@@ -229,3 +229,45 @@ def test_the_provider_signs_in_for_the_audience_the_endpoints_metadata_names(sov
     assert token.body["scope"] == SOVEREIGN_AUDIENCE + ".default"
     (read,) = [r for r in sovereign_arm.fake.requests if r.path == REF.path]
     assert read.headers["authorization"] == f"Bearer {TEST_TOKEN}"
+
+
+EXTENSION_PATH = f"{REF.path}/providers/Microsoft.KubernetesConfiguration/extensions/azureml"
+
+
+def test_refresh_reports_an_offline_cluster_nodes_at_another_version_and_a_failed_extension(arm: ArmEndpoint) -> None:
+    """Day two's drift, as `pulumi refresh` reads it: each difference one line of `drift`."""
+    drifted = cluster("Offline")
+    drifted["properties"]["kubernetesVersion"] = "v1.35.4+k3s1"
+    failed = {"id": EXTENSION_PATH, "name": "azureml", "properties": {"provisioningState": "Failed"}}
+    arm.fake.script("GET", REF.path, Reply(200, drifted))
+    arm.fake.script("GET", EXTENSION_PATH, Reply(200, failed))
+    props = {**PROPS, "k3sVersion": "v1.36.2+k3s1", "extensionName": "azureml"}
+    refreshed = LocalProvider(arm, FakeClock()).read(REF.path, props)
+    assert refreshed.outs["connectivityStatus"] == "Offline"
+    drift = refreshed.outs["drift"]
+    assert len(drift) == 3, drift
+    assert drift[0].startswith("cluster is Offline: the Arc agents have not reached Azure")
+    assert "the nodes run Kubernetes v1.35.4+k3s1, the stack declares K3s v1.36.2+k3s1" in drift[1]
+    assert drift[2] == "extension azureml is Failed"
+    (read,) = [r for r in arm.fake.requests if r.path == EXTENSION_PATH]
+    assert read.query["api-version"] == ["2023-05-01"]
+
+
+def test_refresh_reports_an_expired_cluster_and_a_vanished_extension_and_nothing_when_all_is_well(
+    arm: ArmEndpoint,
+) -> None:
+    expired = cluster("Expired")
+    expired["properties"]["kubernetesVersion"] = "1.36.2+k3s1"  # the same version, without the "v"
+    arm.fake.script("GET", REF.path, Reply(200, expired), Reply(200, cluster("Connected")))
+    props = {**PROPS, "k3sVersion": "v1.36.2+k3s1", "extensionName": "azureml"}
+    provider = LocalProvider(arm, FakeClock())
+    drift = provider.read(REF.path, props).outs["drift"]
+    assert drift[0].startswith("cluster is Expired: the agents were offline too long")
+    assert drift[1:] == ["extension azureml is gone from the cluster"]  # 404: the stand-in has none
+    arm.fake.script("GET", EXTENSION_PATH, Reply(200, {"properties": {"provisioningState": "Succeeded"}}))
+    assert provider.read(REF.path, props).outs["drift"] == []
+
+
+def test_a_new_expected_version_updates_the_wait_in_place() -> None:
+    diff = ArcConnectionProvider().diff("id", PROPS, {**PROPS, "k3sVersion": "v1.36.3+k3s1"})
+    assert diff.changes and diff.replaces == []

@@ -84,7 +84,7 @@ def test_cluster_then_wait_then_extension_then_roles_then_compute(recording: Rec
     cluster, wait = cluster_of(recording), recording.one(WAIT)
     extension, compute = recording.one(EXTENSION), recording.one(COMPUTE)
     (server,) = vms(recording)
-    assert depends(recording, server, cluster), "the VM must boot after the cluster exists in Azure"
+    assert depends(recording, script_extension(recording), cluster), "K3s must start after the cluster exists"
     assert depends(recording, wait, cluster) and depends(recording, wait, server)
     assert depends(recording, extension, wait)
     workspace_roles = [r for r in recording.of_type("azure-native:authorization:RoleAssignment") if "-ws-" in r.name]
@@ -138,7 +138,8 @@ def test_the_connected_cluster_body_is_valid_at_its_stable_api_version(recording
     assert body["location"] == "westeurope" and body["properties"]["agentPublicKeyCertificate"]
     model = arc_models.ConnectedCluster(body)
     assert model.identity.type == arc_models.ResourceIdentityType.SYSTEM_ASSIGNED
-    assert model.properties.arc_agent_profile.agent_auto_upgrade == arc_models.AutoUpgradeOptions.DISABLED
+    # Auto-upgrade on, as `az connectedk8s connect` leaves it (test_day_two.py: the pin).
+    assert model.properties.arc_agent_profile.agent_auto_upgrade == arc_models.AutoUpgradeOptions.ENABLED
     assert (model.properties.distribution, model.properties.infrastructure) == ("k3s", "azure_stack_hub")
 
 
@@ -164,7 +165,10 @@ def extension_body(resource: pulumi_mocks.Resource) -> dict[str, Any]:
         "configurationSettings",
         "configurationProtectedSettings",
     )
-    return {"identity": resource.inputs["identity"], "properties": {k: resource.inputs[k] for k in fields}}
+    properties = {k: resource.inputs[k] for k in fields}
+    if "version" in resource.inputs:  # a pinned version (azuremlExtensionVersion)
+        properties["version"] = resource.inputs["version"]
+    return {"identity": resource.inputs["identity"], "properties": properties}
 
 
 def test_the_extension_body_is_valid_at_2023_05_01_and_is_what_the_cli_sends(recording: Recording) -> None:
@@ -274,12 +278,31 @@ def test_instance_type_namespace_and_deadline_come_from_config() -> None:
 # --- secrets -------------------------------------------------------------------------------------
 
 
-def server_custom_data(recording: Recording) -> str:
-    vm = next(v for v in vms(recording) if v.inputs["resourceName"] == "vm-edge-dev")
+def vm_custom_data(vm: pulumi_mocks.Resource) -> str:
     assert "secretProperties" in vm.secret_inputs
     cloud_config = base64.b64decode(vm.inputs["secretProperties"]["osProfile"]["customData"]).decode()
     (file,) = yaml.safe_load(cloud_config)["write_files"]
     return base64.b64decode(file["content"]).decode()
+
+
+def script_extension(recording: Recording, vm_name: str = "vm-edge-dev") -> pulumi_mocks.Resource:
+    """The CustomScript extension `first-boot` of the VM: the channel that runs and reruns its script."""
+    (extension,) = [
+        r
+        for r in recording.of_type(HUB_ARM)
+        if r.inputs["resourceType"] == "extensions" and r.inputs["parentResourcePath"] == f"virtualMachines/{vm_name}"
+    ]
+    return extension
+
+
+def extension_script(extension: pulumi_mocks.Resource) -> str:
+    assert "secretProperties" in extension.secret_inputs
+    return base64.b64decode(extension.inputs["secretProperties"]["protectedSettings"]["script"]).decode()
+
+
+def server_custom_data(recording: Recording) -> str:
+    """The server's script, as its CustomScript extension carries it (see test_day_two.py)."""
+    return extension_script(script_extension(recording))
 
 
 def test_the_onboarding_key_is_pkcs1_and_matches_the_certificate(recording: Recording) -> None:
@@ -335,9 +358,10 @@ def test_the_custom_script_bootstrap_keeps_the_script_secret_too() -> None:
 def test_the_secrets_provider_is_pickled_without_secrets_and_never_rotates_on_its_own() -> None:
     provider = ClusterSecretsProvider()
     assert b"PRIVATE" not in pickle.dumps(provider)
-    olds = {"keyBits": 4096, "rotation": 0, "onboardingPrivateKey": "k"}
-    assert provider.diff("id", olds, {"keyBits": 4096, "rotation": 0}).changes is False
-    assert provider.diff("id", olds, {"keyBits": 4096, "rotation": 1}).replaces == ["rotation"]
+    olds = {"keyBits": 4096, "rotation": 0, "onboardingPrivateKey": "k"}  # state from before the counters
+    assert provider.diff("id", olds, {"keyBits": 4096, "onboardingKeyRotation": 0}).changes is False
+    rotated = provider.diff("id", olds, {"keyBits": 4096, "onboardingKeyRotation": 1})
+    assert rotated.changes is True and rotated.replaces == []  # in place: see test_day_two.py
 
 
 def test_public_key_certificate_refuses_a_non_rsa_key() -> None:
@@ -400,8 +424,7 @@ def test_agent_vms_join_the_cluster_without_onboarding_or_public_ips() -> None:
         assert "secretProperties" in vm.secret_inputs
         if vm.inputs["resourceName"] == "vm-edge-dev":
             continue
-        cloud_config = base64.b64decode(vm.inputs["secretProperties"]["osProfile"]["customData"]).decode()
-        script = base64.b64decode(yaml.safe_load(cloud_config)["write_files"][0]["content"]).decode()
+        script = extension_script(script_extension(recording, vm.inputs["resourceName"]))
         assert "PRIVATE KEY" not in script  # no Arc onboarding on agents
         assert token in script and edge_kubernetes.k3s_server_url("dev") in script
         nic = next(

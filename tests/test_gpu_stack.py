@@ -19,7 +19,15 @@ from edge import cluster_manifests
 from tests.conftest import DEV_SECRET_KEYS, dev_stack_config, recorded_stack
 from tests.harness import pulumi_mocks
 from tests.harness.arm_models import check_body, rest_field_problems
-from tests.test_edge_kubernetes import COMPUTE, EXTENSION, HUB_ARM, extension_body, server_custom_data, vms
+from tests.test_edge_kubernetes import (
+    COMPUTE,
+    EXTENSION,
+    HUB_ARM,
+    extension_body,
+    extension_script,
+    script_extension,
+    server_custom_data,
+)
 
 SCHEMA = json.loads((Path(cluster_manifests.__file__).parent / "schemas" / "instancetype.schema.json").read_text())
 GPU_SIZE = "Standard_NC12s_v3"  # two V100s
@@ -113,9 +121,8 @@ def test_the_cluster_gets_the_same_gpu_instance_type_valid_for_the_extensions_cr
 
 def test_agents_on_a_gpu_size_install_the_gpu_stack_too() -> None:
     recording = recorded_stack({"hubVmSize": GPU_SIZE, "hubAgentCount": 1})
-    agent = next(v for v in vms(recording) if v.inputs["resourceName"] == "vm-agent1-edge-dev")
-    cloud_config = base64.b64decode(agent.inputs["secretProperties"]["osProfile"]["customData"]).decode()
-    script = base64.b64decode(yaml.safe_load(cloud_config)["write_files"][0]["content"]).decode()
+    # Day two: a K3s VM's script travels in its CustomScript extension (docs/operate/day-two.md).
+    script = extension_script(script_extension(recording, "vm-agent1-edge-dev"))
     assert 'GPU_COUNT="2"' in script.splitlines() and "default-runtime: nvidia" in script.splitlines()
 
 

@@ -230,7 +230,8 @@ def test_the_server_installs_the_pinned_arc_chart_with_the_values_from_a_0600_fi
     assert received["global"]["onboardingPrivateKey"] == PRIVATE_KEY_PEM
     assert received["global"]["kubernetesDistro"] == "k3s"
     assert received["global"]["kubernetesInfra"] == "azure_stack_hub"
-    assert received["systemDefaultValues"]["azureArcAgents"] == {"autoUpdate": False}
+    # Auto-upgrade on by default, as `az connectedk8s connect` leaves it (arcAgentAutoUpgrade).
+    assert received["systemDefaultValues"]["azureArcAgents"] == {"autoUpdate": True}
     assert not Path(values_path).exists()
     assert stat.S_IMODE(Path(values_path).parent.stat().st_mode) == 0o700
 
@@ -331,13 +332,55 @@ def test_the_server_rerun_changes_nothing(system) -> None:
     assert snapshot(system["state"]) == before_state
 
 
-def test_an_arc_chart_at_another_version_is_upgraded_on_the_next_run(system) -> None:
-    assert run(system, server_script(system)).returncode == 0
+PINNED_ARC = first_boot.ArcOnboarding(**{**ARC.__dict__, "auto_upgrade": False, "chart_version": "1.31.3"})
+
+
+def test_pinned_arc_agents_at_another_version_are_put_back_on_the_next_run(system) -> None:
+    pinned = first_boot.K3sServer(JOIN_TOKEN, PINNED_ARC, MANIFESTS)
+    assert run(system, server_script(system, pinned)).returncode == 0
+    assert (system["state"] / "received-values").read_text().count('"autoUpdate": false') == 1
     (system["state"] / "arc-release").write_text("azure-arc-k8sagents-1.30.0\n")
     before = len(calls(system))
-    assert run(system, server_script(system)).returncode == 0
+    assert run(system, server_script(system, pinned)).returncode == 0
     assert [c for c in calls(system)[before:] if c.startswith("helm upgrade")]
     assert not on_vm(system, first_boot.ARC_VALUES_PATH_ON_VM).exists()
+
+
+def test_auto_upgraded_arc_agents_are_not_moved_back(system) -> None:
+    assert run(system, server_script(system)).returncode == 0
+    (system["state"] / "arc-release").write_text("azure-arc-k8sagents-1.33.0\n")  # Azure upgraded them
+    before = len(calls(system))
+    assert run(system, server_script(system)).returncode == 0
+    assert not [c for c in calls(system)[before:] if c.startswith("helm upgrade")]
+
+
+def test_a_rotated_onboarding_key_installs_the_agents_again_and_only_its_digest_stays(system) -> None:
+    assert run(system, server_script(system)).returncode == 0
+    rotated_pem = _pem(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048), serialization.PrivateFormat.TraditionalOpenSSL
+    )
+    rotated = first_boot.K3sServer(
+        JOIN_TOKEN, first_boot.ArcOnboarding(**{**ARC.__dict__, "private_key_pem": rotated_pem}), MANIFESTS
+    )
+    before = len(calls(system))
+    assert run(system, server_script(system, rotated)).returncode == 0
+    assert [c for c in calls(system)[before:] if c.startswith("helm upgrade")]
+    received = yaml.safe_load((system["state"] / "received-values").read_text())
+    assert received["global"]["onboardingPrivateKey"] == rotated_pem
+    digest = on_vm(system, "/var/lib/edge-training/arc-onboarding-key.sha256").read_text().strip()
+    assert digest == hashlib.sha256(rotated_pem.encode()).hexdigest()
+    before = len(calls(system))
+    assert run(system, server_script(system, rotated)).returncode == 0
+    assert not [c for c in calls(system)[before:] if c.startswith("helm upgrade")]
+    # Agents Azure has upgraded keep their version when a new key is installed.
+    (system["state"] / "arc-release").write_text("azure-arc-k8sagents-1.33.0\n")
+    again = first_boot.K3sServer(
+        JOIN_TOKEN, first_boot.ArcOnboarding(**{**ARC.__dict__, "private_key_pem": PRIVATE_KEY_PEM}), MANIFESTS
+    )
+    before = len(calls(system))
+    assert run(system, server_script(system, again)).returncode == 0
+    (upgrade,) = [c for c in calls(system)[before:] if c.startswith("helm upgrade")]
+    assert "--version 1.33.0" in upgrade
 
 
 @pytest.mark.parametrize(

@@ -174,6 +174,8 @@ class Resource:
     additional_secret_outputs: list[str] = field(default_factory=list)
     raw_inputs: dict[str, Any] = field(default_factory=dict)
     """The inputs with Pulumi's secret markers where the engine would see them (nested, too)."""
+    ignore_changes: list[str] = field(default_factory=list)
+    """Inputs whose changes the engine ignores on this resource (`ignore_changes`)."""
 
     @property
     def provider_urn(self) -> str:
@@ -280,6 +282,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                     delete_before_replace=bool(request.deleteBeforeReplace),
                     additional_secret_outputs=list(request.additionalSecretOutputs),
                     raw_inputs=rpc.deserialize_properties(request.object),
+                    ignore_changes=list(request.ignoreChanges),
                 )
             )
         return response
