@@ -40,8 +40,14 @@ TRUSTED = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
 def requirements() -> list[str]:
     """Stated, so that MLflow does not infer them by loading the model in a child process."""
     import sklearn
+    import skops
 
-    return [f"mlflow-skinny=={mlflow.__version__}", f"scikit-learn=={sklearn.__version__}", f"pandas=={pd.__version__}"]
+    return [
+        f"mlflow-skinny=={mlflow.__version__}",
+        f"scikit-learn=={sklearn.__version__}",
+        f"pandas=={pd.__version__}",
+        f"skops=={skops.__version__}",  # the format mlflow.sklearn saves in
+    ]
 
 
 def load(paths: tuple[Path, ...]) -> pd.DataFrame:

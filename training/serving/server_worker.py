@@ -1,0 +1,96 @@
+"""gunicorn's threaded worker with the limits a model server needs against ordinary abuse.
+
+gunicorn 27's `gthread` worker already keeps a connection that has sent nothing off its threads
+(workers/gthread.py, `wait_for_data`), but once a client has sent a first byte a thread reads its
+headers and body with no time limit: a few clients trickling bytes hold every thread, and the
+liveness probe (GET /) then waits behind them. This worker adds:
+
+- a deadline for the request line and headers (HEADER_SECONDS from the first byte) and one for
+  the body (BODY_SECONDS): a client that has not sent them by then is answered 408 or dropped;
+- a body size limit (MAX_BODY_BYTES, declared or streamed): 413, before the app reads anything.
+
+The body is read here, within its deadline, and handed to the app from memory, so the app (and
+score.py) never waits on the network. Both deadlines are well under the probes' windows (the
+Kubernetes readiness probe fails after 3 x 10 s, the image's HEALTHCHECK after 3 x 10 s).
+Copied into the image beside score.py; gunicorn imports it with --chdir to that folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import socket
+import time
+from typing import Any
+
+from gunicorn.workers.gthread import ThreadWorker
+
+HEADER_SECONDS = 5.0
+BODY_SECONDS = 10.0
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+class DeadlineSocket:
+    """The connection's socket, whose blocking reads end at `deadline` (monotonic) when one is set."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.deadline: float | None = None
+
+    def recv(self, size: int, *flags: int) -> bytes:
+        # gunicorn's reader (http/unreader.py SocketUnreader) reads with recv only.
+        if self.deadline is None or self._sock.gettimeout() == 0.0:  # non-blocking: the poller's probe
+            return self._sock.recv(size, *flags)
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the client did not send the request in time")
+        previous = self._sock.gettimeout()
+        self._sock.settimeout(remaining)
+        try:
+            return self._sock.recv(size, *flags)
+        finally:
+            self._sock.settimeout(previous)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def _refuse(conn: Any, status: str, message: str) -> None:
+    body = json.dumps({"message": message}).encode()
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    with contextlib.suppress(OSError):  # the client is gone: nothing to tell it
+        conn.sock.sendall(head.encode() + body)
+
+
+class DeadlineThreadWorker(ThreadWorker):
+    def handle(self, conn: Any) -> Any:
+        if not isinstance(conn.sock, DeadlineSocket):
+            conn.sock = DeadlineSocket(conn.sock)
+        conn.sock.deadline = time.monotonic() + HEADER_SECONDS
+        try:
+            return super().handle(conn)
+        finally:
+            conn.sock.deadline = None
+
+    def handle_request(self, req: Any, conn: Any) -> bool:
+        declared = next((value for name, value in req.headers if name == "CONTENT-LENGTH"), None)
+        if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+            _refuse(conn, "413 Content Too Large", f"the body is larger than {MAX_BODY_BYTES} bytes")
+            return False
+        conn.sock.deadline = time.monotonic() + BODY_SECONDS
+        try:
+            body = req.body.read(MAX_BODY_BYTES + 1)
+        except TimeoutError:
+            _refuse(conn, "408 Request Timeout", f"the body did not arrive within {BODY_SECONDS:.0f} s")
+            return False
+        finally:
+            conn.sock.deadline = None
+        if len(body) > MAX_BODY_BYTES:
+            _refuse(conn, "413 Content Too Large", f"the body is larger than {MAX_BODY_BYTES} bytes")
+            return False
+        req.body = io.BytesIO(body)
+        return bool(super().handle_request(req, conn))
