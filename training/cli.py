@@ -203,10 +203,41 @@ def _job_name(text: str) -> str:
     return text
 
 
+def _egress_reason(text: str) -> str:
+    if not text.strip() or len(text) > 256 or any(ord(c) < 32 for c in text):
+        raise argparse.ArgumentTypeError("the reason must be one line of 1 to 256 characters")
+    return text.strip()
+
+
+def _with_audit(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument(
+        "--allow-model-egress",
+        metavar="REASON",
+        type=_egress_reason,
+        help="proceed although the model egress audit found training rows; the reason is kept as a model tag",
+    )
+    p.add_argument("--dry-run", action="store_true", help="audit the model and print the findings; send nothing")
+    return p
+
+
+def _audit(model_dir: Path, args: argparse.Namespace) -> Any:
+    """Audit the model folder; print the report on --dry-run; refuse findings without a reason."""
+    from training import model_audit
+
+    report = model_audit.audit(model_dir, row_check=model_audit.row_check_beside(model_dir))
+    if args.dry_run:
+        print(json.dumps({"model_dir": str(model_dir), **report.tags(args.allow_model_egress)}, indent=2))
+    model_audit.check(report, args.allow_model_egress)
+    return report
+
+
 def configure_register(commands: Any) -> None:
-    register = _with_stack(commands.add_parser("register", help="register a job's model"))
+    register = _with_audit(_with_stack(commands.add_parser("register", help="register a job's model")))
     register.add_argument("--job", required=True, type=_job_name)
     register.add_argument("--name", default="edge-model", type=_asset_name)
+    register.add_argument(
+        "--model-dir", type=Path, help="the job's outputs/model, downloaded already (default: download it to audit)"
+    )
     lineage = register.add_mutually_exclusive_group(required=True)
     lineage.add_argument("--lineage", type=Path, help="the job's outputs/lineage.json")
     lineage.add_argument("--data-fingerprint")
@@ -214,6 +245,8 @@ def configure_register(commands: Any) -> None:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
+    import tempfile
+
     from training import registry
 
     if args.lineage:
@@ -226,7 +259,13 @@ def cmd_register(args: argparse.Namespace) -> int:
     outputs = _outputs(args)
     from training.workspace import ml_client
 
-    model = registry.register(ml_client(outputs), outputs, args.name, lineage)
+    client = ml_client(outputs)
+    with tempfile.TemporaryDirectory(prefix="edge-training-audit-") as downloaded:
+        model_dir = args.model_dir or registry.job_model(client, args.job, Path(downloaded))
+        report = _audit(model_dir, args)
+    if args.dry_run:
+        return OK
+    model = registry.register(client, outputs, args.name, lineage, tags=report.tags(args.allow_model_egress))
     print(json.dumps({"model": model.name, "version": model.version}))
     return OK
 
@@ -235,7 +274,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def configure_package(commands: Any) -> None:
-    package = _with_stack(commands.add_parser("package", help="build a model image into the registry"))
+    package = _with_audit(_with_stack(commands.add_parser("package", help="build a model image into the registry")))
     package.add_argument("--model", required=True)
     package.add_argument("--version", required=True)
     package.add_argument("--model-dir", type=Path, help="a local model folder (run --local's outputs/model) instead")
@@ -247,15 +286,18 @@ def configure_package(commands: Any) -> None:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    from training import packaging
-
-    if args.azureml_packaging:
-        print(packaging.package(_client(args), args.model, args.version))
-        return OK
     import tempfile
 
-    from training import image_build, registry
+    from training import image_build, packaging, registry
 
+    if args.azureml_packaging:
+        client = _client(args)
+        with tempfile.TemporaryDirectory(prefix="edge-training-model-") as downloaded:
+            model_dir, _ = packaging.registered_model(client, args.model, args.version, Path(downloaded))
+            _audit(model_dir, args)
+        if not args.dry_run:
+            print(packaging.package(client, args.model, args.version))
+        return OK
     outputs = _outputs(args)
     with tempfile.TemporaryDirectory(prefix="edge-training-model-") as downloaded:
         if args.model_dir:
@@ -265,7 +307,11 @@ def cmd_package(args: argparse.Namespace) -> int:
             )
         else:
             model_dir, spec = packaging.registered_model(_client(args), args.model, args.version, Path(downloaded))
+        _audit(model_dir, args)
         context = image_build.build_context(model_dir)
+        if args.dry_run:
+            print(json.dumps({"context": image_build.context_names(context), "tag": spec.tag}))
+            return OK
         built = image_build.build_image(
             image_build.registry_client(outputs.azureSubscriptionId),
             outputs.resourceGroupName,
@@ -439,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         usage = isinstance(error, stack_outputs.OutputsError | UsageError | ValueError) or type(error).__name__ in (
             "EgressRefused",
             "LocalRunError",
+            "ModelEgressRefused",
         )
         if usage or isinstance(error, _known_errors()):
             print(f"error: {_one_line(error)}", file=sys.stderr)

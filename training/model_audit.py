@@ -24,15 +24,15 @@ packaging, the one they already trust to run in their own server, and nothing el
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from training import mlflow_model
+from training.src.edge_train import model_rows
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,7 @@ SAMPLE_ATTRIBUTES = {
 EXAMPLE_FILES = ("input_example.json", "serving_input_example.json")
 DATA_SUFFIXES = (".csv", ".tsv", ".parquet", ".feather", ".arrow", ".orc", ".avro", ".npy", ".npz", ".h5",
                  ".hdf5", ".jsonl", ".xlsx", ".xls", ".db", ".sqlite")  # fmt: skip
-MAX_JSON_BYTES = 16 * 1024 * 1024
-MAX_WALK = 200_000
+ROW_CHECK_FILE = model_rows.REPORT_FILE
 
 
 class ModelEgressRefused(RuntimeError):
@@ -93,17 +92,6 @@ class AuditReport:
         return tags
 
 
-def row_hashes(rows: Any) -> set[str]:
-    """SHA-256 of each row's float64 bytes (-0.0 read as 0.0): what the audit compares, never rows."""
-    import numpy as np
-
-    array = np.asarray(rows, dtype=np.float64)
-    if array.ndim != 2:
-        raise ValueError(f"training rows must be 2-D, not {array.ndim}-D")
-    array = array + 0.0  # -0.0 + 0.0 is 0.0: one byte pattern per value
-    return {hashlib.sha256(row.tobytes()).hexdigest() for row in np.ascontiguousarray(array)}
-
-
 def _file_findings(folder: Path, metadata: dict[str, Any]) -> list[Finding]:
     findings = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
@@ -117,90 +105,16 @@ def _file_findings(folder: Path, metadata: dict[str, Any]) -> list[Finding]:
     return findings
 
 
-def _children(value: Any) -> Iterator[tuple[str, Any]]:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield f"[{key!r}]", item
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            yield f"[{index}]", item
-    elif hasattr(value, "__dict__") and not isinstance(value, type):
-        for key, item in vars(value).items():
-            yield f".{key}", item
-
-
-def _walk(root: Any) -> Iterator[tuple[str, str, Any]]:
-    """(path, attribute name, value) of everything reachable from the model, each object once."""
-    import types
-
-    seen: set[int] = set()
-    stack: list[tuple[str, str, Any]] = [("model", "", root)]
-    visited = 0
-    while stack and visited < MAX_WALK:
-        path, name, value = stack.pop()
-        if id(value) in seen or isinstance(value, str | bytes | int | float | bool | types.ModuleType | type(None)):
-            continue
-        seen.add(id(value))
-        visited += 1
-        yield path, name, value
-        if _is_table(value):  # its cells are checked by the caller, not walked one by one
-            continue
-        stack.extend((path + key, key.lstrip("."), item) for key, item in _children(value))
-
-
-def _is_table(value: Any) -> bool:
-    return type(value).__name__ in ("ndarray", "DataFrame", "Series", "matrix") and hasattr(value, "shape")
-
-
-def _numeric_rows(value: Any, columns: int) -> Any:
-    """The value as a float64 2-D array of `columns` columns, or None when it is not one."""
-    import numpy as np
-
-    try:
-        array = np.asarray(value)
-        if array.dtype.kind not in "biuf":
-            return None
-        array = array.astype(np.float64)
-    except (TypeError, ValueError):
-        return None
-    if array.ndim == 1 and array.shape[0] == columns:
-        array = array.reshape(1, columns)
-    return array if array.ndim == 2 and array.shape[1] == columns else None
-
-
-def _json_rows(folder: Path, columns: int) -> Iterator[tuple[str, Any]]:
-    """Lists of `columns` numbers inside the folder's JSON files (and MLmodel-like text is skipped)."""
-    for path in sorted(p for p in folder.rglob("*.json") if p.is_file() and p.stat().st_size <= MAX_JSON_BYTES):
-        try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError):
-            continue
-        stack = [document]
-        rows = []
-        while stack:
-            item = stack.pop()
-            if (
-                isinstance(item, list)
-                and len(item) == columns
-                and all(isinstance(v, int | float) and not isinstance(v, bool) for v in item)
-            ):
-                rows.append(item)
-            elif isinstance(item, list | dict):
-                stack.extend(item.values() if isinstance(item, dict) else item)
-        if rows:
-            yield path.relative_to(folder).as_posix(), rows
-
-
 def _model_findings(raw: Any, columns: int | None, row_threshold: int) -> tuple[list[Finding], list[tuple[str, Any]]]:
     """Findings in the loaded model, and its tables (for the row comparison)."""
     findings, tables = [], []
-    for path, name, value in _walk(raw):
+    for path, name, value in model_rows.walk(raw):
         if name in SAMPLE_ATTRIBUTES and value is not None:
             shape = getattr(value, "shape", None)
             detail = SAMPLE_ATTRIBUTES[name] + (f" ({shape[0]} rows)" if shape else "")
             findings.append(Finding("sample-attribute", path, detail))
             continue
-        if _is_table(value):
+        if model_rows.is_table(value):
             tables.append((path, value))
             shape = value.shape
             if columns and len(shape) == 2 and shape[1] == columns and shape[0] > row_threshold:
@@ -220,15 +134,31 @@ def load_raw_model(folder: Path) -> Any:
         return loaded
 
 
+def row_check_beside(model_dir: Path) -> dict[str, Any] | None:
+    """The row check the training run wrote beside its model (outputs/egress_rows.json), if any."""
+    path = model_dir.parent / ROW_CHECK_FILE
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        raise ModelEgressRefused(f"{path} is not the JSON a training run writes") from None
+    if not isinstance(report, dict) or not isinstance(report.get("findings"), list):
+        raise ModelEgressRefused(f"{path} is not a row check (no findings list)")
+    return report
+
+
 def audit(
     folder: Path,
     *,
     training_rows: Any = None,
+    row_check: dict[str, Any] | None = None,
     row_threshold: int = ROW_THRESHOLD,
     load: bool = True,
 ) -> AuditReport:
     """Audit the MLflow model at or below `folder`. `training_rows`: the training data (2-D,
-    numbers), or a set of row_hashes() of it, when at hand."""
+    numbers), or a set of row_hashes() of it, when at hand; `row_check`: the report of the same
+    comparison made where the data was (edge_train.model_rows, in the job)."""
     model = mlflow_model.read(folder)
     columns = model.input_columns
     findings = _file_findings(model.path, model.metadata)
@@ -243,20 +173,24 @@ def audit(
             findings += found
     rows_checked = training_rows is not None and columns is not None
     if rows_checked:
-        hashes = training_rows if isinstance(training_rows, set) else row_hashes(training_rows)
+        hashes = training_rows if isinstance(training_rows, set) else model_rows.row_hashes(training_rows)
         findings += _row_findings(model.path, tables, hashes, int(columns or 0))
+    if row_check is not None:
+        rows_checked = True
+        findings += [
+            Finding("training-rows", str(f.get("where")), f"{f.get('rows')} training row(s) verbatim (in the job)")
+            for f in row_check["findings"]
+            if isinstance(f, dict)
+        ]
     return AuditReport(tuple(findings), columns, rows_checked)
 
 
 def _row_findings(folder: Path, tables: Iterable[tuple[str, Any]], hashes: set[str], columns: int) -> list[Finding]:
+    sources = [*tables, *model_rows.json_rows(folder, columns)]
     findings = []
-    sources = [(p, v) for p, v in tables] + list(_json_rows(folder, columns))
     for where, value in sources:
-        rows = _numeric_rows(value, columns)
-        if rows is None:
-            continue
-        count = len(row_hashes(rows) & hashes)
-        if count:
+        rows = model_rows.numeric_rows(value, columns)
+        if rows is not None and (count := len(model_rows.row_hashes(rows) & hashes)):
             findings.append(Finding("training-rows", where, f"{count} training row(s) verbatim"))
     return findings
 

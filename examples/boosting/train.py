@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     mlflow.sklearn.save_model(model, model_dir, **saving)
     lineage = {"data_fingerprint": fingerprint, "hub_location": staged.location.uri, "hyperparameters": params}
     (args.output_dir / "lineage.json").write_text(json.dumps(lineage, indent=2))
+    # Where the data is: does the model hold any training row verbatim? Counts only leave.
+    edge_train.model_rows.check(model, model_dir, x.to_numpy(dtype=float), args.output_dir)
     run_id = None
     if os.environ.get("MLFLOW_TRACKING_URI"):  # Azure ML sets it in jobs; run --local too
         with mlflow.start_run() as active:

@@ -95,6 +95,8 @@ def run(service: Any, config: TrainConfig) -> TrainResult:
         "hyperparameters": asdict(config.hyperparameters),
     }
     (config.output_dir / "lineage.json").write_text(json.dumps(lineage, indent=2))
+    # Where the data is: does the model hold any training row verbatim? Counts only leave.
+    edge_train.model_rows.check(trained, model_dir, x, config.output_dir)
     run_id = _track(trained, metrics, config, staged, fingerprint, x) if config.track else None
     log.info(
         "trained on %d rows: accuracy %.3f, AUC %.3f; data %s",
