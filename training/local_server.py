@@ -30,7 +30,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -189,14 +189,16 @@ def running(
     host: str = "127.0.0.1",
     port: int = 0,
     ready_seconds: float = 120.0,
+    environment: Mapping[str, str] | None = None,
 ) -> Iterator[RunningServer]:
     """Start the server, wait until its liveness route answers 200, stop it on exit.
 
-    Port 0 lets the system choose; the address is read from gunicorn's "Listening at" line."""
+    Port 0 lets the system choose; the address is read from gunicorn's "Listening at" line.
+    `environment` adds variables (tests shorten server_worker's deadlines with it)."""
     model_dir = check_model_dir(model_dir)
     process = subprocess.Popen(
         server_command(python, host, port),
-        env=server_environment(model_dir),
+        env={**server_environment(model_dir), **(environment or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
