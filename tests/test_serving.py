@@ -104,7 +104,8 @@ def test_the_demo_model_scores_as_mlflow_loads_it(server, trained) -> None:
 
 def frame_requests(frame) -> dict[str, dict]:
     """One request per format of MLflow's scoring protocol, all carrying `frame`."""
-    split = json.loads(frame.to_json(orient="split", index=False))
+    # Python's own floats, not pandas' to_json, which keeps 10 significant digits by default.
+    split = {"columns": list(frame.columns), "data": frame.to_numpy().tolist()}
     records = frame.to_dict(orient="records")
     return {
         "dataframe_split": {"dataframe_split": split},
@@ -172,12 +173,13 @@ def raw_connection(server: local_server.RunningServer) -> socket.socket:
 
 
 def test_slow_clients_are_cut_off_and_never_keep_the_probe_waiting(servers, tiny_models) -> None:
-    """More trickling clients than the server has threads (2 x 8): liveness answers within the
+    """More trickling clients than the server has threads (2 x 32): liveness answers within the
     probe's 5 s timeout while they hang on, and each is cut at its deadline (1 s for headers,
-    1.5 s for a body, in this server; 5 s and 10 s in the image)."""
+    1.5 s for a body, in this server; 5 s and 10 s in the image). Without the deadlines they
+    would hold every thread and the probe would wait for ever."""
     server = servers["regressor"]
     stalled = []
-    for index in range(24):
+    for index in range(80):
         client = raw_connection(server)
         if index % 2:
             client.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")  # half a body
@@ -213,7 +215,7 @@ def test_concurrent_requests_all_get_their_own_answers(servers, tiny_models) -> 
 
     def score(start: int) -> tuple[int, object]:
         rows = frame.iloc[start : start + 5]
-        body = {"dataframe_split": json.loads(rows.to_json(orient="split", index=False))}
+        body = {"dataframe_split": {"columns": list(rows.columns), "data": rows.to_numpy().tolist()}}
         return post(f"{servers['lightgbm'].url}/score", json.dumps(body).encode())
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
@@ -241,7 +243,12 @@ def test_serve_local_runs_the_dockerfiles_command_bound_to_loopback() -> None:
     assert image[0] == "gunicorn" and here[:3] == ["/venv/bin/python", "-m", "gunicorn"]
     bind = image.index("--bind")
     assert image[bind + 1] == "0.0.0.0:5001"  # the container's port, as EXPOSE, HEALTHCHECK and probes use
-    assert here[3:] == [*image[1:bind], "--bind", "127.0.0.1:8080", *image[bind + 2 :]]
+    chdir = image.index("--chdir")
+    assert image[chdir + 1] == "/var/azureml-app"  # where the Dockerfile copies score.py and server_worker.py
+    expected = [*image[1:]]
+    expected[bind - 1 + 1], expected[chdir - 1 + 1] = "127.0.0.1:8080", str(local_server.SERVING)
+    assert here[3:] == expected  # the same command: only where it listens and where its files are differ
+    assert (local_server.SERVING / "server_worker.py").is_file() and (local_server.SERVING / "score.py").is_file()
     assert image[-1] == "azureml_inference_server_http.server.entry:app"
 
 
@@ -325,3 +332,61 @@ def test_serve_local_without_a_model_fails_with_one_line_naming_it(tmp_path, cap
         "(`python -m training run --local` trains one)"
     )
     assert not list(tmp_path.glob("serving-venv-*"))  # refused before building anything
+
+
+# --- serve --local as a process: it never leaves its server behind -------------------------------
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(condition, seconds: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM while starting", "SIGKILL once serving"])
+def test_serve_local_leaves_no_server_behind_when_it_is_stopped(tiny_models, stop) -> None:
+    import os
+    import signal
+
+    model = tiny_models["regressor"]
+    python_for(model)  # built before the clock starts
+    argv = [sys.executable, "-m", "training", "serve", "--local", "--model", str(model), "--port", "0",
+            "--workdir", str(REPOSITORY / ".edge-training")]  # fmt: skip
+    cli_process = subprocess.Popen(argv, cwd=REPOSITORY, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: children(cli_process.pid), 60), "serve --local started no server"
+        (server,) = children(cli_process.pid)
+        if stop.startswith("SIGKILL"):
+            for line in cli_process.stderr:
+                if "liveness: GET http://127.0.0.1:" in line:
+                    break
+            cli_process.send_signal(signal.SIGKILL)
+            assert cli_process.wait(30) == -signal.SIGKILL
+        else:
+            cli_process.send_signal(signal.SIGTERM)
+            assert cli_process.wait(60) == 0  # stopped on purpose: not an error
+        assert wait_for(lambda: not alive(server), 40), f"gunicorn {server} outlived serve --local ({stop})"
+    finally:
+        if cli_process.poll() is None:
+            cli_process.kill()
+        with contextlib.suppress(NameError, ProcessLookupError):
+            os.killpg(server, signal.SIGKILL)  # only if the test failed: never leave it running
