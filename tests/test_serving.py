@@ -383,10 +383,72 @@ def test_serve_local_leaves_no_server_behind_when_it_is_stopped(tiny_models, sto
             assert cli_process.wait(30) == -signal.SIGKILL
         else:
             cli_process.send_signal(signal.SIGTERM)
-            assert cli_process.wait(60) == 0  # stopped on purpose: not an error
+            assert cli_process.wait(90) == 0  # stopped on purpose: not an error (bounded: 15 s + 10 s here)
         assert wait_for(lambda: not alive(server), 40), f"gunicorn {server} outlived serve --local ({stop})"
     finally:
         if cli_process.poll() is None:
             cli_process.kill()
         with contextlib.suppress(NameError, ProcessLookupError):
             os.killpg(server, signal.SIGKILL)  # only if the test failed: never leave it running
+
+
+def test_the_images_deadlines_are_well_under_the_probes_windows() -> None:
+    """server_worker's defaults (the image sets no override) against the Deployment's probes and
+    the Dockerfile's HEALTHCHECK: a client is cut long before a probe gives up on the server."""
+    from edge import serving_manifests
+
+    source = (local_server.SERVING / "server_worker.py").read_text()
+    header = float(re.search(r'"EDGE_SERVING_HEADER_SECONDS", "([0-9.]+)"', source).group(1))
+    body = float(re.search(r'"EDGE_SERVING_BODY_SECONDS", "([0-9.]+)"', source).group(1))
+    release = serving_manifests.ServingRelease(app="m", image="r/m@sha256:" + "0" * 64, registry="r",
+                                               token_name="t", token_password="p")  # fmt: skip
+    container = serving_manifests.deployment(release)["spec"]["template"]["spec"]["containers"][0]
+    for probe in (container["readinessProbe"], container["livenessProbe"]):
+        window = probe["periodSeconds"] * probe["failureThreshold"]
+        assert header + body <= window / 2, probe
+        assert header <= probe["timeoutSeconds"]  # one probe's wait at most, when every thread is taken
+    health = re.search(r"--interval=(\d+)s --timeout=(\d+)s .*--retries=(\d+)", DOCKERFILE)
+    assert header + body <= int(health.group(1)) * int(health.group(3)) / 2
+
+
+# --- score.py's request checks, without a server (it imports only the standard library) ---------
+
+
+def score_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("score_under_test", local_server.SCORE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"inputs": [' + b"1" * 20 + b"]}", "an integer of 20 digits"),
+        (b'{"inputs": [-' + b"1" * 20 + b"]}", "an integer of 20 digits"),
+        (b'{"inputs": [1e309]}', "out of the range of a 64-bit float"),
+        (b'{"inputs": [-Infinity]}', "-Infinity is not a JSON number"),
+        (b'{"inputs": ' + b"[" * 33 + b"]" * 33 + b"}", "nests deeper than 32 levels"),
+        (b'{"inputs": {"a": ' * 40 + b"1" + b"}" * 80, "nests deeper than 32 levels"),
+        (b'{"dataframe_split": {"columns": ["a"], "data": ' + json.dumps([[1]] * 10_001).encode() + b"}}",
+         "10001 rows"),
+        (b'{"inputs": [1], "extra": 1}', "(unknown keys: extra)"),
+        (b"\xff\xfe", "the body is not JSON"),
+        (b" " * (8 * 1024 * 1024 + 1), "larger than 8388608 bytes"),
+    ],
+)  # fmt: skip
+def test_score_refuses_what_no_model_can_take(body, message) -> None:
+    score = score_module()
+    with pytest.raises(score.RequestError, match=re.escape(message)):
+        score.parse(body)
+
+
+def test_score_passes_the_largest_values_a_model_column_holds() -> None:
+    score = score_module()
+    row = [9223372036854775807, -9223372036854775808, -1.7976931348623157e308]  # int64 and float64 limits
+    data, params = score.parse(json.dumps({"inputs": [row] * 10_000, "params": {"k": 1}}))
+    assert data == {"inputs": [row] * 10_000} and params == {"k": 1}
+    deepest = b'{"inputs": ' + b"[" * 31 + b"]" * 31 + b"}"  # 32 levels with the object: allowed
+    assert score.parse(deepest)[0]["inputs"] is not None

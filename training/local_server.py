@@ -237,9 +237,10 @@ def running(
         yield server
     finally:
         if process.poll() is None:
+            # The whole group: gunicorn's master and its workers, which stop their requests in order.
             os.killpg(process.pid, signal.SIGTERM)
             try:
-                process.wait(timeout=30)
+                process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)
