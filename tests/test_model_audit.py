@@ -86,14 +86,17 @@ def test_the_jobs_row_check_finds_a_row_kept_in_an_attribute_and_writes_counts_o
     x, _, _ = training_frame()
     estimator = mlflow.sklearn.load_model(str(tiny_models["linear"]))
     estimator.reference_ = x.to_numpy()[[3, 5]]  # two rows, under the width threshold
+    estimator.anchor_ = x.to_numpy()[9]  # one row, as a 1-D array
     model = copy(tiny_models["linear"], tmp_path)
     report = model_rows.check(estimator, model, x.to_numpy(), model.parent)
-    assert report == {"rows_compared": 240, "findings": [{"where": "model.reference_", "rows": 2}]}
+    assert report["rows_compared"] == 240
+    assert sorted(report["findings"], key=str) == [{"where": "model.anchor_", "rows": 1},
+                                                   {"where": "model.reference_", "rows": 2}]  # fmt: skip
     written = (model.parent / "egress_rows.json").read_text()
     assert json.loads(written) == report and str(x.iloc[3, 0]) not in written
     # register and package read it beside the model and refuse.
     audit = model_audit.audit(model, row_check=model_audit.row_check_beside(model))
-    assert [f.where for f in audit.findings] == ["model.reference_"] and audit.rows_checked
+    assert sorted(f.where for f in audit.findings) == ["model.anchor_", "model.reference_"] and audit.rows_checked
 
 
 def test_an_override_is_recorded_with_its_reason(tiny_models) -> None:
@@ -155,3 +158,10 @@ def test_an_override_needs_a_one_line_reason(tiny_models, tmp_path, reason, caps
         package_dry_run(tiny_models["svm"], tmp_path, "--allow-model-egress", reason)
     assert exited.value.code == cli.USAGE
     assert "one line of 1 to 256 characters" in capsys.readouterr().err
+
+
+def test_row_hashes_see_values_not_spellings() -> None:
+    assert model_rows.row_hashes([[0.0, 1]]) == model_rows.row_hashes([[-0.0, 1.0]])  # one value, two bit patterns
+    assert len(model_rows.row_hashes([[1.0, 2.0], [1.0, 2.0], [2.0, 1.0]])) == 2
+    with pytest.raises(ValueError, match="must be 2-D"):
+        model_rows.row_hashes([1.0, 2.0])
