@@ -30,7 +30,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -176,10 +176,16 @@ def serve(model_dir: Path, root: Path = DEFAULT_ROOT, host: str = "127.0.0.1", p
             signal.signal(number, handler)
 
 
-def _end_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the parent dies, whatever kills it (prctl(2))."""
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _end_with_parent() -> Callable[[], None] | None:
+    """What the child runs before exec: ask for SIGTERM when its parent dies, whatever kills the
+    parent (prctl(2)). prctl is looked up here, before the fork: the child only calls it."""
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 @contextlib.contextmanager
@@ -203,8 +209,7 @@ def running(
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        # prctl only, no Python objects touched: safe in the forked child even with threads running.
-        preexec_fn=_end_with_parent if sys.platform == "linux" else None,
+        preexec_fn=_end_with_parent(),
     )
     output: list[str] = []
     address: list[str] = []
