@@ -452,3 +452,20 @@ def test_score_passes_the_largest_values_a_model_column_holds() -> None:
     assert data == {"inputs": [row] * 10_000} and params == {"k": 1}
     deepest = b'{"inputs": ' + b"[" * 31 + b"]" * 31 + b"}"  # 32 levels with the object: allowed
     assert score.parse(deepest)[0]["inputs"] is not None
+
+
+def test_the_serving_page_states_the_limits_the_image_has() -> None:
+    page = (REPOSITORY / "docs" / "serve" / "any-mlflow-model.md").read_text()
+    source = (local_server.SERVING / "server_worker.py").read_text()
+    header = re.search(r'"EDGE_SERVING_HEADER_SECONDS", "([0-9.]+)"', source).group(1)
+    body = re.search(r'"EDGE_SERVING_BODY_SECONDS", "([0-9.]+)"', source).group(1)
+    command = local_server.image_command()
+    workers, threads = command[command.index("--workers") + 1], command[command.index("--threads") + 1]
+    assert f"| request line and headers | {header} s from the first byte |" in page
+    assert f"| body | {body} s after the headers |" in page
+    assert "| body size | 8 MiB, declared or streamed |" in page and "MAX_BODY_BYTES = 8 * 1024 * 1024" in source
+    assert f"{workers} processes x {threads} threads" in page
+    assert f"more than the {int(workers) * int(threads)} threads" in page
+    score = score_module()
+    assert f"nesting deeper than {score.MAX_DEPTH} levels" in page
+    assert f"more than {score.MAX_ROWS:,} rows" in page and f"more than {score.MAX_INTEGER_DIGITS} digits" in page
