@@ -174,6 +174,12 @@ def test_a_model_that_cannot_be_served_as_it_is_is_refused_with_the_reason(model
         image_build.build_context(model_dir)
 
 
+def test_pins_that_agree_with_the_servers_pass_however_the_names_are_spelled(model_dir) -> None:
+    # PyPI names compare case-insensitively with runs of - _ . as one (PEP 503).
+    (model_dir / "requirements.txt").write_text("Scikit_Learn==1.9.1\nMLflow.Skinny==3.17.2\nlightgbm==4.7.0\n")
+    assert "model/requirements.txt" in image_build.context_names(image_build.build_context(model_dir))
+
+
 def test_a_build_uploads_the_context_schedules_a_docker_build_and_reports_the_digest(arm, blobs, model_dir) -> None:
     script_build(arm, blobs, SUCCEEDED)
     context = image_build.build_context(model_dir)
