@@ -2,10 +2,10 @@
 
   run --local   an example trainer here, against the storage emulator, MLflow to .edge-training/
   submit        your training code as a job on the edge compute; the data stays on the Hub
-  register      the job's model as a new, tagged MLflow model version
-  package       a container image of a model version, in the workspace's registry
+  register      the job's model as a new, tagged MLflow model version, once the egress audit passes
+  package       a container image of any MLflow model version, in the workspace's registry (audited too)
   deploy        the image on the Hub VM (--target edge) or a managed online endpoint (--target cloud)
-  serve --local the image's server process here, on a model folder (no Docker needed)
+  serve --local the image's server process here, on an MLflow model folder (no Docker needed)
 
 Every command but run reads the stack's outputs: `pulumi stack output --json` (--stack), or a
 file of them (--outputs). Building the parser imports no SDK: each command imports what it uses.
@@ -421,7 +421,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def configure_serve(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the model image's server here, on a model folder")
     serve.add_argument("--local", action="store_true", required=True, help="here, on 127.0.0.1 (no Docker)")
-    serve.add_argument("--model", type=Path, required=True, help="model folder (from run --local: outputs/model)")
+    serve.add_argument(
+        "--model", type=Path, required=True, help="an MLflow model folder (run --local: <workdir>/outputs/churn/model)"
+    )
     serve.add_argument("--port", type=int, default=5001, help="port on 127.0.0.1 (default 5001, as in the image)")
     serve.add_argument("--workdir", type=Path, default=Path(".edge-training"), help="where the serving virtualenv goes")
     serve.set_defaults(handler=cmd_serve)
