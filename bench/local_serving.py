@@ -28,20 +28,20 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--rows", default="1,100,1000")
     args = parser.parse_args()
-    from training import cli, local_server
+    from training import cli, local_server, mlflow_model
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         assert cli.main(["run", "--local", "--workdir", str(work / "demo"), "--rows", "2000"]) == 0
-        model = work / "demo" / "outputs" / "model"
-        python = local_server.serving_virtualenv(ROOT / ".edge-training")
+        model = work / "demo" / "outputs" / "churn" / "model"
+        python = local_server.serving_virtualenv(ROOT / ".edge-training", model_requirements=model / "requirements.txt")
         started = time.perf_counter()
         with local_server.running(model, python) as server:
             ready = time.perf_counter() - started
-            width = len(json.loads((model / "features.json").read_text()))
+            width = mlflow_model.read(model).input_columns or 0
             results = {"seconds_to_ready": round(ready, 3)}
             for rows in (int(r) for r in args.rows.split(",")):
-                body = json.dumps({"data": [[0.1 * (i % 7)] * width for i in range(rows)]}).encode()
+                body = json.dumps({"inputs": [[0.1 * (i % 7)] * width for i in range(rows)]}).encode()
                 timings = []
                 for _ in range(args.requests):
                     request = urllib.request.Request(  # noqa: S310 (our loopback server)

@@ -197,3 +197,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             service.stop()
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
         print(f"\nFAILED: services left running after the suite (now stopped): {leaked}")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny MLflow models logged by scikit-learn and LightGBM, once per session (tests/harness/tiny_models.py)."""
+    from tests.harness import tiny_models
+
+    return tiny_models.save_models(tmp_path_factory.mktemp("tiny-models"))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
+import shutil
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,12 +27,28 @@ DIGEST = "sha256:" + "ab" * 32
 SPEC = image_build.ImageSpec("Edge-Model", "7", "f" * 64, "c" * 40)
 
 
+MLMODEL = """flavors:
+  python_function:
+    loader_module: mlflow.sklearn
+    model_path: model.skops
+  sklearn:
+    pickled_model: model.skops
+    serialization_format: skops
+signature:
+  inputs: '[{"type": "double", "name": "f0", "required": true}, {"type": "double", "name": "f1", "required": true}]'
+  outputs: '[{"type": "tensor", "tensor-spec": {"dtype": "int64", "shape": [-1]}}]'
+"""
+
+
 @pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
+    """An MLflow model folder as mlflow.sklearn.save_model writes it (the bytes of the model do
+    not matter to the build context)."""
     folder = tmp_path / "model"
     folder.mkdir()
-    (folder / "model.joblib").write_bytes(b"not really a model")
-    (folder / "features.json").write_text('["f0", "f1"]')
+    (folder / "MLmodel").write_text(MLMODEL)
+    (folder / "model.skops").write_bytes(b"not really a model")
+    (folder / "requirements.txt").write_text("mlflow-skinny==3.17.2\nscikit-learn==1.9.1\nskops==0.16.0")
     return folder
 
 
@@ -117,7 +135,10 @@ SUCCEEDED = run_body("Succeeded", [{"registry": LOGIN, "repository": "edge-model
 
 def test_the_build_context_holds_the_model_and_serving_code_only(model_dir) -> None:
     names = image_build.context_names(image_build.build_context(model_dir))
-    assert names == ["Dockerfile", "requirements.txt", "score.py", "model/features.json", "model/model.joblib"]
+    assert names == [
+        "Dockerfile", "requirements.txt", "score.py", "server_worker.py",
+        "model/MLmodel", "model/model.skops", "model/requirements.txt",
+    ]  # fmt: skip
     assert image_build.build_context(model_dir) == image_build.build_context(model_dir)  # reproducible
 
 
@@ -127,6 +148,36 @@ def test_a_model_folder_holding_data_is_refused(model_dir, name) -> None:
     (model_dir / name).write_text("x")
     with pytest.raises(image_build.ImageBuildError, match=f"holds data files.*{name}"):
         image_build.build_context(model_dir)
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda d: (d / "MLmodel").unlink(), "is not an MLflow model (no MLmodel file in it)"),
+        (lambda d: (d / "MLmodel").write_text(MLMODEL.split("signature:")[0]), "it has no signature"),
+        (lambda d: (d / "MLmodel").write_text(MLMODEL.replace("python_function", "keras")),
+         "no python_function flavor"),
+        (lambda d: (d / "requirements.txt").unlink(), "it has no requirements.txt"),
+        (lambda d: (d / "requirements.txt").write_text("mlflow-skinny==3.17.2\nscikit-learn>=1.5\n"),
+         "not NAME==VERSION: scikit-learn>=1.5"),
+        (lambda d: (d / "requirements.txt").write_text("-r other.txt\n"), "not NAME==VERSION: -r other.txt"),
+        (lambda d: (d / "requirements.txt").write_text("--index-url=https://example.com/simple\n"),
+         "not NAME==VERSION"),
+        (lambda d: (d / "requirements.txt").write_text("# nothing\n"), "requirements.txt is empty"),
+        (lambda d: (d / "requirements.txt").write_text("Scikit_Learn==1.8.0\n"),
+         "disagrees with the server's pins: Scikit_Learn==1.8.0 (the server pins scikit-learn==1.9.1)"),
+    ],
+)  # fmt: skip
+def test_a_model_that_cannot_be_served_as_it_is_is_refused_with_the_reason(model_dir, change, problem) -> None:
+    change(model_dir)
+    with pytest.raises(image_build.ImageBuildError, match=re.escape(problem)):
+        image_build.build_context(model_dir)
+
+
+def test_pins_that_agree_with_the_servers_pass_however_the_names_are_spelled(model_dir) -> None:
+    # PyPI names compare case-insensitively with runs of - _ . as one (PEP 503).
+    (model_dir / "requirements.txt").write_text("Scikit_Learn==1.9.1\nMLflow.Skinny==3.17.2\nlightgbm==4.7.0\n")
+    assert "model/requirements.txt" in image_build.context_names(image_build.build_context(model_dir))
 
 
 def test_a_build_uploads_the_context_schedules_a_docker_build_and_reports_the_digest(arm, blobs, model_dir) -> None:
@@ -211,9 +262,18 @@ def test_names_that_cannot_be_image_references_are_refused(spec, message) -> Non
         _ = spec.tag
 
 
+@pytest.fixture
+def logged_model(tiny_models, tmp_path: Path) -> Path:
+    """A real model (the audit loads it), in a run's outputs/ folder."""
+    folder = tmp_path / "outputs" / "model"
+    shutil.copytree(tiny_models["linear"], folder)
+    return folder
+
+
 def test_package_through_the_cli_fails_with_the_log_tail_and_a_nonzero_exit(
-    arm, blobs, model_dir, tmp_path, monkeypatch, capsys
+    arm, blobs, logged_model, tmp_path, monkeypatch, capsys
 ) -> None:
+    model_dir = logged_model
     script_build(arm, blobs, run_body("Failed", error="step 3 failed"))
     real = client(arm)  # the real client, built before its factory is pointed at the stand-in
     monkeypatch.setattr(image_build, "registry_client", lambda subscription: real if subscription == SUB else None)
@@ -261,8 +321,9 @@ def test_a_local_model_takes_its_fingerprint_from_the_runs_lineage(model_dir) ->
 
 
 def test_package_through_the_cli_prints_the_image_by_digest(
-    arm, blobs, model_dir, tmp_path, monkeypatch, capsys
+    arm, blobs, logged_model, tmp_path, monkeypatch, capsys
 ) -> None:
+    model_dir = logged_model
     script_build(arm, blobs, SUCCEEDED)
     (model_dir.parent / "lineage.json").write_text(json.dumps({"data_fingerprint": "f" * 64}))
     real = client(arm)

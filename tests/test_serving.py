@@ -4,17 +4,19 @@ virtualenv, on a model trained here by the project's local path; plus the Docker
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import joblib
 import pytest
 
 from training import cli, local_server
@@ -35,11 +37,37 @@ def trained(azurite, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return workdir / "outputs" / "churn" / "model"
 
 
+FAST_DEADLINES = {"EDGE_SERVING_HEADER_SECONDS": "1", "EDGE_SERVING_BODY_SECONDS": "1.5"}
+
+
+def python_for(model: Path) -> Path:
+    """The serving virtualenv for this model's requirements, as `serve --local` builds it."""
+    folder = local_server.check_model_dir(model)
+    return local_server.serving_virtualenv(
+        REPOSITORY / ".edge-training", model_requirements=folder / "requirements.txt"
+    )
+
+
 @pytest.fixture(scope="module")
-def server(trained: Path) -> Iterator[local_server.RunningServer]:
-    python = local_server.serving_virtualenv(REPOSITORY / ".edge-training")
-    with local_server.running(trained, python) as running:
-        yield running
+def servers(trained: Path, tiny_models: dict[str, Path]) -> Iterator[dict[str, local_server.RunningServer]]:
+    """The churn model from run --local, a scikit-learn regressor and a LightGBM multi-class
+    classifier, each behind its own real server (started together: each takes seconds to load)."""
+    import concurrent.futures
+
+    models = {"churn": trained, "regressor": tiny_models["regressor"], "lightgbm": tiny_models["lightgbm"]}
+    pythons = {name: python_for(model) for name, model in models.items()}  # built one after another
+    contexts = {
+        name: local_server.running(model, pythons[name], environment=FAST_DEADLINES if name == "regressor" else None)
+        for name, model in models.items()
+    }
+    with contextlib.ExitStack() as stack, concurrent.futures.ThreadPoolExecutor(len(contexts)) as pool:
+        started = {name: pool.submit(stack.enter_context, context) for name, context in contexts.items()}
+        yield {name: future.result() for name, future in started.items()}
+
+
+@pytest.fixture(scope="module")
+def server(servers) -> local_server.RunningServer:
+    return servers["churn"]
 
 
 def post(url: str, body: bytes) -> tuple[int, object]:
@@ -57,36 +85,156 @@ def test_the_server_listens_on_loopback_and_answers_its_liveness_route(server) -
         assert (response.status, response.read()) == (200, b"Healthy")
 
 
-def test_scores_equal_the_models_own_predictions(server, trained) -> None:
-    features = json.loads((trained / "features.json").read_text())
-    rows = [[round(0.37 * (i + 1) * (-1) ** (i + j), 6) for j in range(len(features))] for i in range(5)]
-    status, predictions = post(f"{server.url}/score", json.dumps({"data": rows}).encode())
-    model = joblib.load(trained / "model.joblib")
+def pyfunc_predictions(model: Path, data: object) -> list:
+    import mlflow.pyfunc
+
+    return json.loads(json.dumps(mlflow.pyfunc.load_model(str(model)).predict(data).tolist()))
+
+
+def test_the_demo_model_scores_as_mlflow_loads_it(server, trained) -> None:
+    """The churn example's signature is a tensor (a NumPy array of 8 columns): rows as "inputs"."""
+    import numpy as np
+
+    rows = [[round(0.37 * (i + 1) * (-1) ** (i + j), 6) for j in range(8)] for i in range(6)]
+    status, answer = post(f"{server.url}/score", json.dumps({"inputs": rows}).encode())
     assert status == 200
-    assert predictions == [float(p) for p in model.predict_proba(rows)[:, 1]]
+    assert answer == {"predictions": pyfunc_predictions(trained, np.array(rows))}
+    assert set(answer["predictions"]) <= {0, 1}
+
+
+def frame_requests(frame) -> dict[str, dict]:
+    """One request per format of MLflow's scoring protocol, all carrying `frame`."""
+    # Python's own floats, not pandas' to_json, which keeps 10 significant digits by default.
+    split = {"columns": list(frame.columns), "data": frame.to_numpy().tolist()}
+    records = frame.to_dict(orient="records")
+    return {
+        "dataframe_split": {"dataframe_split": split},
+        "dataframe_records": {"dataframe_records": records},
+        "instances": {"instances": records},
+        "inputs": {"inputs": {column: frame[column].tolist() for column in frame.columns}},
+    }
+
+
+@pytest.mark.parametrize("name", ["regressor", "lightgbm"])
+@pytest.mark.parametrize("protocol", ["dataframe_split", "dataframe_records", "instances", "inputs"])
+def test_other_models_score_as_mlflow_loads_them_in_every_format(servers, tiny_models, name, protocol) -> None:
+    from tests.harness.tiny_models import training_frame
+
+    frame = training_frame()[0].iloc[100:107].reset_index(drop=True) * 1.5  # rows it never saw
+    status, answer = post(f"{servers[name].url}/score", json.dumps(frame_requests(frame)[protocol]).encode())
+    assert status == 200, answer
+    assert answer == {"predictions": pyfunc_predictions(tiny_models[name], frame)}
+    if name == "lightgbm":
+        assert set(answer["predictions"]) <= {0, 1, 2} and len(set(answer["predictions"])) > 1
 
 
 @pytest.mark.parametrize(
     ("body", "message"),
     [
         (b"{not json", "the body is not JSON"),
-        (b'{"rows": []}', 'with "data"'),
-        (b'{"data": []}', "non-empty list"),
-        (b'{"data": [[1, 2]]}', "row 0 must be a list of 8 numbers (f0, f1,"),
-        (b'{"data": [[1, 2, 3, 4, 5, 6, 7, "x"]]}', "row 0, f7: 'x' is not a finite number"),
-        (b'{"data": [[1, 2, 3, 4, 5, 6, 7, true]]}', "row 0, f7: True is not a finite number"),
+        (b'{"data": [[1, 2]]}', "exactly one of dataframe_split, dataframe_records, instances, inputs"),
+        (b'{"inputs": [[1, 2]], "instances": [[1, 2]]}', "exactly one of"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"dataframe_split": 5}', "Dataframe split format must be a dictionary"),
+        (b'{"dataframe_records": [{"f0": 1, "f1": 2, "f2": 3, "f3": 4, "f4": 5}]}', "missing inputs ['f5']"),
+        (b'{"dataframe_records": [{"f0": "x", "f1": 2, "f2": 3, "f3": 4, "f4": 5, "f5": 6}]}',
+         "Failed to convert column f0"),
+        (b'{"inputs": {"f0": [' + b"9" * 400 + b"]}}", "an integer of 400 digits"),
+        (b'{"inputs": {"f0": [1e999]}}', "out of the range of a 64-bit float"),
+        (b'{"inputs": {"f0": [NaN]}}', "NaN is not a JSON number"),
+        (b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nests deeper than 32 levels"),
+        (b'{"inputs": ' + b"[" * 40 + b"]" * 40 + b"}", "nests deeper than 32 levels"),
+        (b'{"dataframe_records": [' + b",".join([b"{}"] * 10_001) + b"]}", "10001 rows; at most 10000"),
+        (b'{"inputs": [], "params": [1]}', '"params" must be a JSON object'),
     ],
-)
-def test_a_malformed_request_gets_400_naming_the_problem(server, body, message) -> None:
-    status, answer = post(f"{server.url}/score", body)
-    assert status == 400
+)  # fmt: skip
+def test_a_malformed_request_gets_400_naming_the_problem(servers, body, message) -> None:
+    status, answer = post(f"{servers['regressor'].url}/score", body)
+    assert status == 400, answer
     assert message in answer["message"]
 
 
+def test_the_tensor_models_shape_is_enforced(server) -> None:
+    status, answer = post(f"{server.url}/score", json.dumps({"inputs": [[1, 2, 3]]}).encode())
+    assert status == 400 and "Shape of input (1, 3) does not match expected shape (-1, 8)" in answer["message"]
+
+
+def test_a_body_over_the_limit_gets_413_before_it_is_read(servers) -> None:
+    url = urllib.parse.urlsplit(servers["regressor"].url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as client:
+        client.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: 9000000\r\n\r\n{")  # fmt: skip
+        assert client.recv(200).startswith(b"HTTP/1.1 413 ")
+
+
+def raw_connection(server: local_server.RunningServer) -> socket.socket:
+    url = urllib.parse.urlsplit(server.url)
+    return socket.create_connection((url.hostname, url.port), timeout=10)
+
+
+def test_slow_clients_are_cut_off_and_never_keep_the_probe_waiting(servers, tiny_models) -> None:
+    """More trickling clients than the server has threads (2 x 32): liveness answers within the
+    probe's 5 s timeout while they hang on, and each is cut at its deadline (1 s for headers,
+    1.5 s for a body, in this server; 5 s and 10 s in the image). Without the deadlines they
+    would hold every thread and the probe would wait for ever."""
+    server = servers["regressor"]
+    stalled = []
+    for index in range(80):
+        client = raw_connection(server)
+        if index % 2:
+            client.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")  # half a body
+        else:
+            client.sendall(b"POST /score HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # half the headers
+        stalled.append(client)
+    try:
+        with urllib.request.urlopen(f"{server.url}/", timeout=5) as response:
+            assert response.status == 200
+        # Scoring answers too, while they still hang on.
+        status, _ = post(f"{server.url}/score", json.dumps({"dataframe_records": [dict.fromkeys(
+            ["f0", "f1", "f2", "f3", "f4", "f5"], 0.5)]}).encode())  # fmt: skip
+        assert status == 200
+        answers = []
+        for client in stalled:
+            client.settimeout(10)
+            answers.append(client.recv(200))  # the deadline answers, or closes: never waits 10 s
+    finally:
+        for client in stalled:
+            client.close()
+    bodies = answers[1::2]
+    assert all(a.startswith(b"HTTP/1.1 408 ") for a in bodies), bodies
+    assert all(a in (b"",) or a.startswith(b"HTTP/1.1 4") for a in answers[::2]), answers[::2]
+
+
+def test_concurrent_requests_all_get_their_own_answers(servers, tiny_models) -> None:
+    import concurrent.futures
+
+    from tests.harness.tiny_models import training_frame
+
+    frame = training_frame()[0]
+    expected = pyfunc_predictions(tiny_models["lightgbm"], frame)
+
+    def score(start: int) -> tuple[int, object]:
+        rows = frame.iloc[start : start + 5]
+        body = {"dataframe_split": {"columns": list(rows.columns), "data": rows.to_numpy().tolist()}}
+        return post(f"{servers['lightgbm'].url}/score", json.dumps(body).encode())
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(score, range(0, 160, 5)))
+    assert answers == [(200, {"predictions": expected[i : i + 5]}) for i in range(0, 160, 5)]
+
+
 def test_serving_a_folder_without_a_model_is_refused_before_starting(tmp_path) -> None:
-    refused = pytest.raises(local_server.ServeError, match=re.escape(f"--model {tmp_path}: no model.joblib"))
+    refused = pytest.raises(local_server.ServeError, match=re.escape(f"--model {tmp_path} holds no MLflow model"))
     with refused, local_server.running(tmp_path, Path("/nonexistent/python")):
         pass
+
+
+def test_serving_a_folder_of_several_models_is_refused(tiny_models, tmp_path) -> None:
+    for name in ("linear", "svm"):
+        shutil.copytree(tiny_models[name], tmp_path / name)
+    with pytest.raises(local_server.ServeError, match=r"holds 2 MLflow models \(linear, svm\): name one of them"):
+        local_server.check_model_dir(tmp_path)
+    assert local_server.check_model_dir(tmp_path / "svm") == tmp_path / "svm"
 
 
 def test_serve_local_runs_the_dockerfiles_command_bound_to_loopback() -> None:
@@ -95,7 +243,12 @@ def test_serve_local_runs_the_dockerfiles_command_bound_to_loopback() -> None:
     assert image[0] == "gunicorn" and here[:3] == ["/venv/bin/python", "-m", "gunicorn"]
     bind = image.index("--bind")
     assert image[bind + 1] == "0.0.0.0:5001"  # the container's port, as EXPOSE, HEALTHCHECK and probes use
-    assert here[3:] == [*image[1:bind], "--bind", "127.0.0.1:8080", *image[bind + 2 :]]
+    chdir = image.index("--chdir")
+    assert image[chdir + 1] == "/var/azureml-app"  # where the Dockerfile copies score.py and server_worker.py
+    expected = [*image[1:]]
+    expected[bind - 1 + 1], expected[chdir - 1 + 1] = "127.0.0.1:8080", str(local_server.SERVING)
+    assert here[3:] == expected  # the same command: only where it listens and where its files are differ
+    assert (local_server.SERVING / "server_worker.py").is_file() and (local_server.SERVING / "score.py").is_file()
     assert image[-1] == "azureml_inference_server_http.server.entry:app"
 
 
@@ -175,7 +328,144 @@ def test_hadolint_fails_a_dockerfile_that_runs_as_root(tmp_path) -> None:
 def test_serve_local_without_a_model_fails_with_one_line_naming_it(tmp_path, capsys) -> None:
     assert cli.main(["serve", "--local", "--model", str(tmp_path / "nope"), "--workdir", str(tmp_path)]) == 1
     error = capsys.readouterr().err
-    assert error.strip() == f"error: --model {tmp_path / 'nope'}: no model.joblib in it " + (
+    assert error.strip() == f"error: --model {tmp_path / 'nope'} is not a folder " + (
         "(`python -m training run --local` trains one)"
     )
     assert not list(tmp_path.glob("serving-venv-*"))  # refused before building anything
+
+
+# --- serve --local as a process: it never leaves its server behind -------------------------------
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(condition, seconds: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM while starting", "SIGKILL once serving"])
+def test_serve_local_leaves_no_server_behind_when_it_is_stopped(tiny_models, stop) -> None:
+    import os
+    import signal
+
+    model = tiny_models["regressor"]
+    python_for(model)  # built before the clock starts
+    argv = [sys.executable, "-m", "training", "serve", "--local", "--model", str(model), "--port", "0",
+            "--workdir", str(REPOSITORY / ".edge-training")]  # fmt: skip
+    cli_process = subprocess.Popen(argv, cwd=REPOSITORY, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: children(cli_process.pid), 60), "serve --local started no server"
+        (server,) = children(cli_process.pid)
+        if stop.startswith("SIGKILL"):
+            for line in cli_process.stderr:
+                if "liveness: GET http://127.0.0.1:" in line:
+                    break
+            cli_process.send_signal(signal.SIGKILL)
+            assert cli_process.wait(30) == -signal.SIGKILL
+        else:
+            cli_process.send_signal(signal.SIGTERM)
+            assert cli_process.wait(90) == 0  # stopped on purpose: not an error (bounded: 15 s + 10 s here)
+        assert wait_for(lambda: not alive(server), 40), f"gunicorn {server} outlived serve --local ({stop})"
+    finally:
+        if cli_process.poll() is None:
+            cli_process.kill()
+        with contextlib.suppress(NameError, ProcessLookupError):
+            os.killpg(server, signal.SIGKILL)  # only if the test failed: never leave it running
+
+
+def test_the_images_deadlines_are_well_under_the_probes_windows() -> None:
+    """server_worker's defaults (the image sets no override) against the Deployment's probes and
+    the Dockerfile's HEALTHCHECK: a client is cut long before a probe gives up on the server."""
+    from edge import serving_manifests
+
+    source = (local_server.SERVING / "server_worker.py").read_text()
+    header = float(re.search(r'"EDGE_SERVING_HEADER_SECONDS", "([0-9.]+)"', source).group(1))
+    body = float(re.search(r'"EDGE_SERVING_BODY_SECONDS", "([0-9.]+)"', source).group(1))
+    release = serving_manifests.ServingRelease(app="m", image="r/m@sha256:" + "0" * 64, registry="r",
+                                               token_name="t", token_password="p")  # fmt: skip
+    container = serving_manifests.deployment(release)["spec"]["template"]["spec"]["containers"][0]
+    for probe in (container["readinessProbe"], container["livenessProbe"]):
+        window = probe["periodSeconds"] * probe["failureThreshold"]
+        assert header + body <= window / 2, probe
+        assert header <= probe["timeoutSeconds"]  # one probe's wait at most, when every thread is taken
+    health = re.search(r"--interval=(\d+)s --timeout=(\d+)s .*--retries=(\d+)", DOCKERFILE)
+    assert header + body <= int(health.group(1)) * int(health.group(3)) / 2
+
+
+# --- score.py's request checks, without a server (it imports only the standard library) ---------
+
+
+def score_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("score_under_test", local_server.SCORE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"inputs": [' + b"1" * 20 + b"]}", "an integer of 20 digits"),
+        (b'{"inputs": [-' + b"1" * 20 + b"]}", "an integer of 20 digits"),
+        (b'{"inputs": [1e309]}', "out of the range of a 64-bit float"),
+        (b'{"inputs": [-Infinity]}', "-Infinity is not a JSON number"),
+        (b'{"inputs": ' + b"[" * 33 + b"]" * 33 + b"}", "nests deeper than 32 levels"),
+        (b'{"inputs": {"a": ' * 40 + b"1" + b"}" * 80, "nests deeper than 32 levels"),
+        (b'{"dataframe_split": {"columns": ["a"], "data": ' + json.dumps([[1]] * 10_001).encode() + b"}}",
+         "10001 rows"),
+        (b'{"inputs": [1], "extra": 1}', "(unknown keys: extra)"),
+        (b"\xff\xfe", "the body is not JSON"),
+        (b" " * (8 * 1024 * 1024 + 1), "larger than 8388608 bytes"),
+    ],
+)  # fmt: skip
+def test_score_refuses_what_no_model_can_take(body, message) -> None:
+    score = score_module()
+    with pytest.raises(score.RequestError, match=re.escape(message)):
+        score.parse(body)
+
+
+def test_score_passes_the_largest_values_a_model_column_holds() -> None:
+    score = score_module()
+    row = [9223372036854775807, -9223372036854775808, -1.7976931348623157e308]  # int64 and float64 limits
+    data, params = score.parse(json.dumps({"inputs": [row] * 10_000, "params": {"k": 1}}))
+    assert data == {"inputs": [row] * 10_000} and params == {"k": 1}
+    deepest = b'{"inputs": ' + b"[" * 31 + b"]" * 31 + b"}"  # 32 levels with the object: allowed
+    assert score.parse(deepest)[0]["inputs"] is not None
+
+
+def test_the_serving_page_states_the_limits_the_image_has() -> None:
+    page = (REPOSITORY / "docs" / "serve" / "any-mlflow-model.md").read_text()
+    source = (local_server.SERVING / "server_worker.py").read_text()
+    header = re.search(r'"EDGE_SERVING_HEADER_SECONDS", "([0-9.]+)"', source).group(1)
+    body = re.search(r'"EDGE_SERVING_BODY_SECONDS", "([0-9.]+)"', source).group(1)
+    command = local_server.image_command()
+    workers, threads = command[command.index("--workers") + 1], command[command.index("--threads") + 1]
+    assert f"| request line and headers | {header} s from the first byte |" in page
+    assert f"| body | {body} s after the headers |" in page
+    assert "| body size | 8 MiB, declared or streamed |" in page and "MAX_BODY_BYTES = 8 * 1024 * 1024" in source
+    assert f"{workers} processes x {threads} threads" in page
+    assert f"more than the {int(workers) * int(threads)} threads" in page
+    score = score_module()
+    assert f"nesting deeper than {score.MAX_DEPTH} levels" in page
+    assert f"more than {score.MAX_ROWS:,} rows" in page and f"more than {score.MAX_INTEGER_DIGITS} digits" in page

@@ -9,7 +9,6 @@ import sys
 import uuid
 from pathlib import Path
 
-import joblib
 import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
@@ -60,7 +59,9 @@ def test_training_end_to_end_produces_a_sane_model(tmp_path, container, wire) ->
     assert metrics["accuracy"] == result.metrics.accuracy
     lineage = json.loads((tmp_path / "outputs/lineage.json").read_text())
     assert lineage["data_fingerprint"] == result.fingerprint and lineage["blobs"] == 4
-    loaded = joblib.load(result.model_path)
+    import mlflow.sklearn
+
+    loaded = mlflow.sklearn.load_model(str(result.model_dir))
     x, y, _ = model.load_csvs(sorted((tmp_path / "cache/data").glob("*.csv")))
     assert (loaded.predict(x) == y).mean() > 0.8
 

@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -527,7 +528,9 @@ def version_json(name: str, version: str, **properties: Any) -> dict[str, Any]:
     }
 
 
-def test_register_sends_the_next_mlflow_model_version_with_its_lineage(tmp_path, workspace, capsys) -> None:
+def test_register_sends_the_next_mlflow_model_version_with_its_lineage(
+    tmp_path, workspace, tiny_models, capsys
+) -> None:
     outputs = stack_outputs.StackOutputs.from_mapping(OUTPUTS, "test")
     base = models_path(outputs, "edge-model")
     # Version 7 is archived: its number stays taken, so only a listing of all versions is right.
@@ -537,7 +540,7 @@ def test_register_sends_the_next_mlflow_model_version_with_its_lineage(tmp_path,
     lineage = tmp_path / "lineage.json"
     lineage.write_text(json.dumps({"data_fingerprint": "f" * 64, "hyperparameters": {"c": 0.5}}))
     argv = ["register", "--outputs", str(outputs_file(tmp_path)), "--job", "job-42", "--lineage", str(lineage)]
-    assert cli.main(argv) == cli.OK
+    assert cli.main([*argv, "--model-dir", str(tiny_models["boosted"])]) == cli.OK
     assert json.loads(capsys.readouterr().out) == {"model": "edge-model", "version": "8"}
 
     listing = next(r for r in workspace.fake.requests if r.method == "GET" and "listViewType" in r.query)
@@ -555,11 +558,69 @@ def test_register_sends_the_next_mlflow_model_version_with_its_lineage(tmp_path,
         "compute": "edge-vm",
         "stack": "dev",
         "hyperparameters": '{"c": 0.5}',
+        "egress_audit": "passed (no training rows at hand to compare)",
     }
     from azure.ai.ml._restclient.arm_ml_service import models as ml
 
     nested = {ml.ModelVersion: {"properties": ml.ModelVersionProperties}}
     assert rest_field_problems(put.body, ml.ModelVersion, nested) == []
+
+
+@dataclass
+class JobArtifacts:
+    root: Path
+    downloads: list[str]
+
+
+@pytest.fixture
+def job_artifacts(monkeypatch, tmp_path) -> JobArtifacts:
+    """The job's artifacts as azure-ai-ml's jobs.download lays them out (<path>/artifacts/outputs/...):
+    the artifact store's blob download is the one part not served by the stand-in."""
+    from azure.ai.ml.operations import JobOperations
+
+    artifacts = JobArtifacts(tmp_path / "job-artifacts", [])
+
+    def download(self, name, *, download_path=".", output_name=None, all=False):
+        artifacts.downloads.append(name)
+        shutil.copytree(artifacts.root, Path(download_path) / "artifacts")
+
+    monkeypatch.setattr(JobOperations, "download", download)
+    return artifacts
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_register_refuses_a_model_that_keeps_its_training_rows_and_sends_nothing(
+    tmp_path, workspace, tiny_models, job_artifacts, capsys, dry_run
+) -> None:
+    shutil.copytree(tiny_models["knn"], job_artifacts.root / "outputs" / "model")
+    argv = ["register", "--outputs", str(outputs_file(tmp_path)), "--job", "job-42", "--data-fingerprint", "f" * 64]
+    assert cli.main(argv + ["--dry-run"] * dry_run) == cli.USAGE
+    assert "error: the model may carry training rows: model.steps[1][1]._fit_X" in capsys.readouterr().err
+    assert job_artifacts.downloads == ["job-42"]
+    assert workspace.fake.requests == []  # not even the version listing
+
+
+def test_register_with_a_reason_registers_and_tags_the_findings(
+    tmp_path, workspace, tiny_models, job_artifacts, capsys
+):
+    outputs = stack_outputs.StackOutputs.from_mapping(OUTPUTS, "test")
+    base = models_path(outputs, "edge-model")
+    workspace.fake.script("GET", base, Reply(200, {"value": []}))
+    workspace.fake.script("PUT", f"{base}/1", Reply(201, version_json("edge-model", "1")))
+    shutil.copytree(tiny_models["svm"], job_artifacts.root / "outputs" / "model")
+    argv = ["register", "--outputs", str(outputs_file(tmp_path)), "--job", "job-42", "--data-fingerprint", "f" * 64]
+    assert cli.main([*argv, "--allow-model-egress", "synthetic rows only"]) == cli.OK
+    (put,) = [r for r in workspace.fake.requests if r.method == "PUT"]
+    tags = put.body["properties"]["tags"]
+    assert tags["egress_audit"] == "allowed: synthetic rows only"
+    assert json.loads(tags["egress_findings"])[0].startswith("model.support_vectors_: support vector machines")
+
+
+def test_register_without_a_model_among_the_jobs_artifacts_says_so(tmp_path, workspace, job_artifacts, capsys) -> None:
+    (job_artifacts.root / "outputs" / "logs").mkdir(parents=True)
+    argv = ["register", "--outputs", str(outputs_file(tmp_path)), "--job", "job-42", "--data-fingerprint", "f" * 64]
+    assert cli.main(argv) == cli.USAGE
+    assert "error: job job-42 has no outputs/model/ among its artifacts" in capsys.readouterr().err
 
 
 def test_register_starts_at_version_one(workspace) -> None:

@@ -2,10 +2,10 @@
 
   run --local   an example trainer here, against the storage emulator, MLflow to .edge-training/
   submit        your training code as a job on the edge compute; the data stays on the Hub
-  register      the job's model as a new, tagged MLflow model version
-  package       a container image of a model version, in the workspace's registry
+  register      the job's model as a new, tagged MLflow model version, once the egress audit passes
+  package       a container image of any MLflow model version, in the workspace's registry (audited too)
   deploy        the image on the Hub VM (--target edge) or a managed online endpoint (--target cloud)
-  serve --local the image's server process here, on a model folder (no Docker needed)
+  serve --local the image's server process here, on an MLflow model folder (no Docker needed)
 
 Every command but run reads the stack's outputs: `pulumi stack output --json` (--stack), or a
 file of them (--outputs). Building the parser imports no SDK: each command imports what it uses.
@@ -237,10 +237,41 @@ def _job_name(text: str) -> str:
     return text
 
 
+def _egress_reason(text: str) -> str:
+    if not text.strip() or len(text) > 256 or any(ord(c) < 32 for c in text):
+        raise argparse.ArgumentTypeError("the reason must be one line of 1 to 256 characters")
+    return text.strip()
+
+
+def _with_audit(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument(
+        "--allow-model-egress",
+        metavar="REASON",
+        type=_egress_reason,
+        help="proceed although the model egress audit found training rows; the reason is kept as a model tag",
+    )
+    p.add_argument("--dry-run", action="store_true", help="audit the model and print the findings; send nothing")
+    return p
+
+
+def _audit(model_dir: Path, args: argparse.Namespace) -> Any:
+    """Audit the model folder; print the report on --dry-run; refuse findings without a reason."""
+    from training import model_audit
+
+    report = model_audit.audit(model_dir, row_check=model_audit.row_check_beside(model_dir))
+    if args.dry_run:
+        print(json.dumps({"model_dir": str(model_dir), **report.tags(args.allow_model_egress)}, indent=2))
+    model_audit.check(report, args.allow_model_egress)
+    return report
+
+
 def configure_register(commands: Any) -> None:
-    register = _with_stack(commands.add_parser("register", help="register a job's model"))
+    register = _with_audit(_with_stack(commands.add_parser("register", help="register a job's model")))
     register.add_argument("--job", required=True, type=_job_name)
     register.add_argument("--name", default="edge-model", type=_asset_name)
+    register.add_argument(
+        "--model-dir", type=Path, help="the job's outputs/model, downloaded already (default: download it to audit)"
+    )
     lineage = register.add_mutually_exclusive_group(required=True)
     lineage.add_argument("--lineage", type=Path, help="the job's outputs/lineage.json")
     lineage.add_argument("--data-fingerprint")
@@ -248,6 +279,8 @@ def configure_register(commands: Any) -> None:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
+    import tempfile
+
     from training import registry
 
     if args.lineage:
@@ -260,7 +293,13 @@ def cmd_register(args: argparse.Namespace) -> int:
     outputs = _outputs(args)
     from training.workspace import ml_client
 
-    model = registry.register(ml_client(outputs), outputs, args.name, lineage)
+    client = ml_client(outputs)
+    with tempfile.TemporaryDirectory(prefix="edge-training-audit-") as downloaded:
+        model_dir = args.model_dir or registry.job_model(client, args.job, Path(downloaded))
+        report = _audit(model_dir, args)
+    if args.dry_run:
+        return OK
+    model = registry.register(client, outputs, args.name, lineage, tags=report.tags(args.allow_model_egress))
     print(json.dumps({"model": model.name, "version": model.version}))
     return OK
 
@@ -269,7 +308,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def configure_package(commands: Any) -> None:
-    package = _with_stack(commands.add_parser("package", help="build a model image into the registry"))
+    package = _with_audit(_with_stack(commands.add_parser("package", help="build a model image into the registry")))
     package.add_argument("--model", required=True)
     package.add_argument("--version", required=True)
     package.add_argument("--model-dir", type=Path, help="a local model folder (run --local's outputs/model) instead")
@@ -281,15 +320,18 @@ def configure_package(commands: Any) -> None:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    from training import packaging
-
-    if args.azureml_packaging:
-        print(packaging.package(_client(args), args.model, args.version))
-        return OK
     import tempfile
 
-    from training import image_build, registry
+    from training import image_build, packaging, registry
 
+    if args.azureml_packaging:
+        client = _client(args)
+        with tempfile.TemporaryDirectory(prefix="edge-training-model-") as downloaded:
+            model_dir, _ = packaging.registered_model(client, args.model, args.version, Path(downloaded))
+            _audit(model_dir, args)
+        if not args.dry_run:
+            print(packaging.package(client, args.model, args.version))
+        return OK
     outputs = _outputs(args)
     with tempfile.TemporaryDirectory(prefix="edge-training-model-") as downloaded:
         if args.model_dir:
@@ -299,7 +341,11 @@ def cmd_package(args: argparse.Namespace) -> int:
             )
         else:
             model_dir, spec = packaging.registered_model(_client(args), args.model, args.version, Path(downloaded))
+        _audit(model_dir, args)
         context = image_build.build_context(model_dir)
+        if args.dry_run:
+            print(json.dumps({"context": image_build.context_names(context), "tag": spec.tag}))
+            return OK
         built = image_build.build_image(
             image_build.registry_client(outputs.azureSubscriptionId),
             outputs.resourceGroupName,
@@ -409,7 +455,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def configure_serve(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the model image's server here, on a model folder")
     serve.add_argument("--local", action="store_true", required=True, help="here, on 127.0.0.1 (no Docker)")
-    serve.add_argument("--model", type=Path, required=True, help="model folder (from run --local: outputs/model)")
+    serve.add_argument(
+        "--model", type=Path, required=True, help="an MLflow model folder (run --local: <workdir>/outputs/churn/model)"
+    )
     serve.add_argument("--port", type=int, default=5001, help="port on 127.0.0.1 (default 5001, as in the image)")
     serve.add_argument("--workdir", type=Path, default=Path(".edge-training"), help="where the serving virtualenv goes")
     serve.set_defaults(handler=cmd_serve)
@@ -473,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         usage = isinstance(error, stack_outputs.OutputsError | UsageError | ValueError) or type(error).__name__ in (
             "EgressRefused",
             "LocalRunError",
+            "ModelEgressRefused",
         )
         if usage or isinstance(error, _known_errors()):
             print(f"error: {_one_line(error)}", file=sys.stderr)

@@ -65,7 +65,9 @@ def deployment_name(version: str) -> str:
 
 
 def serving_conda() -> dict[str, Any]:
-    """The serving requirements (azureml-inference-server-http, scikit-learn) as a conda spec."""
+    """The server's pinned requirements (azureml-inference-server-http, mlflow-skinny, pandas,
+    skops with scikit-learn) as a conda spec. Without --image, a model needing more (LightGBM,
+    XGBoost, ...) is not served by this environment: `package` builds the image that has it."""
     pins = [line.strip() for line in REQUIREMENTS.read_text().splitlines() if line.strip() and line[0] != "#"]
     return {"name": "edge-training-serving", "channels": ["conda-forge"],
             "dependencies": ["python=3.11", "pip", {"pip": pins}]}  # fmt: skip

@@ -8,7 +8,9 @@ a blob that grows while the build runs) until it ends.
 
 Client: azure-mgmt-containerregistry 14.0.0, API version 2025-03-01-preview (the newest in that
 wheel with the Tasks operations; its default profile's 2025-04-01 has none). The build context
-is exactly the Dockerfile, requirements.txt, score.py and the model folder: never training data.
+is exactly the Dockerfile, requirements.txt, score.py, server_worker.py and the MLflow model folder:
+never training data. A model without a signature or without pinned requirements is refused here,
+before anything is uploaded.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.local_server import DOCKERFILE, REQUIREMENTS, SCORE
+from training import mlflow_model
+from training.local_server import DOCKERFILE, REQUIREMENTS, SCORE, WORKER
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +83,36 @@ class BuiltImage:
     digest: str
 
 
-def _model_files(model_dir: Path) -> list[Path]:
+def _name(requirement: str) -> str:
+    return re.sub(r"[-_.]+", "-", requirement.split("==")[0].split("[")[0]).lower()
+
+
+def servable(model_dir: Path) -> mlflow_model.MlflowModel:
+    """The MLflow model in `model_dir`, if the image can serve it: a python_function flavor, a
+    signature, requirements pinned NAME==VERSION that agree with the server's own pins."""
     if not model_dir.is_dir():
         raise ImageBuildError(f"model folder {model_dir} does not exist")
+    if not (model_dir / "MLmodel").is_file():
+        raise ImageBuildError(f"model folder {model_dir} is not an MLflow model (no MLmodel file in it)")
+    try:
+        model = mlflow_model.read(model_dir)
+    except mlflow_model.ModelFolderError as error:
+        raise ImageBuildError(f"model folder {error}") from None
+    problems = model.serving_problems()
+    if not problems:
+        server = {_name(r): r for r in REQUIREMENTS.read_text().splitlines() if "==" in r and not r.startswith("#")}
+        clashes = [f"{r} (the server pins {server[_name(r)]})" for r in model.requirements or ()
+                   if _name(r) in server and server[_name(r)].split("==")[1] != r.split("==")[1]]  # fmt: skip
+        if clashes:
+            problems.append(f"requirements.txt disagrees with the server's pins: {', '.join(clashes)}")
+    if problems:
+        raise ImageBuildError(f"model folder {model_dir} cannot be served: {'; '.join(problems)}")
+    return model
+
+
+def _model_files(model_dir: Path) -> list[Path]:
+    servable(model_dir)
     files = sorted(p for p in model_dir.rglob("*") if p.is_file())
-    if not any(p.name == "model.joblib" for p in files):
-        raise ImageBuildError(f"model folder {model_dir} holds no model.joblib")
     data = [p.relative_to(model_dir).as_posix() for p in files if p.name.lower().endswith(DATA_SUFFIXES)]
     if data:
         raise ImageBuildError(f"model folder {model_dir} holds data files, which never go into an image: {data}")
@@ -95,7 +122,8 @@ def _model_files(model_dir: Path) -> list[Path]:
 
 
 def build_context(model_dir: Path) -> bytes:
-    """The gzipped tarball ACR Tasks builds from: Dockerfile, requirements.txt, score.py, model/.
+    """The gzipped tarball ACR Tasks builds from: Dockerfile, requirements.txt, score.py,
+    server_worker.py, model/.
 
     Entries carry fixed owners and times, so the same model gives the same bytes."""
 
@@ -106,7 +134,7 @@ def build_context(model_dir: Path) -> bytes:
 
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as archive:
-        for source in (DOCKERFILE, REQUIREMENTS, SCORE):
+        for source in (DOCKERFILE, REQUIREMENTS, SCORE, WORKER):
             add(archive, source.name, source.read_bytes())
         for path in _model_files(model_dir):
             add(archive, f"model/{path.relative_to(model_dir).as_posix()}", path.read_bytes())

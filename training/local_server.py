@@ -1,15 +1,21 @@
-"""`serve --local`: the model image's server process, run here on a model directory.
+"""`serve --local`: the model image's server process, run here on an MLflow model folder.
 
 The image (training/serving/Dockerfile) runs Microsoft's inference server under gunicorn with our
-score.py; this module runs the very same command (read from the Dockerfile's CMD) with the bind
-address changed to 127.0.0.1, in a virtualenv built from the image's own requirements.txt. That
-virtualenv is separate from the project's: the inference server pins opentelemetry and pydantic
-to versions the project's lock cannot take. It is built once per requirements.txt content.
+score.py and worker; this module runs the very same command (read from the Dockerfile's CMD) with
+the bind address changed to 127.0.0.1 and --chdir to training/serving/, in a virtualenv built
+from the image's own requirements.txt plus the model's requirements.txt, as the image installs
+them. That virtualenv is separate from the project's: the inference server pins opentelemetry
+and pydantic to versions the project's lock cannot take. It is built once per content of the two.
+
+The server runs in its own session (so a Ctrl-C reaches us, and we stop it in order), and is
+told to end if this process dies (PR_SET_PDEATHSIG), so a killed `serve --local` leaves no
+gunicorn behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -24,9 +30,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
+
+from training import mlflow_model
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +43,7 @@ SERVING = Path(__file__).resolve().parent / "serving"
 DOCKERFILE = SERVING / "Dockerfile"
 REQUIREMENTS = SERVING / "requirements.txt"
 SCORE = SERVING / "score.py"
+WORKER = SERVING / "server_worker.py"
 DEFAULT_ROOT = Path(".edge-training")
 LISTENING = re.compile(r"Listening at: http://([0-9.]+):(\d+)")
 
@@ -58,6 +68,8 @@ def server_command(python: Path, host: str, port: int) -> list[str]:
     if command[0] != "gunicorn":
         raise ServeError(f"{DOCKERFILE}: CMD runs {command[0]}, expected gunicorn")
     command[command.index("--bind") + 1] = f"{host}:{port}"
+    if "--chdir" in command:  # where score.py and server_worker.py are: the image's app root
+        command[command.index("--chdir") + 1] = str(SERVING)
     # `python -m gunicorn`: the virtualenv's scripts carry the absolute path it was built at.
     return [str(python), "-m", "gunicorn", *command[1:]]
 
@@ -75,12 +87,15 @@ def server_environment(model_dir: Path, score: Path = SCORE) -> dict[str, str]:
     return environment
 
 
-def serving_virtualenv(root: Path = DEFAULT_ROOT, requirements: Path = REQUIREMENTS) -> Path:
-    """The python of a virtualenv holding requirements.txt, built on first use.
+def serving_virtualenv(
+    root: Path = DEFAULT_ROOT, requirements: Path = REQUIREMENTS, model_requirements: Path | None = None
+) -> Path:
+    """The python of a virtualenv holding requirements.txt (and the model's), built on first use.
 
     Built in a temporary folder and renamed into place, so a half-built one is never used and two
     processes building at once both end with one complete virtualenv."""
-    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:12]
+    files = [requirements, *([model_requirements] if model_requirements else [])]
+    digest = hashlib.sha256(b"\0".join(f.read_bytes() for f in files)).hexdigest()[:12]
     final = root / f"serving-venv-{digest}"
     python = final / "bin" / "python"
     if python.exists():
@@ -88,16 +103,16 @@ def serving_virtualenv(root: Path = DEFAULT_ROOT, requirements: Path = REQUIREME
     root.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=".serving-venv-", dir=root))
     try:
-        log.info("building the serving virtualenv from %s (once)", requirements)
+        log.info("building the serving virtualenv from %s (once)", " and ".join(map(str, files)))
         subprocess.run([sys.executable, "-m", "venv", str(building)], check=True, timeout=300)
         done = subprocess.run(
             [str(building / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "-r", str(requirements)],
+             *(a for f in files for a in ("-r", str(f)))],
             capture_output=True, text=True, check=False, timeout=900,
         )  # fmt: skip
         if done.returncode != 0:
             tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-10:])
-            raise ServeError(f"installing {requirements} failed:\n{tail}")
+            raise ServeError(f"installing {' and '.join(map(str, files))} failed:\n{tail}")
         try:
             building.rename(final)
         except OSError:
@@ -126,22 +141,51 @@ def _probe(url: str) -> bool:
         return False
 
 
-def check_model_dir(model_dir: Path) -> None:
-    if not model_dir.is_dir() or not any(model_dir.rglob("model.joblib")):
-        raise ServeError(f"--model {model_dir}: no model.joblib in it (`python -m training run --local` trains one)")
+def check_model_dir(model_dir: Path) -> Path:
+    """The MLflow model folder at or below `model_dir` (exactly one), or ServeError saying why not."""
+    try:
+        return mlflow_model.find(model_dir)
+    except mlflow_model.ModelFolderError as error:
+        raise ServeError(f"--model {error} (`python -m training run --local` trains one)") from None
+
+
+class _Stopped(Exception):
+    """SIGTERM or SIGHUP reached `serve --local`."""
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stopped(signal.Signals(signum).name)
 
 
 def serve(model_dir: Path, root: Path = DEFAULT_ROOT, host: str = "127.0.0.1", port: int = 5001) -> int:
-    """`serve --local`: run until interrupted; the server's exit code if it stops by itself."""
-    check_model_dir(model_dir)
-    python = serving_virtualenv(root)
+    """`serve --local`: run until interrupted or terminated (then stop the server and return 0);
+    the server's exit code if it stops by itself."""
+    folder = check_model_dir(model_dir)
+    model = folder / "requirements.txt"
+    python = serving_virtualenv(root, model_requirements=model if model.is_file() else None)
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        with running(model_dir, python, host=host, port=port) as server:
+        with running(folder, python, host=host, port=port) as server:
             log.info("liveness: GET %s/   scoring: POST %s/score   (Ctrl-C stops)", server.url, server.url)
             code = server.process.wait()
             raise ServeError(f"the server stopped with {code}:\n{server.log_tail()}")
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stopped):
         return 0
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _end_with_parent() -> Callable[[], None] | None:
+    """What the child runs before exec: ask for SIGTERM when its parent dies, whatever kills the
+    parent (prctl(2)). prctl is looked up here, before the fork: the child only calls it."""
+    if sys.platform != "linux":
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 @contextlib.contextmanager
@@ -151,18 +195,21 @@ def running(
     host: str = "127.0.0.1",
     port: int = 0,
     ready_seconds: float = 120.0,
+    environment: Mapping[str, str] | None = None,
 ) -> Iterator[RunningServer]:
     """Start the server, wait until its liveness route answers 200, stop it on exit.
 
-    Port 0 lets the system choose; the address is read from gunicorn's "Listening at" line."""
-    check_model_dir(model_dir)
+    Port 0 lets the system choose; the address is read from gunicorn's "Listening at" line.
+    `environment` adds variables (tests shorten server_worker's deadlines with it)."""
+    model_dir = check_model_dir(model_dir)
     process = subprocess.Popen(
         server_command(python, host, port),
-        env=server_environment(model_dir),
+        env={**server_environment(model_dir), **(environment or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=_end_with_parent(),
     )
     output: list[str] = []
     address: list[str] = []
@@ -195,9 +242,10 @@ def running(
         yield server
     finally:
         if process.poll() is None:
+            # The whole group: gunicorn's master and its workers, which stop their requests in order.
             os.killpg(process.pid, signal.SIGTERM)
             try:
-                process.wait(timeout=30)
+                process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=10)

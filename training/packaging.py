@@ -25,6 +25,7 @@ from azure.ai.ml.entities import (
     ModelPackage,
 )
 
+from training import mlflow_model
 from training.image_build import ImageBuildError, ImageSpec
 from training.jobs import BASE_IMAGE, CONDA_FILE
 
@@ -60,10 +61,11 @@ def registered_model(ml_client: Any, name: str, version: str, destination: Path)
     if missing:
         raise ImageBuildError(f"model {name}:{version} lacks the tags {', '.join(missing)} that `register` sets")
     ml_client.models.download(name, version, download_path=str(destination))
-    found = sorted(destination.rglob("model.joblib"))
-    if not found:
-        raise ImageBuildError(f"model {name}:{version} has no model.joblib")
-    return found[0].parent, ImageSpec(name, str(version), tags["data_fingerprint"], tags["git_commit"])
+    try:
+        folder = mlflow_model.find(destination)
+    except mlflow_model.ModelFolderError as error:
+        raise ImageBuildError(f"model {name}:{version}: {error}") from None
+    return folder, ImageSpec(name, str(version), tags["data_fingerprint"], tags["git_commit"])
 
 
 def local_model(name: str, version: str, model_dir: Path, data_fingerprint: str | None, git_commit: str) -> ImageSpec:

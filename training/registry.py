@@ -77,7 +77,31 @@ def next_version(ml_client: Any, name: str) -> str:
     return str(max(versions, default=0) + 1)
 
 
-def register(ml_client: Any, outputs: StackOutputs, name: str, lineage: Lineage, output_name: str = "model") -> Any:
+def job_model(ml_client: Any, job_name: str, destination: Path, output_name: str = "model") -> Path:
+    """The job's MLflow model, downloaded from its artifacts (outputs/<output_name>/) for the audit.
+
+    azure-ai-ml's jobs.download writes a job's default artifacts under <destination>/artifacts/."""
+    from training import mlflow_model
+
+    ml_client.jobs.download(job_name, download_path=str(destination))
+    folder = destination / "artifacts" / "outputs" / output_name
+    if not folder.is_dir():
+        raise LineageError(f"job {job_name} has no outputs/{output_name}/ among its artifacts to register")
+    try:
+        return mlflow_model.find(folder)
+    except mlflow_model.ModelFolderError as error:
+        raise LineageError(f"job {job_name}: {error}") from None
+
+
+def register(
+    ml_client: Any,
+    outputs: StackOutputs,
+    name: str,
+    lineage: Lineage,
+    output_name: str = "model",
+    tags: Mapping[str, str] | None = None,
+) -> Any:
+    """The next version of `name`; `tags` (the egress audit's) go beside the lineage tags."""
     from azure.ai.ml.constants import AssetTypes
     from azure.ai.ml.entities import Model
 
@@ -97,6 +121,7 @@ def register(ml_client: Any, outputs: StackOutputs, name: str, lineage: Lineage,
             "compute": outputs.computeName,
             "stack": outputs.stackName,
             "hyperparameters": json.dumps(dict(lineage.hyperparameters), sort_keys=True),
+            **dict(tags or {}),
         },
     )
     return ml_client.models.create_or_update(model)

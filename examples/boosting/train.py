@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import json
 import logging
 import os
@@ -41,8 +40,14 @@ TRUSTED = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
 def requirements() -> list[str]:
     """Stated, so that MLflow does not infer them by loading the model in a child process."""
     import sklearn
+    import skops
 
-    return [f"mlflow-skinny=={mlflow.__version__}", f"scikit-learn=={sklearn.__version__}", f"pandas=={pd.__version__}"]
+    return [
+        f"mlflow-skinny=={mlflow.__version__}",
+        f"scikit-learn=={sklearn.__version__}",
+        f"pandas=={pd.__version__}",
+        f"skops=={skops.__version__}",  # the format mlflow.sklearn saves in
+    ]
 
 
 def load(paths: tuple[Path, ...]) -> pd.DataFrame:
@@ -90,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     mlflow.sklearn.save_model(model, model_dir, **saving)
     lineage = {"data_fingerprint": fingerprint, "hub_location": staged.location.uri, "hyperparameters": params}
     (args.output_dir / "lineage.json").write_text(json.dumps(lineage, indent=2))
+    # Where the data is: does the model hold any training row verbatim? Counts only leave.
+    edge_train.model_rows.check(model, model_dir, x.to_numpy(dtype=float), args.output_dir)
     run_id = None
     if os.environ.get("MLFLOW_TRACKING_URI"):  # Azure ML sets it in jobs; run --local too
         with mlflow.start_run() as active:
@@ -97,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             mlflow.log_params(params)
             mlflow.log_metrics(metrics)
             # Trees train on the CPU; the run records the GPUs the job saw (issue 24).
-            gpus = str(len(importlib.import_module(f"{edge_train.__name__}.accelerators").visible_gpus()))
+            gpus = str(len(edge_train.accelerators.visible_gpus()))
             mlflow.set_tags({**edge_train.lineage_tags(staged, fingerprint), "example": "boosting", "edge.gpus": gpus})
             mlflow.sklearn.log_model(model, name="model", **saving)
     summary = {

@@ -22,8 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-import joblib
-
 try:
     import edge_train  # installed, or in the job's code snapshot
 except ModuleNotFoundError:  # a checkout of this repository (the test suite)
@@ -55,7 +53,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class TrainResult:
-    model_path: Path
+    model_dir: Path
+    """The MLflow model folder (MLmodel, model.skops, requirements.txt)."""
     metrics: estimator.Metrics
     fingerprint: str
     staging: edge_train.Staged
@@ -81,14 +80,12 @@ def run(service: Any, config: TrainConfig) -> TrainResult:
     if not csvs:
         raise estimator.DataError(f"no .csv blobs under {location}")
     fingerprint = edge_train.fingerprint(staged, include=_is_csv)
-    x, y, features = estimator.load_csvs(csvs)
+    x, y, _ = estimator.load_csvs(csvs)
     trained, metrics = estimator.train(x, y, config.hyperparameters)
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
     model_dir = config.output_dir / "model"
     _save_mlflow_model(trained, model_dir, x)
-    joblib.dump(trained, model_dir / "model.joblib")  # the scoring script's format
-    (model_dir / "features.json").write_text(json.dumps(features))
     (config.output_dir / "metrics.json").write_text(json.dumps(metrics.as_dict(), indent=2))
     lineage = {
         "data_fingerprint": fingerprint,
@@ -98,8 +95,10 @@ def run(service: Any, config: TrainConfig) -> TrainResult:
         "hyperparameters": asdict(config.hyperparameters),
     }
     (config.output_dir / "lineage.json").write_text(json.dumps(lineage, indent=2))
+    # Where the data is: does the model hold any training row verbatim? Counts only leave.
+    edge_train.model_rows.check(trained, model_dir, x, config.output_dir)
     # scikit-learn trains on the CPU; on a GPU instance type the run still records what it saw.
-    gpus = _accelerators().visible_gpus()
+    gpus = edge_train.accelerators.visible_gpus()
     run_id = _track(trained, metrics, config, staged, fingerprint, x, len(gpus)) if config.track else None
     log.info(
         "trained on %d rows: accuracy %.3f, AUC %.3f; data %s; GPUs visible: %s",
@@ -109,14 +108,7 @@ def run(service: Any, config: TrainConfig) -> TrainResult:
         fingerprint[:12],
         ", ".join(gpus) or "none",
     )
-    return TrainResult(model_dir / "model.joblib", metrics, fingerprint, staged, run_id)
-
-
-def _accelerators() -> Any:
-    """edge_train.accelerators, from wherever edge_train came (the snapshot or this checkout)."""
-    import importlib
-
-    return importlib.import_module(f"{edge_train.__name__}.accelerators")
+    return TrainResult(model_dir, metrics, fingerprint, staged, run_id)
 
 
 def requirements() -> list[str]:
@@ -124,8 +116,14 @@ def requirements() -> list[str]:
     in a child process, which costs seconds per save."""
     import mlflow
     import sklearn
+    import skops
 
-    return [f"mlflow-skinny=={mlflow.__version__}", f"scikit-learn=={sklearn.__version__}"]
+    # skops: the format mlflow.sklearn saves in (and the only one it loads without pickle).
+    return [
+        f"mlflow-skinny=={mlflow.__version__}",
+        f"scikit-learn=={sklearn.__version__}",
+        f"skops=={skops.__version__}",
+    ]
 
 
 def _save_mlflow_model(trained: Any, model_dir: Path, x: Any) -> None:
@@ -230,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "metrics": result.metrics.as_dict(),
         "data_fingerprint": result.fingerprint,
-        "model": str(result.model_path.parent),
+        "model": str(result.model_dir),
         "downloaded_blobs": result.staging.downloaded,
         "reused_blobs": result.staging.reused,
         "bytes_downloaded": result.staging.bytes_downloaded,

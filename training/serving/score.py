@@ -1,81 +1,163 @@
 """Scoring script: the contract of azureml-inference-server-http (`init()` once, `run(raw)` per request).
 
-The same file serves in the image we build (training/serving/Dockerfile), on a managed online
-endpoint, and here under `python -m training serve --local`. It needs only the Python standard
-library, joblib and scikit-learn: it is copied into the image without the rest of the project.
+Serves any MLflow model: it loads the one MLflow model under AZUREML_MODEL_DIR with
+`mlflow.pyfunc.load_model` (which dispatches to the flavor's own loader) and speaks MLflow's
+scoring protocol on the inference server's route (POST /score):
 
-Request:  {"data": [[f0, f1, ...], ...]}   (rows of numbers, in the order of features.json)
-Response: [p, ...]                          (probability of the positive class for each row)
-A request of any other shape gets 400 and a message naming what is wrong.
+Request:  {"dataframe_split": {"columns": [...], "data": [[...], ...]}}   or
+          {"dataframe_records": [{"col": value, ...}, ...]}                 or
+          {"instances": ...} / {"inputs": ...}   (TF-serving style), optional "params": {...}
+Response: {"predictions": ...}   the model's own output (classes, probabilities, values, ...)
+
+The model's signature is enforced by pyfunc itself; a request that does not fit it, or is not
+JSON, too deep, too large or carries numbers no model column can hold, gets 400 and a message
+naming the problem (MLflow's serving server answers the same way: mlflow/pyfunc/scoring_server).
+The file needs the standard library at import time, and MLflow (with the model's own
+requirements) in init(): it is copied into the image without the rest of the project.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
 from typing import Any
 
-import joblib
+log = logging.getLogger("score")
 
+MAX_BODY_CHARACTERS = 8 * 1024 * 1024
 MAX_ROWS = 10_000
+MAX_DEPTH = 32
+# 19 digits hold any int64; a longer integer fits no model column, and Python would otherwise
+# parse a 4,000-digit one (and raise on 4,301) only to fail later inside pandas or numpy.
+MAX_INTEGER_DIGITS = 19
+MAX_MESSAGE = 600
+FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
 _model: Any = None
-_features: list[str] = []
+
+
+def model_folder(root: Path) -> Path:
+    """The one folder at or below `root` holding an MLmodel file. On a managed online endpoint
+    AZUREML_MODEL_DIR is the registered model's root, with the MLflow folder one level down."""
+    found = sorted(p.parent for p in root.rglob("MLmodel") if p.is_file())
+    if len(found) != 1:
+        raise FileNotFoundError(f"expected one MLflow model (MLmodel file) under {root}, found {len(found)}")
+    return found[0]
 
 
 def init() -> None:
-    """Load the model once per worker. AZUREML_MODEL_DIR is set by the server (--model_dir), by
-    the image (ENV) and by Azure ML on a managed online endpoint (the registered model's folder)."""
-    global _model, _features
-    root = Path(os.environ.get("AZUREML_MODEL_DIR", "."))
-    found = sorted(root.rglob("model.joblib"))
-    if not found:
-        raise FileNotFoundError(f"no model.joblib under AZUREML_MODEL_DIR={root}")
-    _model = joblib.load(found[0])
-    names = found[0].with_name("features.json")
-    count = int(_model.n_features_in_)
-    _features = json.loads(names.read_text()) if names.exists() else [f"f{i}" for i in range(count)]
+    """Load the model once per worker. AZUREML_MODEL_DIR is set by the image (ENV), by
+    `serve --local` and by Azure ML on a managed online endpoint."""
+    global _model
+    import mlflow.pyfunc
+
+    _model = mlflow.pyfunc.load_model(str(model_folder(Path(os.environ.get("AZUREML_MODEL_DIR", ".")))))
 
 
 class RequestError(ValueError):
     """The request is not one this model can score; the message says why."""
 
 
-def rows_of(raw: str | bytes) -> list[list[float]]:
+def _integer(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INTEGER_DIGITS:
+        raise RequestError(f"an integer of {len(text.lstrip('-'))} digits is larger than any model input can hold")
+    return int(text)
+
+
+def _number(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise RequestError(f"{text[:40]} is out of the range of a 64-bit float")
+    return value
+
+
+def _constant(text: str) -> Any:
+    raise RequestError(f"{text} is not a JSON number")
+
+
+def _depth(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if deepest > MAX_DEPTH:
+            break
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
+def parse(raw: str | bytes) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The body as ({format: payload}, params), checked for what no model can take."""
+    if len(raw) > MAX_BODY_CHARACTERS:
+        raise RequestError(f"the body is larger than {MAX_BODY_CHARACTERS} bytes")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_int=_integer, parse_float=_number, parse_constant=_constant)
+    except RecursionError:
+        raise RequestError(f"the body nests deeper than {MAX_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as error:
+        if isinstance(error, RequestError):
+            raise
         raise RequestError(f"the body is not JSON ({error})") from None
-    if not isinstance(body, dict) or "data" not in body:
-        raise RequestError('the body must be a JSON object with "data": a list of rows')
-    rows = body["data"]
-    if not isinstance(rows, list) or not rows:
-        raise RequestError('"data" must be a non-empty list of rows')
-    if len(rows) > MAX_ROWS:
-        raise RequestError(f'"data" has {len(rows)} rows; at most {MAX_ROWS} per request')
-    width = len(_features)
-    for index, row in enumerate(rows):
-        if not isinstance(row, list) or len(row) != width:
-            raise RequestError(f"row {index} must be a list of {width} numbers ({', '.join(_features)})")
-        for column, value in enumerate(row):
-            # bool is an int to Python, but never a feature value.
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise RequestError(f"row {index}, {_features[column]}: {value!r} is not a finite number")
-    return rows
+    if not isinstance(body, dict):
+        raise RequestError(f"the body must be a JSON object with one of {', '.join(FORMATS)}")
+    if _depth(body) > MAX_DEPTH:
+        raise RequestError(f"the body nests deeper than {MAX_DEPTH} levels")
+    present = [key for key in FORMATS if key in body]
+    unknown = sorted(set(body) - {*FORMATS, "params"})
+    if len(present) != 1 or unknown:
+        extra = f" (unknown keys: {', '.join(unknown)})" if unknown else ""
+        raise RequestError(f"the body must have exactly one of {', '.join(FORMATS)}{extra}")
+    params = body.get("params")
+    if params is not None and not isinstance(params, dict):
+        raise RequestError('"params" must be a JSON object')
+    payload = body[present[0]]
+    rows = payload.get("data") if present[0] == "dataframe_split" and isinstance(payload, dict) else payload
+    if isinstance(rows, list) and len(rows) > MAX_ROWS:
+        raise RequestError(f"{len(rows)} rows; at most {MAX_ROWS} per request")
+    return {present[0]: payload}, params
 
 
-def predict(rows: list[list[float]]) -> list[float]:
-    return [float(p) for p in _model.predict_proba(rows)[:, 1]]
+def _short(text: str) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 3] + "..."
+
+
+def predict(data: dict[str, Any], params: dict[str, Any] | None) -> str:
+    """The model's predictions as MLflow's serving server writes them: {"predictions": ...}."""
+    from io import StringIO
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc import scoring_server
+
+    schema = _model.metadata.get_input_schema()
+    try:
+        frame = scoring_server.infer_and_parse_data(data, schema)
+    except MlflowException as error:
+        raise RequestError(_short(error.message)) from None
+    except (ValueError, TypeError, KeyError) as error:  # pandas refusing the shape of the payload
+        raise RequestError(_short(f"the {next(iter(data))} payload cannot be read ({error})")) from None
+    try:
+        predictions = _model.predict(frame, params=params)
+    except MlflowException as error:
+        if 400 <= error.get_http_status_code() < 500:
+            raise RequestError(_short(error.message)) from None
+        raise
+    result = StringIO()
+    scoring_server.predictions_to_json(predictions, result)
+    return result.getvalue()
 
 
 def run(raw: str) -> Any:
-    try:
-        rows = rows_of(raw)
-    except RequestError as error:
-        # The server turns an AMLResponse into the HTTP response as is (status and body).
-        from azureml_inference_server_http.api.aml_response import AMLResponse
+    # The server turns an AMLResponse into the HTTP response as is (status and body).
+    from azureml_inference_server_http.api.aml_response import AMLResponse
 
+    try:
+        data, params = parse(raw)
+        body = predict(data, params)
+    except RequestError as error:
         return AMLResponse({"message": f"bad request: {error}"}, 400, json_str=True)
-    return predict(rows)
+    return AMLResponse(body, 200, {"Content-Type": "application/json"}, json_str=False)

@@ -35,7 +35,7 @@ _LAZY = {
     "CredentialNotFound": "credentials",
     "StagingError": "staging",
 }
-_SUBMODULES = ("hub", "credentials", "staging", "location")
+_SUBMODULES = ("hub", "credentials", "staging", "location", "model_rows", "accelerators")
 
 
 def __getattr__(name: str) -> Any:
