@@ -22,6 +22,9 @@ How it keeps itself honest:
 - A latency case puts a relay in front of Azurite that holds each request 5 ms (a Hub across a
   datacenter LAN; bench/latency_proxy.py): on bare loopback the benchmark measures CPU, not the waiting that parallel
   downloads remove. Azurite, the proxy and the client share this machine's cores.
+- A second latency case runs against bench/blob_server.py, an in-memory blob server that holds
+  each response 5 ms and costs almost no CPU per request, so the figure shows the client's own
+  concurrency and CPU rather than Azurite's (about a millisecond of CPU per GET here).
 """
 
 from __future__ import annotations
@@ -146,19 +149,22 @@ class Bench:
         self.args, self.work, self.container, self.server_pid = args, work, container, server_pid
         self.samples: dict[str, list[dict[str, float]]] = {}
 
-    def run(self, label: str, spec: dict[str, Any], expected: dict[str, str], keep: bool = False) -> None:
+    def run(
+        self, label: str, spec: dict[str, Any], expected: dict[str, str], keep: bool = False, server_pid: int = 0
+    ) -> None:
         out = Path(spec["out"])
+        server_pid = server_pid or self.server_pid
         spec = {**spec, "container": self.container, "workers": self.args.workers}
         spec.setdefault("concurrency", self.args.concurrency)
         # Every sample starts with nothing dirty in the page cache: staging's one syncfs would
         # otherwise also wait for the writeback of earlier samples' files and Azurite's uploads.
         os.sync()
-        started, server_started = time.perf_counter(), process_cpu(self.server_pid)
+        started, server_started = time.perf_counter(), process_cpu(server_pid)
         result = subprocess.run(
             [sys.executable, __file__, "--child", json.dumps(spec)], cwd=ROOT, capture_output=True, text=True
         )
         outside = time.perf_counter() - started
-        server_cpu = process_cpu(self.server_pid) - server_started
+        server_cpu = process_cpu(server_pid) - server_started
         if result.returncode != 0:
             raise SystemExit(f"{label} failed:\n{result.stderr}")
         sample = json.loads(result.stdout.strip().splitlines()[-1]) | {"outside": outside, "server_cpu": server_cpu}
@@ -187,6 +193,22 @@ def verify(label: str, out: Path, expected: dict[str, str]) -> None:
         raise SystemExit(f"{label}: output does not match what was uploaded, e.g. {wrong}")
 
 
+def upload_cheap(connection: str, container: str, args: argparse.Namespace) -> dict[str, str]:
+    from azure.storage.blob import BlobServiceClient
+
+    client = BlobServiceClient.from_connection_string(connection).create_container(container)
+    expected: dict[str, str] = {}
+
+    def put(name: str) -> None:
+        data = os.urandom(args.small_kib * 1024)
+        client.upload_blob(name, data)
+        expected[name] = hashlib.sha256(data).hexdigest()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, [f"cheap/{i:05d}.bin" for i in range(args.cheap_small)]))
+    return expected
+
+
 def upload(connection: str, container: str, args: argparse.Namespace) -> dict[str, dict[str, str]]:
     from azure.storage.blob import BlobServiceClient
 
@@ -204,6 +226,10 @@ def upload(connection: str, container: str, args: argparse.Namespace) -> dict[st
     big = os.urandom(args.big_mib * 1024 * 1024)
     put("big/big.bin", big)
     return sets
+
+
+def in_memory(args: argparse.Namespace) -> str:
+    return f"in-memory {args.latency_ms:g} ms"
 
 
 def rotate(items: list[Any], round_: int) -> list[Any]:
@@ -226,6 +252,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", type=int, default=2000, help="small blobs on bare loopback")
     parser.add_argument("--latency-small", type=int, default=500, help="small blobs behind the latency proxy")
+    parser.add_argument("--cheap-small", type=int, default=500, help="small blobs on the in-memory server")
     parser.add_argument("--small-kib", type=int, default=64)
     parser.add_argument("--big-mib", type=int, default=512)
     parser.add_argument("--latency-ms", type=float, default=5.0)
@@ -242,7 +269,7 @@ def main() -> None:
     from training.emulator import Azurite, connection_string
 
     work = Path(tempfile.mkdtemp(prefix="stage-bench-"))
-    proxy = None
+    proxy = cheap_server = None
     try:
         with Azurite(work / "azurite") as emulator:
             print(f"machine: {machine()}")
@@ -254,6 +281,13 @@ def main() -> None:
                 text=True,
             )
             slow = connection_string(int(proxy.stdout.readline()))  # type: ignore[union-attr]
+            cheap_server = subprocess.Popen(
+                [sys.executable, str(ROOT / "bench/blob_server.py"), str(args.latency_ms)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            cheap = connection_string(int(cheap_server.stdout.readline()))  # type: ignore[union-attr]
+            cheap_sets = upload_cheap(cheap, "bench", args)
             bench = Bench(args, work, "bench", emulator.process.pid)
             loop = emulator.connection_string
             raw_ns = [int(n) for n in args.raw_concurrency.split(",")]
@@ -278,6 +312,13 @@ def main() -> None:
                     out = str(work / f"lat-{round_}-{variant.replace(' ', '-')}")
                     bench.run(f"latency: {variant}", base | {"variant": variant, "out": out}, sets["latency/"])
 
+            def cheap_case(round_: int) -> None:
+                base = {"connection": cheap, "prefix": "cheap/"}
+                for variant in rotate(["naive", "bare parallel", "bare reader", "staged"], round_):
+                    out = str(work / f"cheap-{round_}-{variant.replace(' ', '-')}")
+                    spec = base | {"variant": variant, "out": out}
+                    bench.run(f"{in_memory(args)}: {variant}", spec, cheap_sets, server_pid=cheap_server.pid)
+
             def big_case(round_: int) -> None:
                 base = {"connection": loop, "prefix": "big/"}
                 variants = [f"raw readinto N={n}" for n in raw_ns] + ["staged"]
@@ -290,14 +331,15 @@ def main() -> None:
 
             for round_ in range(args.rounds):
                 print(f"round {round_ + 1}/{args.rounds} ...", flush=True)
-                for case in rotate([small_case, latency_case, big_case], round_):
+                for case in rotate([small_case, latency_case, cheap_case, big_case], round_):
                     case(round_)
 
         report(bench, args, raw_ns)
     finally:
-        if proxy is not None:
-            proxy.terminate()
-            proxy.wait()
+        for process in (proxy, cheap_server):
+            if process is not None:
+                process.terminate()
+                process.wait()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -327,6 +369,22 @@ def report(bench: Bench, args: argparse.Namespace, raw_ns: list[int]) -> None:
             m("latency: naive") / m("latency: staged"),
             8,
             at_least=True,
+        )
+    )
+    print(
+        verdict(
+            f"small blobs, in-memory server at {args.latency_ms:g} ms: cold vs naive sequential",
+            m(f"{in_memory(args)}: naive") / m(f"{in_memory(args)}: staged"),
+            8,
+            at_least=True,
+        )
+    )
+    print(
+        verdict(
+            "small blobs, in-memory server: client CPU per blob, ours / a bare pool of our reader",
+            m(f"{in_memory(args)}: staged", "cpu_s") / m(f"{in_memory(args)}: bare reader", "cpu_s"),
+            1.1,
+            at_least=False,
         )
     )
     print(verdict("small blobs, bare loopback: cold vs naive", m("naive") / m("staged cold"), 2, at_least=True))
