@@ -187,6 +187,27 @@ def ssh_server(
     return start_ssh_server([ssh_user_key], path=[shims, "/usr/local/bin", "/usr/bin", "/bin"])
 
 
+# --- the slowest modules first -----------------------------------------------------------------
+
+# Each runs trainer processes (MLflow, scikit-learn, skops imports) or builds an environment, and
+# --dist loadscope keeps a module on one worker. Started first, they run side by side on the two
+# workers while the many quick modules fill in after them, instead of one worker running a slow
+# module alone at the end. xdist's own reordering (by number of tests) is off (pyproject addopts).
+# scripts/test prints the ten slowest tests: a module that shows up there belongs in this list.
+SLOWEST_MODULES_FIRST = (
+    "test_serving.py",
+    "test_edge_train_package.py",
+    "test_training_data.py",
+    "test_local_demo.py",
+    "test_run_local.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 # --- no service outlives the suite -------------------------------------------------------------
 
 

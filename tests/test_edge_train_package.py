@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import yaml
 from azure.storage.blob import BlobServiceClient
 
 from tests.harness import services
-from training import cli, jobs, local
+from training import jobs, local
 from training.src.edge_train.location import HubLocation, LocationError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -227,36 +226,3 @@ def test_an_example_trains_from_azurite_and_logs_to_mlflow(
         json.loads((tmp_path / "outputs" / "lineage.json").read_text())["data_fingerprint"]
         == summary["data_fingerprint"]
     )
-
-
-# --- run --local ------------------------------------------------------------------------------------
-
-
-def test_run_local_logs_to_a_local_store_and_keeps_the_secret_off_command_lines(
-    tmp_path, azurite, monkeypatch, capsys
-) -> None:
-    from mlflow import MlflowClient
-
-    started: list[tuple[list[str], dict[str, str]]] = []
-    real_run = subprocess.run
-
-    def recording_run(argv, *args, **kwargs):
-        started.append(([str(a) for a in argv], dict(kwargs.get("env") or {})))
-        return real_run(argv, *args, **kwargs)
-
-    monkeypatch.setattr(local.subprocess, "run", recording_run)
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string)
-    container = f"t{uuid.uuid4().hex[:12]}"
-    argv = ["run", "--local", "--workdir", str(tmp_path / "demo"), "--rows", "600", "--container", container]
-    assert cli.main(argv) == cli.OK
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["tracking_uri"] == f"sqlite:///{(tmp_path / 'demo' / 'mlflow' / 'mlflow.db').resolve()}"
-    run = MlflowClient(summary["tracking_uri"]).get_run(summary["mlflow_run_id"])
-    assert run.data.tags["data_fingerprint"] == summary["data_fingerprint"]
-    assert run.data.metrics["rows"] == 600
-
-    (trainer_argv, trainer_env) = started[-1]
-    key = re.search(r"AccountKey=([^;]+)", azurite.connection_string).group(1)
-    assert all(key not in a for a in trainer_argv)
-    assert trainer_env["AZURE_STORAGE_CONNECTION_STRING"] == azurite.connection_string
-    assert trainer_argv[2:4] == ["--data", f"hub://{container}/demo/"]
