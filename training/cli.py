@@ -390,10 +390,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # --- the program ------------------------------------------------------------------------------------
 
 
-def parser() -> argparse.ArgumentParser:
-    root = OneLineParser(
-        prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parser(prog: str = "python -m training") -> argparse.ArgumentParser:
+    root = OneLineParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = root.add_subparsers(dest="command", required=True)
     configure_run(commands)
     configure_submit(commands)
@@ -422,12 +420,12 @@ def _one_line(error: BaseException) -> str:
     return redact(text) or type(error).__name__
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m training") -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)
     # azure-ai-ml announces each preview class it loads; nothing a data scientist can act on.
     logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
-    args = parser().parse_args(argv)
+    args = parser(prog).parse_args(argv)
     try:
         return int(args.handler(args))
     except KeyboardInterrupt:
@@ -449,3 +447,9 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return USAGE if usage else JOB_FAILED
+
+
+def console() -> int:
+    """The `edge-training` command (pyproject.toml's [project.scripts]): the same program, which
+    reads relative paths from where it is run, as `python -m training` does."""
+    return main(prog="edge-training")
