@@ -29,7 +29,8 @@ GENERATORS: Mapping[str, Callable[[], str]] = {
     "cli-limits": tables.cli_limits,
 }
 
-_MARKER = re.compile(r"<!-- (BEGIN|END) GENERATED ([A-Za-z0-9_-]+) -->")
+# A marker is a line of its own, so that prose can name one in backticks.
+_MARKER = re.compile(r"^<!-- (BEGIN|END) GENERATED ([A-Za-z0-9_-]+) -->$", re.M)
 
 
 class RegionError(ValueError):
