@@ -238,7 +238,7 @@ def configure_package(commands: Any) -> None:
     package = _with_stack(commands.add_parser("package", help="build a model image into the registry"))
     package.add_argument("--model", required=True)
     package.add_argument("--version", required=True)
-    package.add_argument("--model-dir", type=Path, help="a local model folder (run --local's outputs/model) instead")
+    package.add_argument("--model-dir", type=Path, help="a local model folder (run --local: outputs/<example>/model)")
     package.add_argument("--data-fingerprint", help="with --model-dir: default from the folder's ../lineage.json")
     package.add_argument(
         "--azureml-packaging", action="store_true", help="use Azure ML model packaging (preview) instead of ACR Tasks"
@@ -375,7 +375,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def configure_serve(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the model image's server here, on a model folder")
     serve.add_argument("--local", action="store_true", required=True, help="here, on 127.0.0.1 (no Docker)")
-    serve.add_argument("--model", type=Path, required=True, help="model folder (from run --local: outputs/model)")
+    serve.add_argument("--model", type=Path, required=True, help="model folder (run --local: outputs/<example>/model)")
     serve.add_argument("--port", type=int, default=5001, help="port on 127.0.0.1 (default 5001, as in the image)")
     serve.add_argument("--workdir", type=Path, default=Path(".edge-training"), help="where the serving virtualenv goes")
     serve.set_defaults(handler=cmd_serve)
