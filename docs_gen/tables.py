@@ -17,8 +17,12 @@ COMPONENTS = ROOT / "components"
 
 
 def _cell(text: object) -> str:
-    """One Markdown table cell: one line, pipes escaped."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+    """One Markdown table cell: one line, pipes escaped, and outside code spans `<` and `>` as
+    entities (Pulumi.yaml says rg-<project>-<stack>, which HTML would take for tags)."""
+    parts = " ".join(str(text).split()).replace("|", "\\|").split("`")
+    for i in range(0, len(parts), 2):
+        parts[i] = parts[i].replace("<", "&lt;").replace(">", "&gt;")
+    return "`".join(parts)
 
 
 def _table(header: Iterable[str], rows: Iterable[Iterable[object]]) -> str:

@@ -440,3 +440,9 @@ def test_the_model_records_the_commit_of_the_callers_repository(tmp_path, monkey
     head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
     monkeypatch.chdir(repo)
     assert registry.git_commit() == head
+
+
+def test_generated_cells_keep_angle_brackets_visible_outside_code() -> None:
+    assert tables._cell("rg-<project>-<stack> or `hub://<c>/<p>` | x") == (
+        "rg-&lt;project&gt;-&lt;stack&gt; or `hub://<c>/<p>` \\| x"
+    )
