@@ -134,6 +134,11 @@ def _constant_checks() -> dict[str, list[str]]:
         "hubSshPublicKey": [f"`ssh-rsa`, at least {c.MIN_RSA_BITS} bits"],
         "sshPrivateKey": [f"RSA, at least {c.MIN_RSA_BITS} bits, no passphrase, the pair of hubSshPublicKey"],
         "hubAdminUsername": [f"not one of the {len(naming.RESERVED_ADMIN_NAMES)} names Azure reserves"],
+        "hubSshSourceCidrs": ["CIDRs; everywhere refused unless hubAllowSshFromAnywhere (rules above)"],
+        "hubImageVersion": [f"matches `{c._IMAGE_VERSION.pattern}`"],
+        "hubImageSku": ["not empty, not a generation 2 image (`...gen2`)"],
+        "sshHostKeyFingerprint": [f"matches `{c._FINGERPRINT.pattern}`"],
+        "computeResourceId": [f"a VM's resource id, matching `{c._VM_RESOURCE_ID.pattern}`"],
     }
 
 
@@ -168,7 +173,7 @@ def config_reference() -> str:
         for key in (k for k in declared if sections[k] == section):
             spec = declared[key]
             kind = spec["type"] + (", secret" if spec.get("secret") else "")
-            checked = "; ".join(checks.get(key, [])) or "its type"
+            checked = "; ".join(checks.get(key, [])) or "its type (the description says the rest)"
             if "default" not in spec:
                 checked = "set and not empty; " + checked if checks.get(key) else "set and not empty"
             rows.append((f"`{key}` ({kind})", _default(spec), spec.get("description", ""), checked))
