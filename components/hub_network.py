@@ -15,7 +15,7 @@ from components.hub_resource import HubEndpoint, HubResourceSpec, declare, prope
 SUBNET_NAME = "edge"
 SSH_PORT_ON_VM = "22"
 # What the Kubernetes mode sends out: HTTPS (443) to Azure Resource Manager, Entra ID, the Arc and
-# Azure ML endpoints, Microsoft's registry (README, "Outbound endpoints"), and HTTP (80) to the
+# Azure ML endpoints, Microsoft's registry (docs/deploy/edge-modes.md, "Outbound endpoints"), and HTTP (80) to the
 # Ubuntu mirrors, whose packages apt checks by signature. Allowed explicitly, so a deny rule
 # added later below them cannot cut the cluster off. NSGs filter addresses, not names: the
 # endpoint list belongs on the perimeter firewall.

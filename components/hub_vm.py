@@ -9,9 +9,10 @@ from typing import Any
 
 import pulumi
 
-from components import first_boot, naming
+from components import naming
 from components.config import HubSettings
 from components.hub_resource import HubEndpoint, HubResourceSpec, declare
+from edge import first_boot
 
 # Sizes with premium storage (DS, DSv2, Fs, Fsv2) take Premium_LRS disks; the others only Standard.
 _PREMIUM_SIZE = re.compile(r"Standard_(DS\d+(_v2)?|F\d+s(_v2)?)")

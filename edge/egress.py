@@ -1,6 +1,6 @@
 """Every host and port the edge reaches, why, and where that is written: the one egress list.
 
-docs/deploy/egress.md's table is generated from it (`python -m edge.egress --write`), and
+docs/deploy/egress.md's table is generated from it (docs_gen's `egress` region, scripts/docs), and
 tests/test_egress.py fails when the first-boot scripts, the Arc chart or the Azure ML extension's
 settings name a host this list lacks, or when the page is stale.
 
@@ -10,11 +10,8 @@ Hub's own domain (hubArmEndpoint's, e.g. local.azurestack.external).
 
 from __future__ import annotations
 
-import argparse
 import re
-import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 ARC_NETWORK = "MicrosoftDocs/azure-docs articles/azure-arc/kubernetes/includes/network-requirements-azure-cloud.md"
 AML_NETWORK = (
@@ -177,10 +174,6 @@ NOT_EGRESS: dict[str, str] = {
 }
 """Host names that appear in the settings but are not reached, and why."""
 
-PAGE = Path(__file__).resolve().parent.parent / "docs" / "deploy" / "egress.md"
-BEGIN, END = "<!-- BEGIN GENERATED egress -->", "<!-- END GENERATED egress -->"
-
-
 def covered(host: str, hub_domain: str = "") -> bool:
     """Whether the list holds `host` (or says why it is not reached)."""
     return any(entry.matches(host, hub_domain) for entry in EGRESS) or any(
@@ -194,31 +187,3 @@ def table() -> str:
     rows += ["", "Named in the settings but not reached:", ""]
     rows += [f"- `{host}`: {why}" for host, why in NOT_EGRESS.items()]
     return "\n".join(rows) + "\n"
-
-
-def render(page: str) -> str:
-    """`page` with the generated table between its markers."""
-    head, found, rest = page.partition(BEGIN)
-    _, found_end, tail = rest.partition(END)
-    if not (found and found_end):
-        raise ValueError(f"{PAGE} lacks the markers {BEGIN} and {END}")
-    return f"{head}{BEGIN}\n{table()}{END}{tail}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="The edge's egress table in docs/deploy/egress.md")
-    parser.add_argument("--write", action="store_true", help="rewrite the table in the page (else: check it)")
-    args = parser.parse_args(argv)
-    current = PAGE.read_text()
-    wanted = render(current)
-    if args.write:
-        PAGE.write_text(wanted)
-        return 0
-    if current != wanted:
-        print(f"{PAGE} is stale: run python -m edge.egress --write", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -5,7 +5,7 @@ the resource does not exist with a GET at the provider's *own* API version for t
 one the program passes (`defaultCreate` -> `crudClient.CanCreate`, which uses `res.APIVersion`;
 pulumi/pulumi-azure-native#4109 and #4337). A Hub answers 400 for any version outside its
 profile, so every create fails there. This provider sends only the versions it is given, and the
-check below accepts only those of the Hub profile (see README, "The edge side at the Hub's API
+check below accepts only those of the Hub profile (see docs/deploy/hub.md, "The edge side at the Hub's API
 versions").
 
 Pulumi pickles the provider object into the state: it holds nothing. The Hub's endpoint,

@@ -223,10 +223,3 @@ def test_the_docker_only_script_holds_no_secrets_and_stays_0755() -> None:
     assert not first_boot.holds_secrets(SCRIPT)
     document = yaml.safe_load(first_boot.cloud_init(SCRIPT))
     assert document["write_files"][0]["permissions"] == "0755"
-
-
-def test_the_old_import_path_still_works() -> None:
-    from components import first_boot as shim
-
-    assert shim.render_script is first_boot.render_script
-    assert shim.MARKER_PATH_ON_VM == first_boot.MARKER_PATH_ON_VM

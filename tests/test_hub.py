@@ -14,7 +14,7 @@ from azure.mgmt.compute.v2020_06_01 import models as compute_models
 from azure.mgmt.network.v2018_11_01 import models as network_models
 from azure.mgmt.storage.v2019_06_01 import models as storage_models
 
-from components import first_boot
+from edge import first_boot
 from providers.hub_arm_resource import body_of
 from tests.conftest import recorded_stack
 from tests.harness.arm_models import check_body

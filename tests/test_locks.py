@@ -36,8 +36,8 @@ def test_the_dev_lock_runs_the_runtime_versions() -> None:
 
 
 def test_every_install_line_uses_hashes_and_the_right_lock() -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert "pip install --require-hashes -r requirements.txt" in readme  # deploying: runtime only
+    deploying = (ROOT / "docs" / "deploy" / "index.md").read_text()
+    assert "pip install --require-hashes -r requirements.txt" in deploying  # deploying: runtime only
     setup = (ROOT / "scripts" / "setup").read_text()
     assert "--require-hashes -r requirements-dev.txt" in setup
     for workflow in (ROOT / ".github" / "workflows").glob("*.yml"):

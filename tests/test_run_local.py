@@ -42,3 +42,8 @@ def test_run_local_logs_to_a_local_store_and_keeps_the_secret_off_command_lines(
     assert all(key not in a for a in trainer_argv)
     assert trainer_env["AZURE_STORAGE_CONNECTION_STRING"] == azurite.connection_string
     assert trainer_argv[2:4] == ["--data", f"hub://{container}/demo/"]
+    # What the docs tell readers to serve or package after the demo is what the demo made.
+    from tests.test_docs import documented_demo_paths
+
+    for path in documented_demo_paths():
+        assert (tmp_path / "demo" / path).exists(), f"the docs name .edge-training/demo/{path}; the demo made no such"

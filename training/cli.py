@@ -311,7 +311,7 @@ def configure_package(commands: Any) -> None:
     package = _with_audit(_with_stack(commands.add_parser("package", help="build a model image into the registry")))
     package.add_argument("--model", required=True)
     package.add_argument("--version", required=True)
-    package.add_argument("--model-dir", type=Path, help="a local model folder (run --local's outputs/model) instead")
+    package.add_argument("--model-dir", type=Path, help="a local model folder (run --local: outputs/<example>/model)")
     package.add_argument("--data-fingerprint", help="with --model-dir: default from the folder's ../lineage.json")
     package.add_argument(
         "--azureml-packaging", action="store_true", help="use Azure ML model packaging (preview) instead of ACR Tasks"
@@ -456,7 +456,7 @@ def configure_serve(commands: Any) -> None:
     serve = commands.add_parser("serve", help="run the model image's server here, on a model folder")
     serve.add_argument("--local", action="store_true", required=True, help="here, on 127.0.0.1 (no Docker)")
     serve.add_argument(
-        "--model", type=Path, required=True, help="an MLflow model folder (run --local: <workdir>/outputs/churn/model)"
+        "--model", type=Path, required=True, help="an MLflow model folder (run --local: outputs/<example>/model)"
     )
     serve.add_argument("--port", type=int, default=5001, help="port on 127.0.0.1 (default 5001, as in the image)")
     serve.add_argument("--workdir", type=Path, default=Path(".edge-training"), help="where the serving virtualenv goes")
@@ -472,10 +472,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # --- the program ------------------------------------------------------------------------------------
 
 
-def parser() -> argparse.ArgumentParser:
-    root = OneLineParser(
-        prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def parser(prog: str = "python -m training") -> argparse.ArgumentParser:
+    root = OneLineParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = root.add_subparsers(dest="command", required=True)
     configure_run(commands)
     configure_submit(commands)
@@ -504,12 +502,12 @@ def _one_line(error: BaseException) -> str:
     return redact(text) or type(error).__name__
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m training") -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)
     # azure-ai-ml announces each preview class it loads; nothing a data scientist can act on.
     logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
-    args = parser().parse_args(argv)
+    args = parser(prog).parse_args(argv)
     try:
         return int(args.handler(args))
     except KeyboardInterrupt:
@@ -532,3 +530,9 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return USAGE if usage else JOB_FAILED
+
+
+def console() -> int:
+    """The `edge-training` command (pyproject.toml's [project.scripts]): the same program, which
+    reads relative paths from where it is run, as `python -m training` does."""
+    return main(prog="edge-training")

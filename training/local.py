@@ -37,6 +37,8 @@ CONNECTION_STRING_VARIABLE = "AZURE_STORAGE_CONNECTION_STRING"
 LABEL = "label"
 EXPERIMENT = "edge-training-local"
 TRAINER_TIMEOUT_SECONDS = 1800
+# --rows: enough for a split with both classes in it, few enough for a laptop.
+MIN_ROWS, MAX_ROWS = 100, 10_000_000
 
 
 class LocalRunError(RuntimeError):
@@ -128,8 +130,10 @@ def _rows(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 100 <= value <= 10_000_000:
-        raise argparse.ArgumentTypeError(f"{value} is outside 100..10000000 (a split needs rows in both classes)")
+    if not MIN_ROWS <= value <= MAX_ROWS:
+        raise argparse.ArgumentTypeError(
+            f"{value} is outside {MIN_ROWS}..{MAX_ROWS} (a split needs rows in both classes)"
+        )
     return value
 
 

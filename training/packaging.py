@@ -69,7 +69,7 @@ def registered_model(ml_client: Any, name: str, version: str, destination: Path)
 
 
 def local_model(name: str, version: str, model_dir: Path, data_fingerprint: str | None, git_commit: str) -> ImageSpec:
-    """A model folder from `run --local` (outputs/model): its lineage is outputs/lineage.json."""
+    """A model folder from `run --local` (outputs/<example>/model): its lineage is beside it."""
     if data_fingerprint is None:
         lineage = model_dir.parent / "lineage.json"
         try:

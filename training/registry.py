@@ -17,7 +17,6 @@ from typing import Any
 
 from training.stack_outputs import StackOutputs
 
-REPOSITORY = Path(__file__).resolve().parent.parent
 FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -55,8 +54,11 @@ def read_lineage(path: Path) -> tuple[str, dict[str, Any]]:
     return values["data_fingerprint"], params
 
 
-def git_commit(repository: Path = REPOSITORY) -> str:
-    """HEAD, with "-dirty" when the work tree has uncommitted changes; "unknown" outside git."""
+def git_commit(repository: Path | None = None) -> str:
+    """HEAD, with "-dirty" when the work tree has uncommitted changes; "unknown" outside git.
+    By default the repository of the folder the command runs in: the data scientist's own code,
+    wherever this package is installed."""
+    repository = Path.cwd() if repository is None else repository
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repository, capture_output=True, text=True, check=True)
         dirty = subprocess.run(

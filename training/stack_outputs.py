@@ -1,6 +1,6 @@
 """The deployed stack as the training CLI sees it: `pulumi stack output --json`, or a JSON file.
 
-The CLI never imports the Pulumi program; these names are the contract (README "Stack outputs").
+The CLI never imports the Pulumi program; these names are the contract (docs/train/index.md, "Commands").
 """
 
 from __future__ import annotations

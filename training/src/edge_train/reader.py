@@ -3,7 +3,7 @@
 Why not `ContainerClient.download_blob`: on this project's 2-core machine the SDK spends about
 2 ms of CPU per GET (a dozen pipeline policies, requests, header deserialisation into
 BlobProperties), serialised by the GIL, while the same GET over urllib3 costs about 0.4 ms
-(bench/stage_blobs.py, and the figures in the README). Staging many small blobs is bound by
+(bench/stage_blobs.py, and the figures in docs/develop/benchmarks.md). Staging many small blobs is bound by
 exactly that CPU. Listing stays on the SDK: one request per 5,000 blobs.
 
 What the SDK did for these GETs, and this module does too:
