@@ -104,8 +104,7 @@ def discover(
         audiences = [str(a) for a in authentication["audiences"]]
     except (ValueError, KeyError, TypeError):
         raise CloudDiscoveryError(
-            f"{url} did not answer with a metadata document (authentication.loginEndpoint and "
-            "authentication.audiences)"
+            f"{url} did not answer with a metadata document (authentication.loginEndpoint and authentication.audiences)"
         ) from None
     if not audiences or urlsplit(login_endpoint).scheme != "https":
         raise CloudDiscoveryError(f"{url} names no audience or no https login endpoint")
