@@ -109,6 +109,15 @@ class _DeadlinePolling(ARMPolling):
     def __init__(self, deadline: Deadline, interval: float, sleep: Callable[[float], None] | None) -> None:
         super().__init__(timeout=interval)
         self._deadline, self._interval, self._sleeper = deadline, interval, sleep
+        self._polled = False
+
+    def update_status(self) -> None:
+        # azure-core polls the first time at once; ARM asks clients to wait the Retry-After (or
+        # the default interval) first (async-api-reference, "202 Accepted and Location Headers").
+        if not self._polled:
+            self._polled = True
+            self._delay()
+        super().update_status()
 
     def _delay(self) -> None:
         retry_after = self._retry_after()

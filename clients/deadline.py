@@ -17,6 +17,7 @@ The rule at the deadline's edge, the same in every loop here (docs/operate/fault
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Callable
@@ -217,19 +218,30 @@ class BodyDeadlinePolicy(HTTPPolicy):  # type: ignore[type-arg]
         return response
 
 
+def _socket_of(raw: Any) -> socket.socket | None:
+    """The socket under a urllib3 response: the connection's while it is kept alive, else the one
+    http.client's response still reads from (a `Connection: close` answer detaches it)."""
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if sock is None:
+        reader = getattr(getattr(raw, "_fp", None), "fp", None)
+        sock = getattr(getattr(reader, "raw", None), "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
 def read_body(raw: Any, deadline: Deadline, what: str) -> bytes:
     """A urllib3 response's whole body (decoded as requests would) by `deadline`: each read waits at
     most what is left of it."""
     chunks: list[bytes] = []
-    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    sock = _socket_of(raw)
     late = f"{what}: the answer's body was still arriving at the {deadline.seconds:g}s deadline"
     try:
         while True:
             left = deadline.remaining()
             if left <= 0:
                 raise DeadlineExceeded(late)
-            if isinstance(sock, socket.socket):
-                sock.settimeout(left)
+            if sock is not None:
+                with contextlib.suppress(OSError):  # closed once the last byte came: read1 says so
+                    sock.settimeout(left)
             try:
                 chunk = raw.read1(BODY_CHUNK, decode_content=True)
             except Exception as error:  # urllib3's ReadTimeoutError, ProtocolError, ...

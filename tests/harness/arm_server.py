@@ -9,6 +9,7 @@ import json
 import re
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +45,14 @@ class Reply:
     status: int
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None
+    """Sent as is instead of `body` as JSON (with `headers`' Content-Type, if any): untidy answers."""
+    delay_s: float = 0.0
+    """Held this long before the status line: a slow service."""
+    trickle_s: float = 0.0
+    """The body sent one byte at a time, this long apart: a body that never trips a per-read timeout."""
+    stall_at: int | None = None
+    """With `trickle_s`: after this many bytes the body stops for a minute (the client must give up)."""
 
 
 class FakeArm:
@@ -151,15 +160,29 @@ def https_server(directory: Path, respond: Respond, name: str) -> Iterator[tuple
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
             reply = respond(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, raw)
-            payload = b"" if reply.body is None else json.dumps(reply.body).encode()
+            if reply.delay_s:
+                time.sleep(reply.delay_s)
+            if reply.raw is not None:
+                payload = reply.raw
+            else:
+                payload = b"" if reply.body is None else json.dumps(reply.body).encode()
             self.send_response(reply.status)
             for header, value in reply.headers.items():
                 self.send_header(header, value)
-            if payload:
+            if payload and reply.raw is None:
                 self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(payload)
+            if not reply.trickle_s:
+                self.wfile.write(payload)
+                return
+            try:
+                for i in range(len(payload)):
+                    self.wfile.write(payload[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(60 if i + 1 == reply.stall_at else reply.trickle_s)
+            except OSError:
+                pass  # the client gave up on the body, as it should
 
         do_GET = do_PUT = do_DELETE = do_POST = _handle
 
