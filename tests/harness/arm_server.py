@@ -160,27 +160,30 @@ def https_server(directory: Path, respond: Respond, name: str) -> Iterator[tuple
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
             reply = respond(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, raw)
-            if reply.delay_s:
-                time.sleep(reply.delay_s)
-            if reply.raw is not None:
-                payload = reply.raw
+            # hub_arm.py's Reply has only status, body and headers.
+            delay_s, raw_body = getattr(reply, "delay_s", 0.0), getattr(reply, "raw", None)
+            trickle_s, stall_at = getattr(reply, "trickle_s", 0.0), getattr(reply, "stall_at", None)
+            if delay_s:
+                time.sleep(delay_s)
+            if raw_body is not None:
+                payload = raw_body
             else:
                 payload = b"" if reply.body is None else json.dumps(reply.body).encode()
             self.send_response(reply.status)
             for header, value in reply.headers.items():
                 self.send_header(header, value)
-            if payload and reply.raw is None:
+            if payload and raw_body is None:
                 self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            if not reply.trickle_s:
+            if not trickle_s:
                 self.wfile.write(payload)
                 return
             try:
                 for i in range(len(payload)):
                     self.wfile.write(payload[i : i + 1])
                     self.wfile.flush()
-                    time.sleep(60 if i + 1 == reply.stall_at else reply.trickle_s)
+                    time.sleep(60 if i + 1 == stall_at else trickle_s)
             except OSError:
                 pass  # the client gave up on the body, as it should
 
