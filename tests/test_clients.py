@@ -16,6 +16,7 @@ from clients.credentials import (
     CredentialConfigError,
     credential_from_environment,
 )
+from clients.deadline import RETRY_AFTER_MAX
 from tests.harness.arm_server import ArmEndpoint, Reply
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +77,26 @@ def test_discovery_failures_name_the_endpoint(arm: ArmEndpoint, reply: Reply, sa
     arm.fake.script("GET", "/metadata/endpoints", reply)
     with pytest.raises(CloudDiscoveryError, match=said):
         discover(arm.url, transport=arm.transport(), retry_total=0)
+
+
+def test_discovery_does_not_sleep_a_retry_after_beyond_its_deadline(arm: ArmEndpoint) -> None:
+    arm.fake.script("GET", "/metadata/endpoints", Reply(503, {"error": {"code": "Busy"}}, {"Retry-After": "3600"}))
+    transport = arm.transport()
+    with pytest.raises(CloudDiscoveryError, match=r"within 30s: .*HTTP 503 with Retry-After: 3600s, beyond"):
+        discover(arm.url, transport=transport, deadline_seconds=30)
+    assert transport.slept == [] and len(arm.fake.requests) == 1
+    # Within a longer deadline the wait is capped (RETRY_AFTER_MAX), not the hour asked for.
+    discover_slept = arm.transport()
+    with pytest.raises(CloudDiscoveryError, match=r"HTTP 503"):
+        discover(arm.url, transport=discover_slept, retry_total=1, deadline_seconds=120)
+    assert discover_slept.slept == [RETRY_AFTER_MAX]
+
+
+def test_discovery_of_a_trickled_document_ends_at_its_deadline(arm: ArmEndpoint) -> None:
+    document = metadata("https://login.microsoftonline.com/", "https://management.core.windows.net/")
+    arm.fake.script("GET", "/metadata/endpoints", Reply(200, document.body, trickle_s=0.1))
+    with pytest.raises(CloudDiscoveryError, match=r"within 1s: .*body was still arriving"):
+        discover(arm.url, transport=arm.transport(), deadline_seconds=1.0)
 
 
 def test_discovery_refuses_plain_http_before_any_request() -> None:
