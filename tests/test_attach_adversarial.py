@@ -413,7 +413,8 @@ ARM_FAULTS = [
             "DELETE": [Reply(200)],
         },
         ("still Creating after 30s", "detached again", "'edge-vm'"),
-        ["GET", "PUT", "GET", "GET", "DELETE"],
+        # Polls at 10 s, 20 s and the last look at 29 s (clients/deadline.py's edge rule).
+        ["GET", "PUT", "GET", "GET", "GET", "DELETE"],
         code="Timeout",
     ),
     ArmFault(
