@@ -307,13 +307,15 @@ class ArmClient:
             return True
         if response.status_code != 202:
             self._raise_for(operation, response)  # 409: a conflict left the resource in place
-        if any(h in response.headers for h in ("Azure-AsyncOperation", "Location")):
+        announced = any(h in response.headers for h in ("Azure-AsyncOperation", "Location"))
+        if announced:
             self._follow(operation, pipeline_response, deadline)
         gone = poll_until(
             lambda: True if self.get(path, api_version, deadline) is None else None,
             deadline,
             self._timeouts.poll_interval,
             self._wait,
+            wait_first=not announced,  # after the operation ended, one read at once
         )
         if gone is None:
             still = f"the resource is still there at the {deadline.seconds:g}s deadline"

@@ -116,20 +116,25 @@ def poll_until(
     deadline: Deadline,
     interval: float,
     sleep: Sleep = time.sleep,
+    wait_first: bool = False,
 ) -> T | None:
     """`probe()` every `interval` seconds (cut by `next_wait`) until it returns something other than
     None; None when the deadline came first. The probe raises to end the wait on a failure that
-    waiting will not change."""
+    waiting will not change. `wait_first`: the answer in hand already says "not yet" (a 202, a
+    non-terminal state), so the first probe comes after one interval, as ARM asks of clients."""
+    waiting = wait_first
     while True:
+        if waiting:
+            wait = next_wait(deadline, interval)
+            if wait is None:
+                return None
+            sleep(wait)
+            if deadline.expired():
+                return None
+        waiting = True
         result = probe()
         if result is not None:
             return result
-        wait = next_wait(deadline, interval)
-        if wait is None:
-            return None
-        sleep(wait)
-        if deadline.expired():
-            return None
 
 
 class DeadlineRetryPolicy(RetryPolicy):

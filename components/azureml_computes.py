@@ -295,7 +295,7 @@ class ComputeClient:
                 return current if last[0] in TERMINAL_STATES else None
 
             if last[0] not in TERMINAL_STATES:
-                settled = poll_until(provisioned, deadline, self._poll_seconds, self._sleep)
+                settled = poll_until(provisioned, deadline, self._poll_seconds, self._sleep, wait_first=True)
                 if settled is None:
                     raise ComputeApiError(action, 0, "Timeout", f"still {last[0]} after {deadline.seconds:g}s")
                 compute = settled
@@ -329,7 +329,11 @@ class ComputeClient:
             raise _error(action, response)
         if response.status_code == 202:
             gone = poll_until(
-                lambda: True if self.get(ref, deadline) is None else None, deadline, self._poll_seconds, self._sleep
+                lambda: True if self.get(ref, deadline) is None else None,
+                deadline,
+                self._poll_seconds,
+                self._sleep,
+                wait_first=True,
             )
             if gone is None:
                 raise ComputeApiError(action, 202, "Timeout", f"still present after {deadline.seconds:g}s")
