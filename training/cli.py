@@ -129,6 +129,11 @@ def configure_submit(commands: Any) -> None:
         "--blob-api-version", help="x-ms-version for Hub storage (default: hubBlobApiVersion, 2019-07-07)"
     )
     submit.add_argument("--dry-run", action="store_true", help="print the job and the guard's findings; send nothing")
+    submit.add_argument(
+        "--allow-code-outside-project",
+        action="store_true",
+        help="let a job file's code: point outside the job file's folder (its whole content is uploaded)",
+    )
     submit.add_argument("--no-stream", action="store_true", help="do not follow the job's logs")
     submit.set_defaults(handler=cmd_submit)
 
@@ -172,7 +177,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     outputs = _outputs(args)
     settings = jobs.SubmitSettings.from_outputs(outputs, args.blob_api_version)
-    with jobs.prepare(_job_spec(args, outputs), settings) as prepared:
+    with jobs.prepare(_job_spec(args, outputs), settings, args.allow_code_outside_project) as prepared:
         if args.dry_run:
             print(jobs.render(prepared))
             return USAGE if prepared.findings else OK
