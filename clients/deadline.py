@@ -189,6 +189,24 @@ class DeadlineRetryPolicy(RetryPolicy):
             transport.sleep(wait)
 
 
+SIGNIN_DEADLINE = 60.0
+"""One token request to Microsoft Entra ID or AD FS, its retries and their waits included."""
+
+
+class SignInRetryPolicy(DeadlineRetryPolicy):
+    """azure-identity's retry policy, bounded: passed as `retry_policy_class` (azure-identity
+    `_internal/pipeline.py`, `build_pipeline`), every token request gets its own deadline of
+    `SIGNIN_DEADLINE`, with connect and read timeouts and any `Retry-After` cut to it. Stock, a
+    token endpoint answering `Retry-After: 86400` parks the sign-in for a day."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(Deadline(SIGNIN_DEADLINE), 10.0, 30.0, **kwargs)
+
+    def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
+        request.context.options.setdefault("deadline", Deadline(SIGNIN_DEADLINE))
+        return super().send(request)
+
+
 class BodyDeadlinePolicy(HTTPPolicy):  # type: ignore[type-arg]
     """The response body read under the request's deadline, not only a per-read timeout.
 

@@ -181,6 +181,35 @@ def test_a_hub_principal_signs_in_at_adfs_with_its_secret(arm: ArmEndpoint) -> N
     assert all("discovery" not in r.path for r in arm.fake.requests)
 
 
+def test_sign_in_does_not_wait_out_a_retry_after_beyond_its_deadline(arm: ArmEndpoint) -> None:
+    """A token endpoint answering 429 with Retry-After: 3600 fails the sign-in at once; stock
+    azure-identity would sleep the hour."""
+    arm.fake.script("GET", "/metadata/endpoints", metadata(arm.url + "/adfs", "https://management.adfs.local/1"))
+    arm.fake.script(
+        "GET",
+        "/adfs/.well-known/openid-configuration",
+        Reply(
+            200,
+            {
+                "issuer": arm.url + "/adfs",
+                "token_endpoint": arm.url + "/adfs/oauth2/token",
+                "authorization_endpoint": arm.url + "/adfs/oauth2/authorize",
+            },
+        ),
+    )
+    arm.fake.script(
+        "POST", "/adfs/oauth2/token", Reply(429, {"error": "temporarily_unavailable"}, {"Retry-After": "3600"})
+    )
+    env = {"HUB_ARM_CLIENT_ID": CLIENT, "HUB_ARM_CLIENT_SECRET": "hub-secret"}
+    transport = arm.transport()
+    cloud = discover(arm.url, transport=transport)
+    credential = credential_from_environment(env, prefix="HUB_ARM_", cloud=cloud, transport=transport)
+    with pytest.raises(Exception, match=r"Retry-After: 3600s, beyond the \d+s left"):
+        credential.get_token(cloud.arm_scope)
+    assert transport.slept == []
+    assert len([r for r in arm.fake.requests if r.method == "POST"]) == 1
+
+
 def test_a_configured_tenant_wins_over_the_variable() -> None:
     env = {"HUB_ARM_CLIENT_ID": CLIENT, "HUB_ARM_CLIENT_SECRET": "s", "HUB_ARM_TENANT_ID": "from-env"}
     credential = credential_from_environment(env, prefix="HUB_ARM_", tenant_id=TENANT)
