@@ -419,6 +419,27 @@ def test_secrets_stay_out_of_errors_and_plain_outputs(
     engine.destroy()
 
 
+def test_a_hub_that_echoes_a_secret_does_not_put_it_in_plain_outputs(
+    hub: HubArm, provider: HubArmResourceProvider, program: Callable[..., Recording]
+) -> None:
+    """The stand-in above never echoes customData (nor does Azure); this one does, so the filter
+    of secrets out of `observedProperties` is exercised, not assumed."""
+    hub.echoes_write_only = True
+    engine = Engine(provider, hub)
+    engine.up(engine.declared(program()), hub.url)
+    _, vm = engine.state["hub-vm-vm"]
+    custom_data = vm["secretProperties"]["osProfile"]["customData"]
+    echoed = hub.resource(
+        next(k for k in hub.resources if k.endswith("/virtualmachines/" + vm["resourceName"].lower()))
+    )
+    assert echoed is not None and echoed["properties"]["osProfile"]["customData"] == custom_data  # it is echoed
+    assert "customData" not in vm["observedProperties"]["osProfile"]
+    assert custom_data not in repr(vm["observedProperties"]) and custom_data not in repr(vm["properties"])
+    read = provider.read(engine.state["hub-vm-vm"][0], vm)
+    assert custom_data not in repr(read.outs.get("observedProperties"))
+    engine.destroy()
+
+
 def test_the_pickled_provider_holds_no_client_credential_or_transport(
     transport: RecordingTransport, monkeypatch: pytest.MonkeyPatch
 ) -> None:

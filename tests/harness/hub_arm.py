@@ -138,6 +138,9 @@ class HubArm:
     retry_after: str = "1"
     """What operation answers say in Retry-After (clients in tests record waits instead of sleeping)."""
     lock: threading.RLock = field(default_factory=threading.RLock)
+    echoes_write_only: bool = False
+    """A Hub build that echoes what Microsoft documents as write-only (customData, adminPassword):
+    the provider's filter of secrets out of plain outputs must hold even then."""
 
     def transport(self) -> RecordingTransport:
         return RecordingTransport(connection_verify=str(self.ca_file))
@@ -298,7 +301,7 @@ class _Arm:
 
     def _view(self, key: str, kind: str) -> dict[str, Any]:
         view = copy.deepcopy(self.hub.resources[key])
-        for secret in WRITE_ONLY.get(kind, ()):
+        for secret in () if self.hub.echoes_write_only else WRITE_ONLY.get(kind, ()):
             parent = _dig(view["properties"], secret[:-1]) if len(secret) > 1 else view["properties"]
             if isinstance(parent, dict):
                 parent.pop(secret[-1], None)
