@@ -32,6 +32,7 @@ from azure.core.exceptions import AzureError, HttpResponseError
 from azure.core.pipeline import PipelineRequest, PipelineResponse
 from azure.core.pipeline.policies import HTTPPolicy, RequestIdPolicy, UserAgentPolicy
 from azure.core.pipeline.transport import HttpTransport
+from azure.core.polling.base_polling import BadResponse, BadStatus, OperationFailed
 from azure.core.rest import HttpRequest
 from azure.mgmt.core import ARMPipelineClient
 from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy, ARMHttpLoggingPolicy
@@ -342,6 +343,10 @@ class ArmClient:
             ) from None
         except ForeignHostRefused as error:
             raise ArmError(operation, None, "ForeignPollingHost", str(error)) from None
+        except (BadResponse, BadStatus, OperationFailed) as error:
+            # azure-core's own verdicts on an answer it cannot follow (no status link, a status
+            # body without status), raised outside its HttpResponseError.
+            raise ArmError(operation, None, "MalformedResponse", str(error) or type(error).__name__) from None
         except AzureError as error:
             raise ArmError(operation, None, type(error).__name__, error.message) from None
         return polling.resource()

@@ -27,7 +27,7 @@ from azure.core.pipeline.transport import HttpTransport
 from azure.core.rest import HttpRequest, HttpResponse
 
 from clients.cloud import PUBLIC, Cloud
-from clients.deadline import Deadline, DeadlineExceeded, DeadlineRetryPolicy, poll_until
+from clients.deadline import BodyDeadlinePolicy, Deadline, DeadlineExceeded, DeadlineRetryPolicy, poll_until
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +208,7 @@ class ComputeClient:
             # The token audience is the cloud's own, from its metadata (clients/cloud.py), never
             # public Azure's hard-coded.
             BearerTokenCredentialPolicy(credential, cloud.arm_scope),
+            BodyDeadlinePolicy(),  # a trickled body ends at the call's deadline too
         ]
         self._endpoint = cloud.resource_manager.rstrip("/")
         self._client = PipelineClient(base_url=self._endpoint, policies=policies, transport=transport)

@@ -92,6 +92,13 @@ def test_a_201_announcing_an_operation_without_a_state_keeps_polling(arm, client
     assert len(polls) == 2 and transport.slept == [1.0, 1.0]  # before each poll, none after
 
 
+def test_a_202_put_with_nothing_to_follow_is_read_until_it_settles(arm, client) -> None:
+    arm.fake.script("PUT", PATH, Reply(202))
+    arm.fake.script("GET", PATH, Reply(200, resource("Creating")), Reply(200, resource("Succeeded")))
+    result = client.put(PATH, VERSION, {"location": "local"})
+    assert result["properties"]["provisioningState"] == "Succeeded"
+
+
 def test_a_provisioning_that_ends_failed_is_an_error_naming_the_resource(arm, client) -> None:
     arm.fake.script("PUT", PATH, Reply(200, resource("Failed")))
     with pytest.raises(ArmError, match=rf"PUT {PATH}: HTTP 200 ProvisioningFailed"):
@@ -238,3 +245,16 @@ class FakeClock:
     def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.now += seconds
+
+
+def test_the_compute_clients_bodies_end_at_its_deadline_too(arm) -> None:
+    """components/azureml_computes.py's pipeline reads bodies under the same policy."""
+    from components.azureml_computes import ComputeApiError, ComputeClient, ComputeRef
+
+    ref = ComputeRef("s", "rg", "ws", "edge-vm")
+    arm.fake.script("GET", ref.path, Reply(200, {"properties": {}}, trickle_s=0.1))
+    with ComputeClient(StaticCredential(), local_cloud(arm), transport=arm.transport()) as compute:
+        started = time.monotonic()
+        with pytest.raises(ComputeApiError, match=r"Timeout: .*the 1s deadline"):
+            compute.get(ref, Deadline(1.0))
+    assert time.monotonic() - started < 2.5

@@ -27,6 +27,7 @@ PAGE = (Path(__file__).resolve().parent.parent / "docs/operate/faults-and-deadli
         f"connect {cloud.CONNECT_TIMEOUT:g} s, read {cloud.READ_TIMEOUT:g} s",
         f"{reader.ATTEMPTS} attempts",
         f"| {staging.LOCK_TIMEOUT_S:g} s |",
+        f"{deadline.SIGNIN_DEADLINE:g} s per token request (`SIGNIN_DEADLINE`)",
     ],
 )
 def test_the_page_states_the_codes_numbers(said: str) -> None:
