@@ -232,6 +232,21 @@ def test_throttling_is_waited_out_for_real_within_the_deadline(arm) -> None:
     real.close()
 
 
+def test_an_operation_is_polled_after_its_retry_after_for_real(arm) -> None:
+    """The requests transport really sleeps between polls: 0.2 s twice, as the operation asked."""
+    status = "/subscriptions/s/providers/Microsoft.Network/locations/x/operations/op1"
+    later = {"retry-after-ms": "200"}
+    arm.fake.script("PUT", PATH, Reply(201, resource("Creating"), {"Azure-AsyncOperation": status_url(arm), **later}))
+    arm.fake.script("GET", status, Reply(200, {"status": "InProgress"}, later), Reply(200, {"status": "Succeeded"}))
+    arm.fake.script("GET", PATH, Reply(200, resource("Succeeded")))
+    real = RequestsTransport(connection_verify=str(arm.ca_file))
+    with ArmClient(local_cloud(arm), StaticCredential(), transport=real) as slow:
+        started = time.monotonic()
+        assert slow.put(PATH, VERSION, {"location": "local"}, Deadline(10))["name"] == "nsg"
+        assert 0.4 <= time.monotonic() - started < 5
+    real.close()
+
+
 class FakeClock:
     """Time moves only when the code under test sleeps."""
 

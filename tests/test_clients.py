@@ -3,6 +3,7 @@ azure-core and azure-identity code against the local HTTPS stand-in (tests/harne
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,21 @@ def test_discovery_does_not_sleep_a_retry_after_beyond_its_deadline(arm: ArmEndp
     with pytest.raises(CloudDiscoveryError, match=r"HTTP 503"):
         discover(arm.url, transport=discover_slept, retry_total=1, deadline_seconds=120)
     assert discover_slept.slept == [RETRY_AFTER_MAX]
+
+
+def test_discovery_waits_out_a_short_retry_after_for_real(arm: ArmEndpoint) -> None:
+    """The requests transport really sleeps here: 0.3 s, as the busy endpoint asked."""
+    from azure.core.pipeline.transport import RequestsTransport
+
+    document = metadata("https://login.microsoftonline.com/", "https://management.core.windows.net/")
+    arm.fake.script(
+        "GET", "/metadata/endpoints", Reply(503, {"error": {"code": "Busy"}}, {"retry-after-ms": "300"}), document
+    )
+    real = RequestsTransport(connection_verify=str(arm.ca_file))
+    started = time.monotonic()
+    assert discover(arm.url, transport=real, deadline_seconds=10).audience == "https://management.core.windows.net/"
+    assert 0.3 <= time.monotonic() - started < 5
+    real.close()
 
 
 def test_discovery_of_a_trickled_document_ends_at_its_deadline(arm: ArmEndpoint) -> None:

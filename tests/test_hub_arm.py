@@ -10,6 +10,7 @@ import copy
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,23 @@ def test_a_huge_retry_after_is_capped(
     provider.create(nsg(hub))
     assert RETRY_AFTER_MAX in transport.slept
     assert max(transport.slept) <= RETRY_AFTER_MAX
+
+
+def test_a_slow_throttling_hub_is_waited_out_for_real(hub: HubArm) -> None:
+    """The requests transport really sleeps here: every answer 50 ms late, one 429 asking for 1 s,
+    the create's operation polled after its Retry-After of 1 s."""
+    from azure.core.pipeline.transport import RequestsTransport
+
+    hub.latency_s = 0.05
+    hub.inject("PUT", r"nsg-edge-test$", Reply(429, {"error": {"code": "TooManyRequests"}}, {"Retry-After": "1"}))
+    real = RequestsTransport(connection_verify=str(hub.ca_file))
+    started = time.monotonic()
+    created = HubArmResourceProvider(transport=real).create(nsg(hub))
+    elapsed = time.monotonic() - started
+    real.close()
+    assert created.id.endswith("/networkSecurityGroups/nsg-edge-test")
+    assert len(puts(hub, "nsg-edge-test")) == 2
+    assert 2.0 <= elapsed < 20
 
 
 class Interrupted(BaseException):

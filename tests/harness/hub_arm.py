@@ -26,6 +26,7 @@ import itertools
 import re
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -138,6 +139,8 @@ class HubArm:
     retry_after: str = "1"
     """What operation answers say in Retry-After (clients in tests record waits instead of sleeping)."""
     lock: threading.RLock = field(default_factory=threading.RLock)
+    latency_s: float = 0.0
+    """Held before every answer: a Hub across a WAN, slow as the real one is."""
     echoes_write_only: bool = False
     """A Hub build that echoes what Microsoft documents as write-only (customData, adminPassword):
     the provider's filter of secrets out of plain outputs must hold even then."""
@@ -475,6 +478,8 @@ def serve_hub_arm(
 
     def handle(method: str, raw_path: str, headers: dict[str, str], raw: bytes) -> Reply:
         hub = hub_box[0]
+        if hub.latency_s:
+            time.sleep(hub.latency_s)  # outside the lock: slow answers still overlap
         url = urlsplit(raw_path)
         body = _body(raw, headers.get("content-type", ""))
         with hub.lock:
