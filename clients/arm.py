@@ -1,5 +1,6 @@
 """One Resource Manager client on azure-core/azure-mgmt-core: GET, PUT and DELETE of one resource at
-the API version the caller names, waiting out long-running operations.
+the API version the caller names, waiting out long-running operations, every call inside one
+`Deadline` (clients/deadline.py).
 
 Generic on purpose: it knows no cloud, no profile and no resource type. Callers pass the API
 version of every request; the client adds none of its own. That is also why the pipeline is built
@@ -7,13 +8,20 @@ here policy by policy instead of from azure-mgmt-core's default configuration: t
 `ARMAutoResourceProviderRegistrationPolicy`, which answers a 409 MissingSubscriptionRegistration by
 registering the provider at api-version 2016-02-01 (azure-mgmt-core, policies/_base.py), a version
 the caller never chose and a cloud with a fixed profile (Azure Stack Hub) refuses.
+
+Nothing is believed unchecked: a 200 or 201 must carry a JSON object; a DELETE follows Resource
+Manager's contract (Azure/azure-resource-manager-rpc, v1.0/async-api-reference.md, "Delete Resource
+Asynchronously" and "202 Accepted and Location Headers"): 200 deleted, 204 (or 404) there was
+nothing to delete, 202 accepted, its Location or Azure-AsyncOperation polled and then the resource
+read until it answers 404; anything else (409 included) is a failure. The bearer token goes to the
+Resource Manager host only: the same document says a Location URI's host "must be the same as the
+host in the referrer header", so a polling URL on another host is refused, never followed.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -21,26 +29,36 @@ from urllib.parse import urlsplit
 
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, HttpResponseError
-from azure.core.pipeline import PipelineResponse
-from azure.core.pipeline.policies import RequestIdPolicy, RetryPolicy, UserAgentPolicy
+from azure.core.pipeline import PipelineRequest, PipelineResponse
+from azure.core.pipeline.policies import HTTPPolicy, RequestIdPolicy, UserAgentPolicy
 from azure.core.pipeline.transport import HttpTransport
-from azure.core.polling import LROPoller
+from azure.core.polling.base_polling import BadResponse, BadStatus, OperationFailed
 from azure.core.rest import HttpRequest
 from azure.mgmt.core import ARMPipelineClient
 from azure.mgmt.core.policies import ARMChallengeAuthenticationPolicy, ARMHttpLoggingPolicy
 from azure.mgmt.core.polling.arm_polling import ARMPolling
 
 from clients.cloud import CONNECT_TIMEOUT, READ_TIMEOUT, USER_AGENT, Cloud
+from clients.deadline import (
+    RETRY_AFTER_MAX,
+    BodyDeadlinePolicy,
+    Deadline,
+    DeadlineExceeded,
+    DeadlineRetryPolicy,
+    next_wait,
+    poll_until,
+)
 
 log = logging.getLogger(__name__)
 
 RETRY_TOTAL = 4
-# Retry-After is honoured, up to this: a misbehaving endpoint must not park a deployment for hours.
-RETRY_AFTER_MAX = 60.0
 # Between polls of a long-running operation: Retry-After when given (capped), else this.
 POLL_INTERVAL = 5.0
 # A whole long-running operation; VM creation on a busy Hub can take tens of minutes.
 OPERATION_DEADLINE = 3600.0
+# One GET, its retries included.
+REQUEST_DEADLINE = 300.0
+TERMINAL_STATES = frozenset({"Succeeded", "Failed", "Canceled"})
 
 
 @dataclass(frozen=True)
@@ -50,6 +68,7 @@ class ArmTimeouts:
     retry_after_max: float = RETRY_AFTER_MAX
     poll_interval: float = POLL_INTERVAL
     operation_deadline: float = OPERATION_DEADLINE
+    request_deadline: float = REQUEST_DEADLINE
 
 
 class ArmError(RuntimeError):
@@ -61,29 +80,65 @@ class ArmError(RuntimeError):
         super().__init__(f"{operation}: {where} {code}: {message}".rstrip(": "))
 
 
-class CappedRetryPolicy(RetryPolicy):
-    """azure-core's RetryPolicy (429, 408 and 5xx; idempotent GET/PUT/DELETE) sleeps whatever
-    Retry-After says. Same policy, with the wait capped."""
-
-    def __init__(self, retry_after_max: float, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._retry_after_max = retry_after_max
-
-    def get_retry_after(self, response: PipelineResponse[Any, Any]) -> float | None:
-        wait = super().get_retry_after(response)
-        return None if wait is None else min(wait, self._retry_after_max)
+class ForeignHostRefused(RuntimeError):
+    """A request (a polling URL a response named) for a host other than Resource Manager's."""
 
 
-class _CappedPolling(ARMPolling):
-    """ARMPolling (Azure-AsyncOperation, then Location, then the resource's provisioningState),
-    with the Retry-After between polls capped like the retry policy's."""
+class _SameHostPolicy(HTTPPolicy):  # type: ignore[type-arg]
+    """Before the bearer-token policy: nothing leaves for another host, so no token does."""
 
-    def __init__(self, cap: float, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._cap = cap
+    def __init__(self, origin: str) -> None:
+        super().__init__()
+        self._origin = origin
 
-    def _extract_delay(self) -> float:
-        return min(super()._extract_delay(), self._cap)
+    def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
+        parts = urlsplit(request.http_request.url)
+        if f"{parts.scheme}://{parts.netloc}".lower() != self._origin:
+            raise ForeignHostRefused(
+                f"Resource Manager at {self._origin} named {parts.scheme}://{parts.netloc} to poll; "
+                "a polling URL must be on Resource Manager's own host (ARM RPC, async-api-reference), "
+                "and the token is for that host only: refused"
+            )
+        return self.next.send(request)
+
+
+class _DeadlinePolling(ARMPolling):
+    """ARMPolling (Azure-AsyncOperation, then Location, then the resource's provisioningState), run
+    in the caller's thread and waiting by `next_wait`: Retry-After capped, our interval cut, and
+    no wait past the deadline (DeadlineExceeded instead)."""
+
+    def __init__(self, deadline: Deadline, interval: float, sleep: Callable[[float], None] | None) -> None:
+        super().__init__(timeout=interval)
+        self._deadline, self._interval, self._sleeper = deadline, interval, sleep
+        self._polled = False
+
+    def update_status(self) -> None:
+        # azure-core polls the first time at once; ARM asks clients to wait the Retry-After (or
+        # the default interval) first (async-api-reference, "202 Accepted and Location Headers").
+        if not self._polled:
+            self._polled = True
+            self._delay()
+        super().update_status()
+
+    def _delay(self) -> None:
+        retry_after = self._retry_after()
+        wait = next_wait(self._deadline, self._interval, retry_after)
+        if wait is None:
+            raise DeadlineExceeded(
+                f"still running at the {self._deadline.seconds:g}s deadline"
+                + (f" (the service asked for Retry-After: {retry_after:g}s)" if retry_after is not None else "")
+            )
+        (self._sleeper or self._sleep)(wait)
+
+    def _retry_after(self) -> float | None:
+        headers = self._pipeline_response.http_response.headers
+        for header, scale in (("retry-after-ms", 0.001), ("x-ms-retry-after-ms", 0.001), ("retry-after", 1.0)):
+            if header in headers:
+                try:
+                    return float(headers[header]) * scale
+                except ValueError:
+                    return None  # an HTTP date: ARM sends seconds only (async-api-reference)
+        return None
 
 
 def _error_of(body: Any) -> tuple[str, str]:
@@ -101,8 +156,33 @@ def _json(response: Any) -> Any:
         return None
 
 
+def _object(operation: str, response: Any) -> dict[str, Any]:
+    """The body as the JSON object Resource Manager documents, or an ArmError that says what came."""
+    content_type = response.headers.get("Content-Type", "")
+    body = _json(response) if "json" in content_type.lower() else None
+    if not isinstance(body, dict):
+        raise ArmError(
+            operation,
+            response.status_code,
+            "MalformedResponse",
+            f"the answer is not a JSON object ({len(response.content or b'')} bytes, "
+            f"Content-Type {content_type or 'none'!r})",
+        )
+    return body
+
+
+def _state(body: Mapping[str, Any]) -> str | None:
+    properties = body.get("properties")
+    state = properties.get("provisioningState") if isinstance(properties, Mapping) else None
+    return str(state) if state is not None else None
+
+
 class ArmClient:
-    """Resource Manager of one cloud, signed in with `credential` for the cloud's own audience."""
+    """Resource Manager of one cloud, signed in with `credential` for the cloud's own audience.
+
+    Every call takes an optional `Deadline` (default: `timeouts.request_deadline` for a GET,
+    `timeouts.operation_deadline` for a PUT or DELETE and its wait); its requests, their retries,
+    their bodies and the polls between them all end by it. One client serves one thread at a time."""
 
     def __init__(
         self,
@@ -111,23 +191,34 @@ class ArmClient:
         transport: HttpTransport | None = None,
         timeouts: ArmTimeouts = ArmTimeouts(),
         retry_total: int = RETRY_TOTAL,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         base = cloud.resource_manager.rstrip("/")
-        if urlsplit(base).scheme != "https":
+        parts = urlsplit(base)
+        if parts.scheme != "https":
             raise ValueError(f"{cloud.resource_manager!r} is not an https URL")
         self._base = base
         self._timeouts = timeouts
+        self._sleep = sleep
         self._owns_transport = transport is None
+        self._retry = DeadlineRetryPolicy(
+            Deadline(timeouts.request_deadline),
+            timeouts.connect,
+            timeouts.read,
+            retry_total=retry_total,
+            retry_backoff_factor=0.8,
+            retry_backoff_max=30,
+        )
         policies = [
             RequestIdPolicy(),
             UserAgentPolicy(base_user_agent=USER_AGENT),
-            CappedRetryPolicy(
-                timeouts.retry_after_max, retry_total=retry_total, retry_backoff_factor=0.8, retry_backoff_max=30
-            ),
+            self._retry,
+            _SameHostPolicy(f"{parts.scheme}://{parts.netloc}".lower()),
             # Bearer token for the cloud's audience, renewed before expiry, with CAE challenges handled.
             ARMChallengeAuthenticationPolicy(credential, cloud.arm_scope),
             # Headers on an allow-list only, never bodies (a body can carry a VM's custom data).
             ARMHttpLoggingPolicy(),
+            BodyDeadlinePolicy(),
         ]
         self._client = ARMPipelineClient(base_url=base, policies=policies, transport=transport)
 
@@ -141,13 +232,20 @@ class ArmClient:
         if self._owns_transport:  # a caller's transport stays open for its other users
             self._client.close()
 
-    def _call_options(self) -> dict[str, float]:
-        return {"connection_timeout": self._timeouts.connect, "read_timeout": self._timeouts.read}
+    def _wait(self, seconds: float) -> None:
+        if self._sleep is not None:
+            self._sleep(seconds)
+        else:
+            self._client._pipeline._transport.sleep(seconds)  # the transport's own sleep
 
-    def _send(self, method: str, path: str, api_version: str, body: Any = None) -> PipelineResponse[Any, Any]:
+    def _send(
+        self, method: str, path: str, api_version: str, deadline: Deadline, body: Any = None
+    ) -> PipelineResponse[Any, Any]:
         request = HttpRequest(method, f"{self._base}{path}", params={"api-version": api_version}, json=body)
         try:
-            return self._client.send_request(request, _return_pipeline_response=True, **self._call_options())
+            return self._client.send_request(request, _return_pipeline_response=True, deadline=deadline)
+        except DeadlineExceeded as error:
+            raise ArmError(f"{method} {path}", None, "DeadlineExceeded", str(error)) from None
         except AzureError as error:
             raise ArmError(f"{method} {path}", None, type(error).__name__, error.message) from None
 
@@ -156,77 +254,108 @@ class ArmClient:
         code, message = _error_of(_json(response))
         raise ArmError(operation, response.status_code, code, message)
 
-    def get(self, path: str, api_version: str) -> dict[str, Any] | None:
+    def get(self, path: str, api_version: str, deadline: Deadline | None = None) -> dict[str, Any] | None:
         """The resource at `path`, or None when Resource Manager answers 404."""
-        response = self._send("GET", path, api_version).http_response
+        deadline = deadline or Deadline(self._timeouts.request_deadline)
+        response = self._send("GET", path, api_version, deadline).http_response
         if response.status_code == 404:
             return None
         if response.status_code != 200:
             self._raise_for(f"GET {path}", response)
-        return dict(_json(response) or {})
+        return _object(f"GET {path}", response)
 
-    def put(self, path: str, api_version: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """PUT `body` and wait until the operation ends; the resource as Resource Manager then has it."""
-        pipeline_response = self._send("PUT", path, api_version, dict(body))
+    def put(
+        self, path: str, api_version: str, body: Mapping[str, Any], deadline: Deadline | None = None
+    ) -> dict[str, Any]:
+        """PUT `body` and wait until the operation ends; the resource as Resource Manager then has
+        it. A provisioning that ends Failed or Canceled, or still runs at the deadline, is an ArmError."""
+        operation = f"PUT {path}"
+        deadline = deadline or Deadline(self._timeouts.operation_deadline)
+        pipeline_response = self._send("PUT", path, api_version, deadline, dict(body))
         response = pipeline_response.http_response
         if response.status_code not in (200, 201, 202):
-            self._raise_for(f"PUT {path}", response)
+            self._raise_for(operation, response)
         # Finished already only when nothing says otherwise: a 201 may carry an operation to follow
         # even without a provisioningState in its body.
-        announced = response.status_code == 201 and any(
-            h in response.headers for h in ("Azure-AsyncOperation", "Location")
-        )
-        if response.status_code in (200, 201) and not announced and self._succeeded(_json(response)):
-            return dict(_json(response) or {})
-        result = self._wait(f"PUT {path}", pipeline_response)
-        return dict(result) if isinstance(result, Mapping) else self.get(path, api_version) or {}
+        announced = any(h in response.headers for h in ("Azure-AsyncOperation", "Location"))
+        if response.status_code in (200, 201):
+            resource = _object(operation, response)
+            if not (response.status_code == 201 and announced) and _state(resource) in (None, *TERMINAL_STATES):
+                return self._settled(operation, response.status_code, resource)
+        result = self._follow(operation, pipeline_response, deadline)
+        if not isinstance(result, dict):
+            result = self.get(path, api_version, deadline)
+            if result is None:
+                raise ArmError(operation, 404, "ResourceNotFound", "the operation ended but the resource is not there")
+        return self._settled(operation, None, result)
 
-    def post(self, path: str, api_version: str) -> dict[str, Any]:
-        """POST an action without a body (e.g. a storage account's listKeys); its answer."""
-        response = self._send("POST", path, api_version).http_response
+    def post(self, path: str, api_version: str, deadline: Deadline | None = None) -> dict[str, Any]:
+        """POST an action without a body (e.g. a storage account's listKeys); its answer, a JSON object."""
+        operation = f"POST {path}"
+        deadline = deadline or Deadline(self._timeouts.request_deadline)
+        response = self._send("POST", path, api_version, deadline).http_response
         if response.status_code != 200:
-            self._raise_for(f"POST {path}", response)
-        return dict(_json(response) or {})
+            self._raise_for(operation, response)
+        return _object(operation, response)
 
-    def delete(self, path: str, api_version: str) -> bool:
-        """DELETE and wait until it is gone. False when there was nothing to delete (404 or 204)."""
-        pipeline_response = self._send("DELETE", path, api_version)
+    @staticmethod
+    def _settled(operation: str, status: int | None, resource: dict[str, Any]) -> dict[str, Any]:
+        state = _state(resource)
+        if state not in (None, "Succeeded"):
+            raise ArmError(operation, status, f"Provisioning{state}", f"provisioningState is {state}")
+        return resource
+
+    def delete(self, path: str, api_version: str, deadline: Deadline | None = None) -> bool:
+        """DELETE and wait until the resource is gone. False when there was nothing to delete."""
+        operation = f"DELETE {path}"
+        deadline = deadline or Deadline(self._timeouts.operation_deadline)
+        pipeline_response = self._send("DELETE", path, api_version, deadline)
         response = pipeline_response.http_response
         if response.status_code in (204, 404):
             return False
-        if response.status_code not in (200, 202):
-            self._raise_for(f"DELETE {path}", response)
-        if response.status_code == 202:
-            self._wait(f"DELETE {path}", pipeline_response)
+        if response.status_code == 200:
+            return True
+        if response.status_code != 202:
+            self._raise_for(operation, response)  # 409: a conflict left the resource in place
+        announced = any(h in response.headers for h in ("Azure-AsyncOperation", "Location"))
+        if announced:
+            self._follow(operation, pipeline_response, deadline)
+        gone = poll_until(
+            lambda: True if self.get(path, api_version, deadline) is None else None,
+            deadline,
+            self._timeouts.poll_interval,
+            self._wait,
+            wait_first=not announced,  # after the operation ended, one read at once
+        )
+        if gone is None:
+            still = f"the resource is still there at the {deadline.seconds:g}s deadline"
+            raise ArmError(operation, None, "OperationTimedOut", still)
         return True
 
-    @staticmethod
-    def _succeeded(body: Any) -> bool:
-        properties = body.get("properties") if isinstance(body, Mapping) else None
-        state = properties.get("provisioningState") if isinstance(properties, Mapping) else None
-        return state in (None, "Succeeded")
-
-    def _wait(self, operation: str, initial: PipelineResponse[Any, Any]) -> Any:
-        polling = _CappedPolling(
-            self._timeouts.retry_after_max, timeout=self._timeouts.poll_interval, **self._call_options()
-        )
-        poller = LROPoller(self._client, initial, lambda response: _json(response.http_response), polling)
-        started = time.monotonic()
+    def _follow(self, operation: str, initial: PipelineResponse[Any, Any], deadline: Deadline) -> Any:
+        """Poll the operation `initial` announces until it ends; its final body (parsed JSON or None)."""
+        polling = _DeadlinePolling(deadline, self._timeouts.poll_interval, self._sleep)
         try:
-            result = poller.result(timeout=self._timeouts.operation_deadline)
+            polling.initialize(self._client, initial, lambda response: _json(response.http_response))
+            polling.run()
         except HttpResponseError as error:
             # A failed operation: the status body carries ARM's error (code and message).
             body = _json(error.response) if error.response is not None else None
             code, message = _error_of(body)
             raise ArmError(operation, error.status_code, code, message or error.reason or "") from None
-        except AzureError as error:
-            raise ArmError(operation, None, type(error).__name__, error.message) from None
-        if not poller.done():
+        except DeadlineExceeded as error:
             raise ArmError(
                 operation,
                 None,
                 "OperationTimedOut",
-                f"still running after {time.monotonic() - started:.0f}s; it may yet finish: "
-                "look at the resource in the portal before retrying",
-            )
-        return result
+                f"{error}; it may yet finish: look at the resource in the portal before retrying",
+            ) from None
+        except ForeignHostRefused as error:
+            raise ArmError(operation, None, "ForeignPollingHost", str(error)) from None
+        except (BadResponse, BadStatus, OperationFailed) as error:
+            # azure-core's own verdicts on an answer it cannot follow (no status link, a status
+            # body without status), raised outside its HttpResponseError.
+            raise ArmError(operation, None, "MalformedResponse", str(error) or type(error).__name__) from None
+        except AzureError as error:
+            raise ArmError(operation, None, type(error).__name__, error.message) from None
+        return polling.resource()

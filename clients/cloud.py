@@ -15,9 +15,11 @@ from urllib.parse import urlsplit
 
 from azure.core import PipelineClient
 from azure.core.exceptions import AzureError
-from azure.core.pipeline.policies import RetryPolicy, UserAgentPolicy
+from azure.core.pipeline.policies import UserAgentPolicy
 from azure.core.pipeline.transport import HttpTransport
 from azure.core.rest import HttpRequest
+
+from clients.deadline import BodyDeadlinePolicy, Deadline, DeadlineExceeded, DeadlineRetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,7 @@ METADATA_API_VERSION = "2015-01-01"
 USER_AGENT = "edge-training"
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 30.0
+DISCOVERY_DEADLINE = 120.0
 
 
 class CloudDiscoveryError(RuntimeError):
@@ -71,25 +74,33 @@ def discover(
     arm_endpoint: str,
     transport: HttpTransport | None = None,
     retry_total: int = 3,
+    deadline_seconds: float = DISCOVERY_DEADLINE,
 ) -> Cloud:
     """Read `arm_endpoint`'s metadata. Anonymous: the document is public, and it is what tells us
-    where to sign in."""
+    where to sign in. Its retries, their waits (Retry-After capped) and the body end by
+    `deadline_seconds` (clients/deadline.py)."""
     base = arm_endpoint.rstrip("/")
     if urlsplit(base).scheme != "https":
         raise CloudDiscoveryError(f"{arm_endpoint!r} is not an https URL")
     policies = [
         UserAgentPolicy(base_user_agent=USER_AGENT),
-        RetryPolicy(retry_total=retry_total, retry_backoff_factor=0.5, retry_backoff_max=10),
+        DeadlineRetryPolicy(
+            Deadline(deadline_seconds),
+            CONNECT_TIMEOUT,
+            READ_TIMEOUT,
+            retry_total=retry_total,
+            retry_backoff_factor=0.5,
+            retry_backoff_max=10,
+        ),
+        BodyDeadlinePolicy(),
     ]
     url = f"{base}/metadata/endpoints"
     client = PipelineClient(base_url=base, policies=policies, transport=transport)
     try:
-        response = client.send_request(
-            HttpRequest("GET", url, params={"api-version": METADATA_API_VERSION}),
-            connection_timeout=CONNECT_TIMEOUT,
-            read_timeout=READ_TIMEOUT,
-        )
+        response = client.send_request(HttpRequest("GET", url, params={"api-version": METADATA_API_VERSION}))
         status, text = response.status_code, response.text()
+    except DeadlineExceeded as error:
+        raise CloudDiscoveryError(f"could not read {url} within {deadline_seconds:g}s: {error}") from None
     except AzureError as error:
         raise CloudDiscoveryError(f"could not reach {url}: {error.message}") from None
     finally:
@@ -104,8 +115,7 @@ def discover(
         audiences = [str(a) for a in authentication["audiences"]]
     except (ValueError, KeyError, TypeError):
         raise CloudDiscoveryError(
-            f"{url} did not answer with a metadata document (authentication.loginEndpoint and "
-            "authentication.audiences)"
+            f"{url} did not answer with a metadata document (authentication.loginEndpoint and authentication.audiences)"
         ) from None
     if not audiences or urlsplit(login_endpoint).scheme != "https":
         raise CloudDiscoveryError(f"{url} names no audience or no https login endpoint")

@@ -33,6 +33,7 @@ from azure.core.credentials import TokenCredential
 from azure.core.pipeline.transport import HttpTransport
 
 from clients.cloud import PUBLIC, Cloud
+from clients.deadline import SignInRetryPolicy
 
 AZURE_PREFIX = "ARM_"
 HUB_PREFIX = "HUB_ARM_"
@@ -134,7 +135,8 @@ def credential_from_environment(
     client_id = env.get(f"{prefix}CLIENT_ID") or None
     tenant_id = "adfs" if cloud.uses_adfs else (tenant_id or env.get(f"{prefix}TENANT_ID") or None)
     # AD FS has no instance metadata to discover; Entra's is only needed for Entra's own hosts.
-    signin: dict[str, Any] = {"authority": cloud.authority, **pipeline}
+    # Every token request inside a deadline of its own (clients/deadline.py, SignInRetryPolicy).
+    signin: dict[str, Any] = {"authority": cloud.authority, "retry_policy_class": SignInRetryPolicy, **pipeline}
     if cloud.uses_adfs:
         signin["disable_instance_discovery"] = True
 

@@ -27,7 +27,7 @@ from azure.core.pipeline.transport import HttpTransport
 from azure.core.rest import HttpRequest, HttpResponse
 
 from clients.cloud import PUBLIC, Cloud
-from clients.deadline import Deadline, DeadlineExceeded, DeadlineRetryPolicy
+from clients.deadline import BodyDeadlinePolicy, Deadline, DeadlineExceeded, DeadlineRetryPolicy, poll_until
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +208,7 @@ class ComputeClient:
             # The token audience is the cloud's own, from its metadata (clients/cloud.py), never
             # public Azure's hard-coded.
             BearerTokenCredentialPolicy(credential, cloud.arm_scope),
+            BodyDeadlinePolicy(),  # a trickled body ends at the call's deadline too
         ]
         self._endpoint = cloud.resource_manager.rstrip("/")
         self._client = PipelineClient(base_url=self._endpoint, policies=policies, transport=transport)
@@ -287,13 +288,19 @@ class ComputeClient:
             raise _error(action, response)
         try:
             compute = _json(action, response)
-            while (state := _state(compute)) not in TERMINAL_STATES:
-                left = deadline.remaining()
-                if left > 0:
-                    self._sleep(min(self._poll_seconds, left))
-                if deadline.expired():
-                    raise ComputeApiError(action, 0, "Timeout", f"still {state} after {deadline.seconds:g}s")
-                compute = self.get(ref, deadline) or {}
+            last = [_state(compute)]
+
+            def provisioned() -> dict[str, Any] | None:
+                current = self.get(ref, deadline) or {}
+                last[0] = _state(current)
+                return current if last[0] in TERMINAL_STATES else None
+
+            if last[0] not in TERMINAL_STATES:
+                settled = poll_until(provisioned, deadline, self._poll_seconds, self._sleep, wait_first=True)
+                if settled is None:
+                    raise ComputeApiError(action, 0, "Timeout", f"still {last[0]} after {deadline.seconds:g}s")
+                compute = settled
+            state = _state(compute)
             if state != "Succeeded":
                 raise ComputeApiError(
                     action, 200, f"Provisioning{state}", _provisioning_errors(compute) or "the service gave no reason"
@@ -321,8 +328,13 @@ class ComputeClient:
             return
         if response.status_code not in (200, 202, 204):
             raise _error(action, response)
-        while response.status_code == 202 and self.get(ref, deadline) is not None:
-            left = deadline.remaining()
-            if left <= 0:
+        if response.status_code == 202:
+            gone = poll_until(
+                lambda: True if self.get(ref, deadline) is None else None,
+                deadline,
+                self._poll_seconds,
+                self._sleep,
+                wait_first=True,
+            )
+            if gone is None:
                 raise ComputeApiError(action, 202, "Timeout", f"still present after {deadline.seconds:g}s")
-            self._sleep(min(self._poll_seconds, left))

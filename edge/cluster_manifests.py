@@ -192,6 +192,11 @@ def _credential_copier(namespace: str, secret_name: str) -> dict[str, Any]:
                     # Every node that can run a job, including ones Azure ML taints for itself.
                     "tolerations": [{"operator": "Exists"}],
                     "automountServiceAccountToken": False,
+                    # Pod Security "restricted" where the copier's function allows: seccomp, no
+                    # escalation, no capabilities, read-only root. Not runAsNonRoot and not without
+                    # hostPath: it writes root-owned 0600 files into a root-owned node directory,
+                    # which no unprivileged user can (tests/test_pod_security.py names the two).
+                    "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [
                         {
                             "name": "copy",

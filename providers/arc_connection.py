@@ -26,6 +26,7 @@ from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvide
 
 from clients.arm import ArmClient, ArmError
 from clients.cloud import PUBLIC
+from clients.deadline import Deadline, poll_until
 
 log = logging.getLogger(__name__)
 
@@ -106,33 +107,34 @@ def wait_until_connected(
     Throttling and server errors that outlast the pipeline's own retries count as "not yet";
     any other refusal (no permission, no such resource group) fails at once with the service's
     message, because waiting will not change it."""
-    end = clock() + deadline_seconds
-    last = "never answered"
-    while True:
+    deadline = Deadline(deadline_seconds, clock)
+    last = ["never answered"]
+
+    def probe() -> dict[str, Any] | None:
         try:
-            cluster = client.get(ref.path, CONNECTED_CLUSTER_API_VERSION)
+            cluster = client.get(ref.path, CONNECTED_CLUSTER_API_VERSION, deadline)
         except ArmError as error:
-            if error.status not in TRANSIENT:
+            if error.status not in TRANSIENT and error.code != "DeadlineExceeded":
                 raise _refused(ref, error) from None
-            last = f"HTTP {error.status} ({error.code}: {error.message})"
-            log.warning("reading connected cluster %s: %s; still waiting", ref.name, last)
-        else:
-            if cluster is None:
-                raise ArcConnectionError(f"reading connected cluster {ref.name} failed: HTTP 404, no such cluster")
-            status = str((cluster.get("properties") or {}).get("connectivityStatus") or "Unknown")
-            if status == CONNECTED:
-                return cluster
-            last = status
-        remaining = end - clock()
-        if remaining <= 0:
-            endpoints = "\n  ".join(arc_outbound_endpoints(region))
-            raise ArcConnectionError(
-                f"connected cluster {ref.name} is not Connected after {deadline_seconds:.0f}s (last: {last}). "
-                "The Arc agents on the Hub VM connect out to Azure; check that the VM finished first boot "
-                "(/var/lib/edge-training/cluster-ready) and that the Hub network allows outbound HTTPS (443) to:\n  "
-                + endpoints
-            )
-        sleep(min(poll_seconds, remaining))
+            last[0] = f"HTTP {error.status} ({error.code}: {error.message})"
+            log.warning("reading connected cluster %s: %s; still waiting", ref.name, last[0])
+            return None
+        if cluster is None:
+            raise ArcConnectionError(f"reading connected cluster {ref.name} failed: HTTP 404, no such cluster")
+        status = str((cluster.get("properties") or {}).get("connectivityStatus") or "Unknown")
+        last[0] = status
+        return cluster if status == CONNECTED else None
+
+    connected = poll_until(probe, deadline, poll_seconds, sleep)
+    if connected is None:
+        endpoints = "\n  ".join(arc_outbound_endpoints(region))
+        raise ArcConnectionError(
+            f"connected cluster {ref.name} is not Connected after {deadline_seconds:.0f}s (last: {last[0]}). "
+            "The Arc agents on the Hub VM connect out to Azure; check that the VM finished first boot "
+            "(/var/lib/edge-training/cluster-ready) and that the Hub network allows outbound HTTPS (443) to:\n  "
+            + endpoints
+        )
+    return connected
 
 
 class ArcConnectionProvider(ResourceProvider):

@@ -25,7 +25,7 @@ import pytest
 
 from clients import ssh
 from clients.cloud import Cloud
-from clients.deadline import Deadline
+from clients.deadline import LAST_LOOK_S, Deadline
 from components.azureml_computes import (
     ComputeApiError,
     ComputeClient,
@@ -231,7 +231,7 @@ SSH_FAULTS = [
         "ssh-auth",
         ("refused the key", "30s deadline", "hubSshPublicKey"),
         key=rsa_key("stranger"),
-        sleeps=[1, 2, 4, 8, 15],
+        sleeps=[1, 2, 4, 8, 15 - LAST_LOOK_S],
     ),
     SshFault(
         "a host key that none of the offered ones matches, refused at once",
@@ -413,7 +413,8 @@ ARM_FAULTS = [
             "DELETE": [Reply(200)],
         },
         ("still Creating after 30s", "detached again", "'edge-vm'"),
-        ["GET", "PUT", "GET", "GET", "DELETE"],
+        # Polls at 10 s, 20 s and the last look at 29 s (clients/deadline.py's edge rule).
+        ["GET", "PUT", "GET", "GET", "GET", "DELETE"],
         code="Timeout",
     ),
     ArmFault(

@@ -3,6 +3,7 @@ azure-core and azure-identity code against the local HTTPS stand-in (tests/harne
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from clients.credentials import (
     CredentialConfigError,
     credential_from_environment,
 )
+from clients.deadline import RETRY_AFTER_MAX
 from tests.harness.arm_server import ArmEndpoint, Reply
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +78,41 @@ def test_discovery_failures_name_the_endpoint(arm: ArmEndpoint, reply: Reply, sa
     arm.fake.script("GET", "/metadata/endpoints", reply)
     with pytest.raises(CloudDiscoveryError, match=said):
         discover(arm.url, transport=arm.transport(), retry_total=0)
+
+
+def test_discovery_does_not_sleep_a_retry_after_beyond_its_deadline(arm: ArmEndpoint) -> None:
+    arm.fake.script("GET", "/metadata/endpoints", Reply(503, {"error": {"code": "Busy"}}, {"Retry-After": "3600"}))
+    transport = arm.transport()
+    with pytest.raises(CloudDiscoveryError, match=r"within 30s: .*HTTP 503 with Retry-After: 3600s, beyond"):
+        discover(arm.url, transport=transport, deadline_seconds=30)
+    assert transport.slept == [] and len(arm.fake.requests) == 1
+    # Within a longer deadline the wait is capped (RETRY_AFTER_MAX), not the hour asked for.
+    discover_slept = arm.transport()
+    with pytest.raises(CloudDiscoveryError, match=r"HTTP 503"):
+        discover(arm.url, transport=discover_slept, retry_total=1, deadline_seconds=120)
+    assert discover_slept.slept == [RETRY_AFTER_MAX]
+
+
+def test_discovery_waits_out_a_short_retry_after_for_real(arm: ArmEndpoint) -> None:
+    """The requests transport really sleeps here: 0.3 s, as the busy endpoint asked."""
+    from azure.core.pipeline.transport import RequestsTransport
+
+    document = metadata("https://login.microsoftonline.com/", "https://management.core.windows.net/")
+    arm.fake.script(
+        "GET", "/metadata/endpoints", Reply(503, {"error": {"code": "Busy"}}, {"retry-after-ms": "300"}), document
+    )
+    real = RequestsTransport(connection_verify=str(arm.ca_file))
+    started = time.monotonic()
+    assert discover(arm.url, transport=real, deadline_seconds=10).audience == "https://management.core.windows.net/"
+    assert 0.3 <= time.monotonic() - started < 5
+    real.close()
+
+
+def test_discovery_of_a_trickled_document_ends_at_its_deadline(arm: ArmEndpoint) -> None:
+    document = metadata("https://login.microsoftonline.com/", "https://management.core.windows.net/")
+    arm.fake.script("GET", "/metadata/endpoints", Reply(200, document.body, trickle_s=0.1))
+    with pytest.raises(CloudDiscoveryError, match=r"within 1s: .*body was still arriving"):
+        discover(arm.url, transport=arm.transport(), deadline_seconds=1.0)
 
 
 def test_discovery_refuses_plain_http_before_any_request() -> None:
@@ -158,6 +195,35 @@ def test_a_hub_principal_signs_in_at_adfs_with_its_secret(arm: ArmEndpoint) -> N
     assert exchange.body["scope"] == "https://management.adfs.azurestack.local/4de154de/.default"
     # No Entra instance discovery against an AD FS Hub (it would leave the network).
     assert all("discovery" not in r.path for r in arm.fake.requests)
+
+
+def test_sign_in_does_not_wait_out_a_retry_after_beyond_its_deadline(arm: ArmEndpoint) -> None:
+    """A token endpoint answering 429 with Retry-After: 3600 fails the sign-in at once; stock
+    azure-identity would sleep the hour."""
+    arm.fake.script("GET", "/metadata/endpoints", metadata(arm.url + "/adfs", "https://management.adfs.local/1"))
+    arm.fake.script(
+        "GET",
+        "/adfs/.well-known/openid-configuration",
+        Reply(
+            200,
+            {
+                "issuer": arm.url + "/adfs",
+                "token_endpoint": arm.url + "/adfs/oauth2/token",
+                "authorization_endpoint": arm.url + "/adfs/oauth2/authorize",
+            },
+        ),
+    )
+    arm.fake.script(
+        "POST", "/adfs/oauth2/token", Reply(429, {"error": "temporarily_unavailable"}, {"Retry-After": "3600"})
+    )
+    env = {"HUB_ARM_CLIENT_ID": CLIENT, "HUB_ARM_CLIENT_SECRET": "hub-secret"}
+    transport = arm.transport()
+    cloud = discover(arm.url, transport=transport)
+    credential = credential_from_environment(env, prefix="HUB_ARM_", cloud=cloud, transport=transport)
+    with pytest.raises(Exception, match=r"Retry-After: 3600s, beyond the \d+s left"):
+        credential.get_token(cloud.arm_scope)
+    assert transport.slept == []
+    assert len([r for r in arm.fake.requests if r.method == "POST"]) == 1
 
 
 def test_a_configured_tenant_wins_over_the_variable() -> None:

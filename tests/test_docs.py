@@ -392,9 +392,10 @@ def test_edge_training_runs_from_a_folder_outside_the_checkout(sandbox: Sandbox,
 
 def test_relative_paths_start_from_the_callers_folder_and_the_job_files(sandbox: Sandbox, tmp_path) -> None:
     """Arguments from where the command runs; a job file's own paths from the job file's folder."""
-    project = tmp_path / "project"
+    project = tmp_path / "project"  # a data scientist's repository: jobs/ beside src/
     (project / "jobs").mkdir(parents=True)
     (project / "src").mkdir()
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
     (project / "src" / "train.py").write_text("print('trained')\n")
     (project / "jobs" / "job.yml").write_text(
         "type: command\ncode: ../src\ncommand: python train.py --data ${{inputs.data}}\n"

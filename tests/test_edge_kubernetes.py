@@ -364,6 +364,20 @@ def test_the_secrets_provider_is_pickled_without_secrets_and_never_rotates_on_it
     assert rotated.changes is True and rotated.replaces == []  # in place: see test_day_two.py
 
 
+def test_a_change_of_the_providers_code_never_rotates_the_arc_key() -> None:
+    """Pulumi hands a dynamic provider's diff its inputs with `__provider`, the serialized provider
+    (pulumi/dynamic/dynamic.py, PROVIDER_KEY): any edit to this module changes it. A diff that
+    compared it would replace the key, onboarding the cluster again, on every code change."""
+    from pulumi.dynamic.dynamic import PROVIDER_KEY, serialize_provider
+
+    provider = ClusterSecretsProvider()
+    olds = {PROVIDER_KEY: serialize_provider(provider), "keyBits": 4096, "rotation": 0, "onboardingPrivateKey": "k"}
+    news = {PROVIDER_KEY: "a different serialization, as after any code change", "keyBits": 4096, "rotation": 0}
+    assert olds[PROVIDER_KEY] != news[PROVIDER_KEY]
+    result = provider.diff("id", olds, news)
+    assert result.changes is False and not result.replaces
+
+
 def test_public_key_certificate_refuses_a_non_rsa_key() -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
 

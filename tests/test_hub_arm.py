@@ -10,6 +10,7 @@ import copy
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,23 @@ def test_a_huge_retry_after_is_capped(
     provider.create(nsg(hub))
     assert RETRY_AFTER_MAX in transport.slept
     assert max(transport.slept) <= RETRY_AFTER_MAX
+
+
+def test_a_slow_throttling_hub_is_waited_out_for_real(hub: HubArm) -> None:
+    """The requests transport really sleeps here: every answer 50 ms late, one 429 asking for 1 s,
+    the create's operation polled after its Retry-After of 1 s."""
+    from azure.core.pipeline.transport import RequestsTransport
+
+    hub.latency_s = 0.05
+    hub.inject("PUT", r"nsg-edge-test$", Reply(429, {"error": {"code": "TooManyRequests"}}, {"Retry-After": "1"}))
+    real = RequestsTransport(connection_verify=str(hub.ca_file))
+    started = time.monotonic()
+    created = HubArmResourceProvider(transport=real).create(nsg(hub))
+    elapsed = time.monotonic() - started
+    real.close()
+    assert created.id.endswith("/networkSecurityGroups/nsg-edge-test")
+    assert len(puts(hub, "nsg-edge-test")) == 2
+    assert 2.0 <= elapsed < 20
 
 
 class Interrupted(BaseException):
@@ -418,6 +436,27 @@ def test_secrets_stay_out_of_errors_and_plain_outputs(
     with pytest.raises(HubArmError) as raised:
         provider.update(engine.state["hub-vm-vm"][0], vm, news)
     assert custom_data not in str(raised.value) and "[secret]" in str(raised.value)
+    engine.destroy()
+
+
+def test_a_hub_that_echoes_a_secret_does_not_put_it_in_plain_outputs(
+    hub: HubArm, provider: HubArmResourceProvider, program: Callable[..., Recording]
+) -> None:
+    """The stand-in above never echoes customData (nor does Azure); this one does, so the filter
+    of secrets out of `observedProperties` is exercised, not assumed."""
+    hub.echoes_write_only = True
+    engine = Engine(provider, hub)
+    engine.up(engine.declared(program()), hub.url)
+    _, vm = engine.state["hub-vm-vm"]
+    custom_data = vm["secretProperties"]["osProfile"]["customData"]
+    echoed = hub.resource(
+        next(k for k in hub.resources if k.endswith("/virtualmachines/" + vm["resourceName"].lower()))
+    )
+    assert echoed is not None and echoed["properties"]["osProfile"]["customData"] == custom_data  # it is echoed
+    assert "customData" not in vm["observedProperties"]["osProfile"]
+    assert custom_data not in repr(vm["observedProperties"]) and custom_data not in repr(vm["properties"])
+    read = provider.read(engine.state["hub-vm-vm"][0], vm)
+    assert custom_data not in repr(read.outs.get("observedProperties"))
     engine.destroy()
 
 

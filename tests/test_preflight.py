@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from clients.deadline import Deadline
+from clients.deadline import LAST_LOOK_S, Deadline
 from components.ssh_preflight import PreflightError, PreflightTarget, connect, run_preflight
 from tests.harness import services
 from tests.harness.keys import KeyPair, rsa_key
@@ -94,7 +94,8 @@ def test_a_wrong_user_key_is_refused_at_the_deadline(ssh_server, booted, docker_
     """Sign-in is retried (the key may not be installed yet), so the refusal comes at the deadline."""
     clock = FakeClock()
     expect_failure("ssh-auth", target(ssh_server, rsa_key("stranger"), booted), clock)
-    assert clock.now == 5.0
+    # The last attempt starts LAST_LOOK_S before the 5 s deadline (clients/deadline.py's edge rule).
+    assert clock.now == 5.0 - LAST_LOOK_S
 
 
 def test_a_closed_port_fails_within_its_deadline_with_backoff(tmp_path: Path, booted: Path) -> None:
@@ -108,8 +109,9 @@ def test_a_closed_port_fails_within_its_deadline_with_backoff(tmp_path: Path, bo
         )
         connect(t, Deadline(20, clock), sleep=clock.sleep)
     assert caught.value.check == "ssh-reachable"
-    assert clock.sleeps == [1, 2, 4, 8, 5]  # doubling, the last cut to what is left of the deadline
-    assert clock.now == 20
+    # Doubling, the last wait cut so the last attempt starts LAST_LOOK_S before the deadline.
+    assert clock.sleeps == [1, 2, 4, 8, 5 - LAST_LOOK_S]
+    assert clock.now == 20 - LAST_LOOK_S
 
 
 def test_a_closed_port_fails_for_real_with_a_short_deadline(start_ssh_server, ssh_user_key, booted) -> None:
@@ -126,7 +128,7 @@ def test_first_boot_not_finished_fails_after_the_deadline(ssh_server, ssh_user_k
     error = expect_failure(
         "first-boot", target(ssh_server, ssh_user_key, tmp_path / "never", deadline_seconds=30), clock
     )
-    assert clock.now >= 30
+    assert clock.now >= 30 - LAST_LOOK_S  # the last look, just before the deadline
     assert "cloud-init-output.log" in str(error)
 
 

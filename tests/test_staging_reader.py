@@ -153,7 +153,7 @@ def test_tls_is_verified_against_the_configured_ca_bundle(tmp_path, monkeypatch,
 
     def respond(method: str, path: str, headers: dict[str, str], raw: bytes) -> Reply:
         seen.append(headers)
-        return Reply(200, "blob content")
+        return Reply(200, "blob content", {"ETag": '"0x1"'})
 
     with https_server(tmp_path, respond, "blob-https") as (url, certificate):
         monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)

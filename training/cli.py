@@ -147,6 +147,11 @@ def configure_submit(commands: Any) -> None:
         "(default: the job file's resources.instance_type, else the compute's default)",
     )
     submit.add_argument("--dry-run", action="store_true", help="print the job and the guard's findings; send nothing")
+    submit.add_argument(
+        "--allow-code-outside-project",
+        action="store_true",
+        help="let a job file's code: point outside its project (the git work tree holding it, else its folder)",
+    )
     submit.add_argument("--no-stream", action="store_true", help="do not follow the job's logs")
     submit.set_defaults(handler=cmd_submit)
 
@@ -206,7 +211,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     outputs = _outputs(args)
     settings = jobs.SubmitSettings.from_outputs(outputs, args.blob_api_version)
-    with jobs.prepare(_job_spec(args, outputs), settings) as prepared:
+    with jobs.prepare(_job_spec(args, outputs), settings, args.allow_code_outside_project) as prepared:
         if args.dry_run:
             print(jobs.render(prepared))
             return USAGE if prepared.findings else OK

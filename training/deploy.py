@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import paramiko
 
 from clients import ssh, ssh_keys
-from clients.deadline import Deadline
+from clients.deadline import Deadline, retry_until
 from edge import serving_manifests
 
 log = logging.getLogger(__name__)
@@ -201,10 +201,10 @@ def _wait_healthy(
 
     The liveness route is GET / on the published port: azureml-inference-server-http answers it
     with 200 once the scoring script has initialised."""
-    end = clock() + deadline
-    delay = 1.0
     url = f"http://127.0.0.1:{host_port}/"
-    while True:
+    last = ["unknown"]
+
+    def settled() -> bool:
         try:
             status = remote.run("docker", "inspect", "--format", "{{.State.Health.Status}}", name)
             probe = status in _NO_STATUS
@@ -213,10 +213,11 @@ def _wait_healthy(
         if probe:
             answered = remote.succeeds("curl", "-fsS", "-o", "/dev/null", "--max-time", "5", url)
             status = "healthy" if answered else f"no answer on {url}"
-        if status in ("healthy", "unhealthy") or clock() >= end:
-            return status
-        sleep(min(delay, max(0.0, end - clock())))
-        delay = min(delay * 2, 15.0)
+        last[0] = status
+        return status in ("healthy", "unhealthy")
+
+    retry_until(settled, Deadline(deadline, clock), sleep, first_delay=1.0, max_delay=15.0)
+    return last[0]
 
 
 # --- kubernetes mode ----------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clients.deadline import Deadline, retry_until
 from training import mlflow_model
 from training.local_server import DOCKERFILE, REQUIREMENTS, SCORE, WORKER
 
@@ -239,20 +240,19 @@ def build_image(
     emit(f"ACR Tasks run {run_id}: building {login_server}/{spec.tag}")
     follower = _LogFollower(client.runs.get_log_sas_url(resource_group, registry, run_id).log_link, emit)
     # The service stops the build at `timeout`; this client waits a little longer for it to say so.
-    end = clock() + timeout_seconds + 120
-    delay = 2.0
-    while True:
-        run = client.runs.get(resource_group, registry, run_id)
+    latest = [run]
+
+    def ended() -> bool:
+        latest[0] = client.runs.get(resource_group, registry, run_id)
         follower.poll()
-        status = str(run.status)
-        if status in TERMINAL:
-            break
-        if clock() >= end:
-            raise ImageBuildError(
-                f"run {run_id} still {status} after {timeout_seconds}s; last log lines:\n{follower.tail()}"
-            )
-        sleep(min(delay, max(0.0, end - clock())))
-        delay = min(delay * 1.5, 10.0)
+        return str(latest[0].status) in TERMINAL
+
+    if not retry_until(ended, Deadline(timeout_seconds + 120, clock), sleep, first_delay=2.0, max_delay=10.0):
+        raise ImageBuildError(
+            f"run {run_id} still {latest[0].status} after {timeout_seconds}s; last log lines:\n{follower.tail()}"
+        )
+    run = latest[0]
+    status = str(run.status)
     if status != "Succeeded":
         reason = f" ({run.run_error_message})" if run.run_error_message else ""
         raise ImageBuildError(f"run {run_id} ended {status}{reason}; last log lines:\n{follower.tail()}")

@@ -58,8 +58,19 @@ VIRTUAL_MACHINE, KUBERNETES = "virtual-machine", "kubernetes"
 
 DATA_SUFFIXES = (".csv", ".parquet", ".json", ".jsonl", ".npy", ".npz", ".pkl", ".joblib", ".h5", ".zip", ".tar", ".gz")
 MAX_CODE_FILE_BYTES = 10 * 1024 * 1024  # a code snapshot is code: anything bigger is data
-SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|CONNECTION_STRING|CREDENTIAL|SAS", re.IGNORECASE)
-SECRET_VALUE = re.compile(r"AccountKey=|SharedAccessSignature=|[?&]sig=|-----BEGIN", re.IGNORECASE)
+SECRET_NAME = re.compile(
+    r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|PASSPHRASE|CONNECTION_STRING|CREDENTIAL|SAS|(^|_)PWD?($|_)", re.IGNORECASE
+)
+# A SAS may be written from its signature on (`sig=...&se=...`), not only after `?` or `&`.
+SECRET_VALUE = re.compile(r"AccountKey=|SharedAccessSignature=|(^|[?&\s'\"])sig=|-----BEGIN", re.IGNORECASE)
+_ASSIGNMENT = re.compile(r"(?:^|[\s;&|])(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=(\S+)")
+"""`NAME=value` in a shell command: a secret set inline travels with the job definition."""
+KEY_FILES = re.compile(
+    r"(^|/)(id_(rsa|dsa|ecdsa|ed25519)(_sk)?|kubeconfig|\.env(\.[^/]*)?|[^/]*\.(pem|key|pfx|p12|ppk|kubeconfig)"
+    r"|\.kube/config|\.ssh/[^/]+|credentials(\.json)?)$",
+    re.IGNORECASE,
+)
+"""Private keys, kubeconfigs and .env files: never part of a code snapshot (ignore them in .amlignore)."""
 # Where inputs may point without anything being uploaded: remote stores and registered assets.
 REMOTE_SCHEMES = ("azureml", "https", "http", "wasbs", "wasb", "abfss", "abfs", "adl")
 INPUT_REFERENCE = r"\$\{\{\s*inputs\.%s\s*\}\}"
@@ -314,7 +325,7 @@ def check_instance_type(resources: Mapping[str, Any], settings: SubmitSettings, 
 # --- the code snapshot ----------------------------------------------------------------------------
 
 
-def _code_dir(spec: JobSpec) -> Path:
+def _code_dir(spec: JobSpec, allow_code_outside: bool = False) -> Path:
     code = spec.body.get("code")
     if code is None:
         raise JobSpecError(f"{spec.source}: the job has no code folder")
@@ -323,7 +334,26 @@ def _code_dir(spec: JobSpec) -> Path:
     folder = (spec.base_dir / code.removeprefix("file://")).resolve()
     if not folder.is_dir():
         raise JobSpecError(f"{spec.source}: code folder {folder} does not exist")
+    # A `code:` that climbs out of the project (`../..`, `/home/me`) would snapshot whatever lives
+    # there (keys, other projects' data) into the cloud.
+    project = project_root(spec.base_dir)
+    if not allow_code_outside and not folder.is_relative_to(project):
+        raise EgressRefused(
+            f"refusing to submit: {spec.source}: code folder {folder} is outside the project {project} "
+            "(the git work tree holding the job file, else its folder); its whole content would be uploaded. "
+            "Move the code into the project, or pass --allow-code-outside-project"
+        )
     return folder
+
+
+def project_root(job_dir: Path) -> Path:
+    """The project a job file belongs to: the git work tree that holds it (where a data scientist
+    keeps `jobs/` beside `src/`), else the job file's own folder."""
+    here = job_dir.resolve()
+    for folder in (here, *here.parents):
+        if (folder / ".git").exists():
+            return folder
+    return here
 
 
 def snapshot_files(code: Path) -> list[tuple[Path, str]]:
@@ -338,7 +368,12 @@ def snapshot_files(code: Path) -> list[tuple[Path, str]]:
 def code_findings(code: Path) -> list[str]:
     findings = []
     for source, relative in snapshot_files(code):
-        if Path(relative).suffix.lower() in DATA_SUFFIXES:
+        if KEY_FILES.search(str(relative)):
+            findings.append(
+                f"the code folder holds {relative}, a key or credential file that would be uploaded with the "
+                "code snapshot: move it out, or list it in the folder's .amlignore"
+            )
+        elif Path(relative).suffix.lower() in DATA_SUFFIXES:
             findings.append(f"the code folder holds {relative}, which would be uploaded with the code snapshot")
         elif source.stat().st_size > MAX_CODE_FILE_BYTES:
             findings.append(f"the code folder holds {relative} ({source.stat().st_size} bytes): too big for code")
@@ -414,9 +449,48 @@ def egress_findings(job: Any) -> list[str]:
             if folder.is_dir():
                 problems += code_findings(folder)
         for name, value in (getattr(node, "environment_variables", None) or {}).items():
-            if SECRET_NAME.search(str(name)) or SECRET_VALUE.search(str(value)):
+            if _secret(str(name), str(value)):
                 problems.append(f"environment variable {name} looks like a secret: job definitions live in the cloud")
+        command = getattr(node, "command", None)
+        if isinstance(command, str) and command_secrets(command):
+            problems.append(
+                f"{where} command sets {', '.join(command_secrets(command))}, which looks like a secret: "
+                "job definitions live in the cloud"
+            )
     return problems
+
+
+def _secret(name: str, value: str) -> bool:
+    return bool(SECRET_NAME.search(name) or SECRET_VALUE.search(value))
+
+
+def command_secrets(command: str) -> list[str]:
+    """What in a job's command looks like a secret: `NAME=value` with a secret's name or value, or
+    a secret-shaped value anywhere (named by its shape, never quoted)."""
+    found = [name for name, value in _ASSIGNMENT.findall(command) if _secret(name, value)]
+    if not found and SECRET_VALUE.search(command):
+        found.append("a key, SAS signature or private key")
+    return found
+
+
+def redact_spec(value: Any, name: str = "") -> Any:
+    """`value` for printing: environment values that look like secrets, and secret-shaped parts of
+    commands, replaced (what --dry-run shows is what a terminal log keeps)."""
+    if isinstance(value, dict):
+        return {k: redact_spec(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_spec(v, name) for v in value]
+    if isinstance(value, str) and (_secret(name, value) if name not in ("command", "code") else False):
+        return "***redacted***"
+    if isinstance(value, str) and name == "command":
+        for variable, secret in _ASSIGNMENT.findall(value):
+            if _secret(variable, secret):
+                value = value.replace(f"{variable}={secret}", f"{variable}=***redacted***")
+        return _SECRET_TAIL.sub(r"\1***redacted***", value)
+    return value
+
+
+_SECRET_TAIL = re.compile(r"((?:AccountKey|SharedAccessSignature|sig)=)[^;&'\"\s]+", re.IGNORECASE)
 
 
 def egress_guard(job: Any) -> None:
@@ -444,7 +518,7 @@ def load(body: Mapping[str, Any], base_dir: Path) -> Any:
 
 
 @contextmanager
-def prepare(spec: JobSpec, settings: SubmitSettings) -> Iterator[PreparedJob]:
+def prepare(spec: JobSpec, settings: SubmitSettings, allow_code_outside: bool = False) -> Iterator[PreparedJob]:
     """The job ready to send, with the guard's findings; its snapshot lives until the block ends.
 
     The guard sees the user's code folder first, so a refused job copies nothing; the assembled
@@ -457,7 +531,7 @@ def prepare(spec: JobSpec, settings: SubmitSettings) -> Iterator[PreparedJob]:
             raise EgressRefused("refusing to submit: " + "; ".join(findings))
         raise JobSpecError(f"{spec.source}: only command jobs run on the edge compute, not type {kind!r}")
     body, _ = apply_settings(spec, settings)
-    code = _code_dir(spec)
+    code = _code_dir(spec, allow_code_outside)
     if (code / "edge_train").exists():
         raise JobSpecError(f"{spec.source}: the code folder has its own edge_train; the snapshot gets the project's")
     body["code"] = str(code)
@@ -477,7 +551,7 @@ def render(prepared: PreparedJob) -> str:
     lines = [
         "# The job as azure.ai.ml.load_job reads it; the code snapshot is the folder below (as its",
         "# .amlignore leaves it) plus the edge_train package at its root.",
-        yaml.safe_dump(prepared.spec, sort_keys=False).rstrip(),
+        yaml.safe_dump(redact_spec(prepared.spec), sort_keys=False).rstrip(),
         "# egress guard: "
         + ("; ".join(prepared.findings) if prepared.findings else "nothing leaves the edge but code"),
     ]

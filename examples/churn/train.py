@@ -41,7 +41,8 @@ TRACKING_VARIABLE = "MLFLOW_TRACKING_URI"
 class TrainConfig:
     container: str
     prefix: str
-    cache_dir: Path
+    cache_dir: Path | None
+    """None: edge_train's default, one cache per account and container."""
     output_dir: Path
     hyperparameters: estimator.Hyperparameters
     workers: int = 16
@@ -188,7 +189,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="hub://<container>/<prefix> of the CSV files")
     p.add_argument("--account-url", help="Hub blob endpoint (default: $EDGE_ACCOUNT_URL)")
     p.add_argument("--credential-file", default=None, help="default: /etc/edge-training/storage-credential")
-    p.add_argument("--cache-dir", type=Path, default=None, help="default: /tmp/edge-training-cache/<container>")
+    p.add_argument(
+        "--cache-dir", type=Path, default=None, help="default: /tmp/edge-training-cache/<account>/<container>"
+    )
     p.add_argument("--output-dir", type=Path, default=Path("outputs"))
     p.add_argument("--workers", type=positive_int, default=16)
     p.add_argument("--c", type=float, default=1.0, help="inverse regularization strength")
@@ -208,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             TrainConfig(
                 container=location.container,
                 prefix=location.prefix,
-                cache_dir=args.cache_dir or edge_train.hub.DEFAULT_CACHE / location.container,
+                cache_dir=args.cache_dir,
                 output_dir=args.output_dir,
                 hyperparameters=estimator.Hyperparameters(c=args.c, max_iter=args.max_iter, seed=args.seed),
                 workers=args.workers,

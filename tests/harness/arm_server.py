@@ -8,6 +8,7 @@ import re
 import shutil
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,6 +42,14 @@ class Reply:
     status: int
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None
+    """Sent as is instead of `body` as JSON (with `headers`' Content-Type, if any): untidy answers."""
+    delay_s: float = 0.0
+    """Held this long before the status line: a slow service."""
+    trickle_s: float = 0.0
+    """The body sent one byte at a time, this long apart: a body that never trips a per-read timeout."""
+    stall_at: int | None = None
+    """With `trickle_s`: after this many bytes the body stops for a minute (the client must give up)."""
 
 
 class FakeArm:
@@ -128,15 +137,32 @@ def https_server(directory: Path, respond: Respond, name: str) -> Iterator[tuple
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
             reply = respond(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, raw)
-            payload = b"" if reply.body is None else json.dumps(reply.body).encode()
+            # hub_arm.py's Reply has only status, body and headers.
+            delay_s, raw_body = getattr(reply, "delay_s", 0.0), getattr(reply, "raw", None)
+            trickle_s, stall_at = getattr(reply, "trickle_s", 0.0), getattr(reply, "stall_at", None)
+            if delay_s:
+                time.sleep(delay_s)
+            if raw_body is not None:
+                payload = raw_body
+            else:
+                payload = b"" if reply.body is None else json.dumps(reply.body).encode()
             self.send_response(reply.status)
             for header, value in reply.headers.items():
                 self.send_header(header, value)
-            if payload:
+            if payload and raw_body is None:
                 self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(payload)
+            if not trickle_s:
+                self.wfile.write(payload)
+                return
+            try:
+                for i in range(len(payload)):
+                    self.wfile.write(payload[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(60 if i + 1 == stall_at else trickle_s)
+            except OSError:
+                pass  # the client gave up on the body, as it should
 
         do_GET = do_PUT = do_DELETE = do_POST = _handle
 

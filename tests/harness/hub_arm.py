@@ -30,6 +30,7 @@ import itertools
 import re
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -143,6 +144,11 @@ class HubArm:
     retry_after: str = "1"
     """What operation answers say in Retry-After (clients in tests record waits instead of sleeping)."""
     lock: threading.RLock = field(default_factory=threading.RLock)
+    latency_s: float = 0.0
+    """Held before every answer: a Hub across a WAN, slow as the real one is."""
+    echoes_write_only: bool = False
+    """A Hub build that echoes what Microsoft documents as write-only (customData, adminPassword):
+    the provider's filter of secrets out of plain outputs must hold even then."""
 
     def transport(self) -> RecordingTransport:
         return RecordingTransport(connection_verify=str(self.ca_file))
@@ -319,7 +325,7 @@ class _Arm:
 
     def _view(self, key: str, kind: str) -> dict[str, Any]:
         view = copy.deepcopy(self.hub.resources[key])
-        for secret in WRITE_ONLY.get(kind, ()):
+        for secret in () if self.hub.echoes_write_only else WRITE_ONLY.get(kind, ()):
             parent = _dig(view["properties"], secret[:-1]) if len(secret) > 1 else view["properties"]
             if isinstance(parent, dict):
                 parent.pop(secret[-1], None)
@@ -490,6 +496,8 @@ def serve_hub_arm(
 
     def handle(method: str, raw_path: str, headers: dict[str, str], raw: bytes) -> Reply:
         hub = hub_box[0]
+        if hub.latency_s:
+            time.sleep(hub.latency_s)  # outside the lock: slow answers still overlap
         url = urlsplit(raw_path)
         body = _body(raw, headers.get("content-type", ""))
         with hub.lock:

@@ -12,8 +12,10 @@ by `credentials.resolve`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 ACCOUNT_URL_VARIABLE = "EDGE_ACCOUNT_URL"
 CACHE_VARIABLE = "EDGE_CACHE_DIR"
 DEFAULT_CACHE = Path("/tmp/edge-training-cache")  # noqa: S108 (a cache, reused across runs on purpose)
+_ACCOUNT = re.compile(r"[a-z0-9]{3,24}")
 
 
 @dataclass(frozen=True)
@@ -59,17 +62,17 @@ def stage(
 ) -> Staged:
     """Make every blob under `source` a local file (unchanged blobs are not downloaded again).
 
-    `cache_dir` defaults to $EDGE_CACHE_DIR or /tmp/edge-training-cache/<container>;
-    `service` (a BlobServiceClient) replaces the account URL and credential lookup."""
+    `cache_dir` defaults to $EDGE_CACHE_DIR or /tmp/edge-training-cache, then <account>/<container>
+    (`default_cache`); `service` (a BlobServiceClient) replaces the account URL and credential lookup."""
     location = source if isinstance(source, HubLocation) else HubLocation.parse(source)
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
-    if cache_dir is None:
-        cache_dir = Path(os.environ.get(CACHE_VARIABLE) or DEFAULT_CACHE) / location.container
     if service is None:
         credential = credentials.resolve(credential_file)
         log.info("storage credential from %s", credential.source)
         service = credential.service_client(account_url or os.environ.get(ACCOUNT_URL_VARIABLE))
+    if cache_dir is None:
+        cache_dir = default_cache(service.account_name, location.container)
     container = service.get_container_client(location.container)
     result = staging.stage_blobs(container, location.prefix, Path(cache_dir), workers=workers)
     return Staged(
@@ -80,6 +83,19 @@ def stage(
         reused=result.reused,
         bytes_downloaded=result.bytes_downloaded,
     )
+
+
+def default_cache(account: str | None, container: str) -> Path:
+    """The cache of one container of one account: two Hub accounts may each have a container of
+    the same name, and one cache for both would mix (and prune) each other's blobs.
+
+    Storage account names are 3-24 lowercase letters and digits (Azure's naming rules); any other
+    name (an emulator's, a custom domain's) is kept readable and made safe as one path segment."""
+    name = account or "default-account"
+    if not _ACCOUNT.fullmatch(name):
+        digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+        name = f"{re.sub(r'[^A-Za-z0-9-]', '-', name)[:40]}-{digest}"
+    return Path(os.environ.get(CACHE_VARIABLE) or DEFAULT_CACHE) / name / container
 
 
 def fingerprint(staged: Staged, include: Callable[[str], bool] | None = None) -> str:

@@ -17,6 +17,14 @@ What the SDK did for these GETs, and this module does too:
 - The listed version only: If-Match with the listed ETag (412 if the blob was rewritten).
 - Retries of what may pass (connection failures, timeouts, 408/429/500/502/503/504) a few times
   with a short backoff, Retry-After honoured up to a cap; the wait ends early when the run stops.
+- One deadline per request, its retries and its body included (`REQUEST_DEADLINE_S`): every
+  socket read waits at most what is left of it, so a body trickled one byte at a time fails at the
+  deadline instead of resetting a per-read timeout forever; a Retry-After that would end past it is
+  not waited for. The same rule as clients/deadline.py, written again here because edge_train
+  ships alone into jobs and imports nothing of the deployment's code.
+- Nothing believed unchecked: a GET's body is exactly as long as asked (the listed size, or the
+  range), its ETag is the If-Match sent; a listing is XML with sane sizes, at most `MAX_PAGES` pages
+  within `LIST_DEADLINE_S`, and a NextMarker seen before (a loop) is an error.
 - TLS verified against $REQUESTS_CA_BUNDLE / $CURL_CA_BUNDLE (a Hub's own CA) or certifi's
   bundle, as requests does; the environment's proxy for the account's host, NO_PROXY honoured.
 """
@@ -24,13 +32,16 @@ What the SDK did for these GETs, and this module does too:
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import hashlib
 import hmac
 import os
 import random
 import re
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -51,6 +62,16 @@ RETRY_AFTER_CAP_S = 30.0
 CONNECT_TIMEOUT_S = 20.0
 READ_TIMEOUT_S = 60.0
 PAGE_SIZE = 5000  # the service's maximum per List Blobs page
+REQUEST_DEADLINE_S = 300.0
+"""One GET, its retries and its whole body: 8 MiB ranges and blobs under 32 MiB take seconds."""
+LIST_DEADLINE_S = 1800.0
+MAX_PAGES = 20_000
+"""100 million blobs at 5,000 a page: a listing longer than that is a service gone wrong."""
+MAX_BLOB_BYTES = 50_000 * 4000 * 1024 * 1024
+"""A block blob's maximum, 50,000 blocks of 4,000 MiB (about 190.7 TiB; "Scalability and performance
+targets for Blob storage"); a listing that claims more is not believed."""
+BODY_CHUNK = 256 * 1024
+_CLOCK_SLACK_S = 0.05  # a socket timeout set to what was left fires about when the deadline ends
 _MESSAGE = re.compile(r"<Message>([^<\r\n]*)")
 
 
@@ -79,6 +100,10 @@ class BlobChanged(BlobReadError):
 
 class BlobGone(BlobReadError):
     """404: the blob was deleted after it was listed."""
+
+
+class BlobLengthMismatch(BlobReadError):
+    """The body is not as long as the listing (or the range) said: never staged as the blob."""
 
 
 class UnsupportedCredential(ValueError):
@@ -155,22 +180,41 @@ class BlobReader:
         )
 
     def list_blobs(self, prefix: str) -> Iterator[ListedBlob]:
-        """Every blob whose name starts with `prefix`, page by page, in name order (List Blobs)."""
+        """Every blob whose name starts with `prefix`, page by page, in name order (List Blobs);
+        at most `MAX_PAGES` pages by `LIST_DEADLINE_S`, and no marker twice."""
         marker = ""
-        while True:
+        seen: set[str] = set()
+        deadline = _Deadline(LIST_DEADLINE_S)
+        for _ in range(MAX_PAGES):
             query = {"restype": "container", "comp": "list", "maxresults": str(PAGE_SIZE)}
             if prefix:
                 query["prefix"] = prefix
             if marker:
                 query["marker"] = marker
+            body = self._send(self._path, query, {}, deadline=deadline)
             # ElementTree resolves no external entities, and expat >= 2.4.1 (CPython 3.11 bundles
             # 2.5+) refuses entity-expansion bombs: https://docs.python.org/3/library/xml.html#xml-vulnerabilities
-            page = ElementTree.fromstring(self._send(self._path, query, {}))  # noqa: S314
+            try:
+                page = ElementTree.fromstring(body)  # noqa: S314
+            except ElementTree.ParseError as error:
+                raise BlobReadError(
+                    0, "MalformedListing", f"the listing is not XML ({len(body)} bytes: {error})"
+                ) from None
+            if page.tag != "EnumerationResults":
+                raise BlobReadError(
+                    0, "MalformedListing", f"the listing's root is <{page.tag}>, not <EnumerationResults>"
+                )
             for blob in page.iter("Blob"):
                 yield _listed(blob)
             marker = page.findtext("NextMarker") or ""
             if not marker:
                 return
+            if marker in seen:
+                raise BlobReadError(
+                    0, "MalformedListing", f"the listing repeats its NextMarker {marker[:80]!r}: a loop"
+                )
+            seen.add(marker)
+        raise BlobReadError(0, "MalformedListing", f"the listing goes on past {MAX_PAGES} pages")
 
     def get(
         self,
@@ -187,6 +231,11 @@ class BlobReader:
             headers["x-ms-range"] = f"bytes={offset}-{offset + length - 1}"
         return self._send(f"{self._path}/{quote(name, safe='/~')}", {}, headers, length, stop)
 
+    def get_whole(self, blob: ListedBlob, stop: threading.Event | None = None) -> bytes:
+        """All of `blob` at its listed ETag, exactly its listed size long."""
+        headers = {"If-Match": blob.etag}
+        return self._send(f"{self._path}/{quote(blob.name, safe='/~')}", {}, headers, blob.size, stop)
+
     def close(self) -> None:
         self._pool.clear()
 
@@ -197,21 +246,36 @@ class BlobReader:
         headers: dict[str, str],
         length: int | None = None,
         stop: threading.Event | None = None,
+        deadline: _Deadline | None = None,
     ) -> bytes:
+        """`length`: the exact body length expected (a range's, or the listed size)."""
+        request_deadline = _Deadline(REQUEST_DEADLINE_S)
+        if deadline is None or deadline.remaining() > request_deadline.remaining():
+            deadline = request_deadline
         failure = BlobReadError(0, "NotAttempted", "the run stopped before the first attempt")
         for attempt in range(ATTEMPTS):
-            if attempt and _back_off(stop, failure, attempt):
-                break  # another download failed: this one is abandoned
+            if attempt and _back_off(stop, failure, attempt, deadline):
+                break  # another download failed, or the deadline leaves no time: abandoned
+            if deadline.remaining() <= 0:
+                break
             try:
-                return self._attempt(path, query, headers, length)
+                return self._attempt(path, query, headers, length, deadline)
             except _Retryable as retry:
                 failure = retry.error
         raise failure
 
-    def _attempt(self, path: str, query: dict[str, str], headers: dict[str, str], length: int | None) -> bytes:
+    def _attempt(
+        self, path: str, query: dict[str, str], headers: dict[str, str], length: int | None, deadline: _Deadline
+    ) -> bytes:
+        left = deadline.remaining()
+        timeout = urllib3.Timeout(connect=min(CONNECT_TIMEOUT_S, left), read=min(READ_TIMEOUT_S, left))
         try:
             response = self._pool.urlopen(
-                "GET", self._url(path, query), headers=self._signed(path, query, headers), preload_content=False
+                "GET",
+                self._url(path, query),
+                headers=self._signed(path, query, headers),
+                preload_content=False,
+                timeout=timeout,
             )
         except (urllib3.exceptions.HTTPError, OSError) as error:
             raise _Retryable(BlobReadError(0, type(error).__name__, _first_line(error))) from error
@@ -222,8 +286,16 @@ class BlobReader:
                 if response.status in RETRY_STATUSES:
                     raise _Retryable(refusal)
                 raise refusal
+            sent = headers.get("If-Match")
+            if sent is not None and _bare(response.headers.get("ETag")) != _bare(sent):
+                response.drain_conn()
+                raise BlobChanged(
+                    response.status,
+                    "ETagMismatch",
+                    f"the answer carries ETag {response.headers.get('ETag')!r}, not the {sent!r} asked for",
+                )
             try:
-                return _body(response, length)
+                return _body(response, length, deadline)
             except (urllib3.exceptions.HTTPError, OSError) as error:
                 raise _Retryable(BlobReadError(0, type(error).__name__, _first_line(error))) from error
         finally:
@@ -250,6 +322,22 @@ class BlobReader:
         return headers
 
 
+def _bare(etag: str | None) -> str | None:
+    """An ETag without quotes: List Blobs gives `0x8D...`, a GET's header `"0x8D..."`."""
+    return etag.strip().strip('"') if etag is not None else None
+
+
+class _Deadline:
+    """`seconds` from now on the monotonic clock (clients/deadline.py's, kept out of this package)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self.end - time.monotonic())
+
+
 def _listed(blob: ElementTree.Element) -> ListedBlob:
     name_element = blob.find("Name")
     name = name_element.text or "" if name_element is not None else ""
@@ -260,7 +348,7 @@ def _listed(blob: ElementTree.Element) -> ListedBlob:
         raise BlobReadError(0, "MalformedListing", f"blob {name!r} has no Properties in the listing")
     md5 = properties.findtext("Content-MD5")
     try:
-        return ListedBlob(
+        listed = ListedBlob(
             name=name,
             etag=properties.findtext("Etag") or "",
             size=int(properties.findtext("Content-Length") or ""),
@@ -268,13 +356,64 @@ def _listed(blob: ElementTree.Element) -> ListedBlob:
         )
     except ValueError as error:
         raise BlobReadError(0, "MalformedListing", f"blob {name!r}: {error}") from None
+    if not 0 <= listed.size <= MAX_BLOB_BYTES:
+        raise BlobReadError(
+            0, "MalformedListing", f"blob {name!r} is listed at {listed.size} bytes, outside 0..{MAX_BLOB_BYTES}"
+        )
+    if not listed.etag:
+        raise BlobReadError(0, "MalformedListing", f"blob {name!r} is listed without an ETag")
+    return listed
 
 
-def _body(response: urllib3.BaseHTTPResponse, length: int | None) -> bytes:
-    data = response.read()  # urllib3 also refuses a body shorter than its Content-Length
-    if length is not None and len(data) != length:
-        raise urllib3.exceptions.ProtocolError(f"{len(data)} bytes where {length} were asked for")
-    return data
+def _body(response: urllib3.BaseHTTPResponse, length: int | None, deadline: _Deadline) -> bytes:
+    """The whole body by `deadline` (each socket read waits at most what is left), exactly `length`
+    bytes when a length is expected; urllib3 also refuses a body shorter than its Content-Length."""
+    if length is not None:
+        declared = response.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) != length:
+            response.close()  # its body unread: the connection never goes back to the pool
+            raise BlobLengthMismatch(response.status, "LengthMismatch", f"{declared} bytes where {length} were listed")
+    sock = _socket_of(response)
+    chunks: list[bytes] = []
+    received = 0
+
+    def late(received: int) -> str:
+        return f"the body was still arriving at the {deadline.seconds:g}s deadline ({received} bytes)"
+
+    while True:
+        left = deadline.remaining()
+        if left <= 0:
+            response.close()  # mid-body: the connection never goes back to the pool
+            raise BlobReadError(0, "Timeout", late(received))
+        if sock is not None:
+            with contextlib.suppress(OSError):  # closed once the last byte came: read1 says so
+                sock.settimeout(left)
+        try:
+            chunk = response.read1(BODY_CHUNK)
+        except (urllib3.exceptions.HTTPError, OSError):
+            if deadline.remaining() > _CLOCK_SLACK_S:
+                raise
+            response.close()
+            raise BlobReadError(0, "Timeout", late(received)) from None
+        if not chunk:
+            break
+        received += len(chunk)
+        if length is not None and received > length:
+            response.close()
+            raise BlobLengthMismatch(response.status, "LengthMismatch", f"more than the {length} bytes listed")
+        chunks.append(chunk)
+    if length is not None and received != length:
+        raise BlobLengthMismatch(response.status, "LengthMismatch", f"{received} bytes where {length} were listed")
+    return b"".join(chunks)
+
+
+def _socket_of(response: urllib3.BaseHTTPResponse) -> socket.socket | None:
+    """The socket a response reads from: its kept-alive connection's, else http.client's own."""
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    if sock is None:
+        reader = getattr(getattr(response, "_fp", None), "fp", None)
+        sock = getattr(getattr(reader, "raw", None), "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def _refusal(response: urllib3.BaseHTTPResponse) -> BlobReadError:
@@ -296,11 +435,16 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _back_off(stop: threading.Event | None, failure: BlobReadError, attempt: int) -> bool:
-    """Back off before another attempt; True if the run stopped meanwhile."""
+def _back_off(
+    stop: threading.Event | None, failure: BlobReadError, attempt: int, deadline: _Deadline | None = None
+) -> bool:
+    """Back off before another attempt; True if the run stopped meanwhile, or if the wait would end
+    past the deadline (then it is not waited: the service's Retry-After is never cut short)."""
     delay = failure.retry_after
     if delay is None:
         delay = BACKOFF_S * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)  # noqa: S311 (jitter)
+    if deadline is not None and delay >= deadline.remaining():
+        return True
     if stop is None:
         stop = threading.Event()
     return stop.wait(delay)

@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import stat
 import sys
 import tempfile
@@ -385,7 +386,7 @@ class _Run:
             return
         tmp: Path | None = None
         try:
-            data = self.reader.get(blob.name, blob.etag, stop=self.stop)
+            data = self.reader.get_whole(blob, stop=self.stop)  # exactly the listed size, or an error
             check = _ContentCheck(blob)
             check.update(data)
             sha256 = check.finish()
@@ -500,6 +501,21 @@ def _progress(total: int) -> Any:
     return tqdm(total=total, unit="B", unit_scale=True, desc="staging")
 
 
+def _check_space(root: Path, todo: list[ListedBlob]) -> None:
+    """Before any range is planned: what is to be downloaded must fit on the cache's filesystem
+    (the reader already refused sizes beyond a blob's maximum)."""
+    needed = sum(b.size for b in todo)
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError as error:
+        raise StagingError(f"cannot read the free space of the staging cache {root}: {_describe(error)}") from error
+    if needed > free:
+        raise StagingError(
+            f"the blobs to stage need {needed} bytes and the staging cache {root} has {free} free: "
+            "free space, or stage a narrower prefix"
+        )
+
+
 def _prepare_directories(root: Path, todo: list[ListedBlob]) -> None:
     made: set[str] = set()
     for blob in todo:
@@ -591,6 +607,7 @@ def stage_blobs(
         pruned = _prune(manifest, root, prefix, {b.name for b in listed})
         # Plain strings: a Path per blob costs more than its stat (a warm run is only these).
         todo = [b for b in listed if not manifest.is_current(b, f"{root}/{b.name}")]
+        _check_space(root, todo)
         _prepare_directories(root, todo)
 
         with _progress(sum(b.size for b in todo)) as bar:
