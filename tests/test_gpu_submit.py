@@ -5,6 +5,7 @@ request; on a GPU VM (virtual-machine mode) every job gets the GPUs through Dock
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,11 +18,12 @@ CPU_STACK = {"edgeComputeMode": "kubernetes", "gpusPerNode": 0, "instanceTypes":
 
 
 def job_file(tmp_path: Path, instance_type: str) -> Path:
-    text = (jobs.EXAMPLES / "churn" / "job.yml").read_text()
-    path = jobs.EXAMPLES / "churn" / "job.yml"
-    copy = tmp_path / "job.yml"
-    copy.write_text(text.replace("code: .", f"code: {path.parent}") + f"resources:\n  instance_type: {instance_type}\n")
-    return copy
+    """The churn example as a data scientist's own project: its folder copied, the job file in it."""
+    project = tmp_path / "churn"
+    shutil.copytree(jobs.EXAMPLES / "churn", project)
+    path = project / "job.yml"
+    path.write_text(path.read_text() + f"resources:\n  instance_type: {instance_type}\n")
+    return path
 
 
 def test_instance_type_flag_reaches_the_job_on_a_gpu_stack(tmp_path, workspace) -> None:  # noqa: F811
