@@ -1033,6 +1033,8 @@ class DayTwoSettings:
     """None: the extension follows the stable train's minor versions; else the pinned version."""
     onboarding_key_rotation: int
     """Raised by one to rotate the Arc onboarding key (providers/cluster_secrets.py)."""
+    join_token_rotation: int = 0
+    """Raised by one to rotate the K3s join token: the server re-encrypts in place, agents rejoin."""
 
 
 def _day_two(r: _Reader) -> DayTwoSettings:
@@ -1062,4 +1064,5 @@ def _day_two(r: _Reader) -> DayTwoSettings:
         arc_agent_version=pinned or None,
         extension_version=extension or None,
         onboarding_key_rotation=r.integer("arcOnboardingKeyRotation", 0, MAX_ROTATION),
+        join_token_rotation=r.integer("k3sJoinTokenRotation", 0, MAX_ROTATION),
     )

@@ -227,6 +227,7 @@ class EdgeKubernetes(pulumi.ComponentResource):
         secrets = ClusterSecrets(
             f"{name}-secrets",
             onboarding_key_rotation=args.day_two.onboarding_key_rotation if args.day_two else 0,
+            join_token_rotation=args.day_two.join_token_rotation if args.day_two else 0,
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.onboarding_private_key = secrets.onboarding_private_key

@@ -16,7 +16,8 @@
 # Run by cloud-init (runcmd) or by the CustomScript extension; edge/first_boot.py fills in the
 # values below (all validated there or in components/config.py). Secrets (the K3s join token, the
 # Arc onboarding key) are only in the heredocs of the write_* functions, which write them to 0600
-# files from within this shell: never in a command line, an environment or a log line.
+# files from within this shell (and, to rotate the join token, curl's options on stdin): never in
+# a command line, an environment or a log line.
 set -euo pipefail
 
 ADMIN_USER="@ADMIN_USER@"
@@ -47,6 +48,9 @@ FIRST_BOOT_LOCK="$ROOT/run/edge-training-first-boot.lock"
 ARC_NAMESPACE="azure-arc-release"
 K3S_BIN="$ROOT/usr/local/bin/k3s"
 K3S_CONFIG="$ROOT/etc/rancher/k3s/config.yaml"
+# Written by the K3s server: its token as K10<CA hash>::server:<password>, and the CA of :6443.
+K3S_SERVER_TOKEN="$ROOT/var/lib/rancher/k3s/server/token"
+K3S_SERVER_CA="$ROOT/var/lib/rancher/k3s/server/tls/server-ca.crt"
 HELM_BIN="$ROOT/usr/local/bin/helm"
 MANIFESTS="$ROOT/etc/edge-training/manifests"
 STATE_DIR="$ROOT/var/lib/edge-training"
@@ -65,6 +69,7 @@ work=""
 cleanup() {
   # Whatever happened, the onboarding key does not outlive the script.
   if [ -n "$ARC_VALUES" ]; then rm -f "$ARC_VALUES"; fi
+  rm -f "$ARC_VALUES_DIR/k3s-config.yaml"  # the wanted join token, staged by rotate_join_token
   if [ -n "$work" ]; then rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -123,11 +128,62 @@ fetch_verified_k3s() {
   verify_sha256 "$work/install.sh" "$K3S_INSTALLER_SHA256" "K3s's install.sh at $K3S_VERSION"
 }
 
+# The token in config.yaml (stdin); builtins only, in this shell: it reaches no command line.
+config_token() {
+  local line
+  while IFS= read -r line; do
+    case "$line" in "token: "*) line=${line#token: }; line=${line#\'}; printf '%s' "${line%\'}"; return 0 ;; esac
+  done
+  return 1
+}
+
+# The password the running server accepts as `server` (and, with no agent token, as `node`).
+server_token_password() {
+  local line=""
+  IFS= read -r line < "$K3S_SERVER_TOKEN" || [ -n "$line" ] || return 1
+  line=${line#K10*::}
+  printf '%s' "${line#server:}"
+}
+
+# A new join token (k3sJoinTokenRotation) reaches a running server only through K3s's own
+# rotation, which re-encrypts the bootstrap data (pkg/server/handlers/token.go); a server merely
+# restarted with another token refuses to start. `k3s token rotate` takes the new token only as
+# --new-token on its command line, so this sends the request that command sends (PUT
+# /v1-k3s/token, {"newToken": ...}, as `server` with the current token) through curl, whose
+# options come on stdin. Resumable: the server's own token file says what it accepts now.
+rotate_join_token() {
+  local staged="$ARC_VALUES_DIR/k3s-config.yaml" wanted current
+  [ -f "$K3S_SERVER_TOKEN" ] || return 0  # never started: it takes the token from config.yaml
+  mkdir -p "$ARC_VALUES_DIR"
+  write_k3s_config "$staged" || true
+  wanted=$(config_token < "$staged") || fail "no token in the rendered K3s config"
+  rm -f "$staged"
+  current=$(server_token_password) || fail "cannot read the K3s server's token ($K3S_SERVER_TOKEN)"
+  [ "$current" != "$wanted" ] || return 0
+  # Hex from the provider; anything else could break the quoting below.
+  [[ $wanted =~ ^[0-9A-Za-z]+$ ]] || fail "the new K3s join token is not alphanumeric: not rotated"
+  log "rotating the K3s join token on the running server"
+  curl --config - <<EOF || fail "K3s refused to rotate the join token (the server keeps the old one; see: journalctl -u k3s)"
+url = "https://127.0.0.1:6443/v1-k3s/token"
+request = "PUT"
+proto = "=https"
+cacert = "$K3S_SERVER_CA"
+user = "server:$current"
+header = "Content-Type: application/json"
+data = "{\"newToken\":\"$wanted\"}"
+fail
+silent
+show-error
+max-time = 60
+EOF
+}
+
 @K3S_UPGRADE@
 
 install_k3s() {
   local service=k3s config_changed=false
   [ "$K3S_ROLE" = server ] || service=k3s-agent
+  if [ "$K3S_ROLE" = server ]; then rotate_join_token; fi
   # The token lives in K3s's own config file (0600), not in the installer's environment, which
   # the installer would copy into the unit's environment file.
   if write_k3s_config "$K3S_CONFIG"; then config_changed=true; log "wrote $K3S_CONFIG"; fi

@@ -139,7 +139,7 @@ def test_rotating_the_onboarding_key_renews_only_the_key_in_place() -> None:
     assert outs["agentPublicKeyCertificate"] == public_key_certificate(outs["onboardingPrivateKey"])
     assert outs["joinToken"] == olds["joinToken"]
     assert outs["onboardingKeyRotation"] == 1
-    # The join token's counter (provider side only: see docs/operate/day-two.md) renews only the token.
+    # The join token's counter (k3sJoinTokenRotation) renews only the token.
     token_news = {**news, "joinTokenRotation": 1}
     assert provider.diff("id", outs, token_news).replaces == []
     renewed = provider.update("id", outs, token_news).outs
@@ -166,6 +166,37 @@ def test_rotation_changes_the_cluster_in_place_and_the_servers_script_only(
     assert key.splitlines()[1] in extension_script(script_extension(after))
     # The agents never had the key; their VMs and scripts are untouched.
     assert "PRIVATE KEY" not in extension_script(script_extension(after, "vm-agent1-edge-dev"))
+
+
+
+def test_rotating_the_join_token_changes_the_secrets_and_every_nodes_script_and_replaces_nothing(
+    before: Recording, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = dict(pulumi_mocks._SECRETS_CACHE)
+    token = "5f" * 32
+    assert made["joinToken"] != token
+    monkeypatch.setattr(pulumi_mocks, "_SECRETS_CACHE", {})
+    pulumi_mocks.preset_cluster_secrets({**made, "joinToken": token})
+    after = run({"k3sJoinTokenRotation": 1})
+    names = changed(before, after)
+    # The connected cluster, the VMs and the Azure ML side keep their inputs: only the token's
+    # owner and the extensions that carry it to the nodes change.
+    agent_extensions = {script_extension(after, f"vm-agent{i}-edge-dev").name for i in (1, 2)}
+    assert names == {"edge-kubernetes-secrets", "hub-vm-first-boot", *agent_extensions}
+    assert by_name(after)["edge-kubernetes-secrets"].inputs["joinTokenRotation"] == 1
+    assert by_name(after)["edge-kubernetes-secrets"].inputs["onboardingKeyRotation"] == 0
+    for vm in (None, "vm-agent1-edge-dev", "vm-agent2-edge-dev"):
+        script = extension_script(script_extension(after, vm or "vm-edge-dev"))
+        assert f"token: {token}" in script and made["joinToken"] not in script
+
+
+
+@pytest.mark.parametrize(("value", "problem"), [(-1, "must be between 0 and"), ("one", "must be a whole number")])
+def test_the_join_token_counter_is_validated(value: object, problem: str) -> None:
+    from components.config import ConfigError, parse
+
+    with pytest.raises(ConfigError, match=f"k3sJoinTokenRotation: {problem}"):
+        parse(dev_stack_config(AGENTS | {"k3sJoinTokenRotation": value}), stack="dev", secret_keys=DEV_SECRET_KEYS)
 
 
 # --- version policies ------------------------------------------------------------------------------
@@ -281,6 +312,8 @@ def test_the_day_two_pages_commands_are_valid_config_for_this_stack(
             assert config.day_two.k3s == next_release
         if "arcOnboardingKeyRotation" in overrides:
             assert config.day_two.onboarding_key_rotation == 1
+        if "k3sJoinTokenRotation" in overrides:
+            assert config.day_two.join_token_rotation == 1
     assert verbs == {"pulumi up", "pulumi destroy", "pulumi refresh"}
     window = k3s_releases.AZUREML_EXTENSION_WINDOW
     text = " ".join(text.split())
