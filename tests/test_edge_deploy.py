@@ -354,3 +354,30 @@ def test_a_ca_missing_on_the_vm_is_named_and_the_old_container_kept(ssh_server, 
         deploy.deploy(target(ssh_server, ssh_user_key), dataclasses.replace(release("v2"), hub_ca_file=str(missing)))
     assert containers(vm) == {old: ("crdev.azurecr.io/edge-model:v1", "true")}
     assert not missing.parent.exists()  # docker never got the chance to make it a directory
+
+
+@pytest.mark.parametrize("mode", ["kubernetes", "virtual-machine"])
+@pytest.mark.parametrize("ca", [HUB_CA, ""])
+def test_deploy_edge_hands_the_stacks_ca_to_either_mode(tmp_path, monkeypatch, capsys, mode, ca) -> None:
+    """The CLI's part: the stack output reaches the release; the deploys themselves run over SSH above."""
+    from training import cli
+
+    for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "EDGE_HUB_CA_FILE"):
+        monkeypatch.setenv(name, "recorded")  # restored after the test: the CLI sets them for itself
+        monkeypatch.delenv(name)
+    handed: list[object] = []
+    monkeypatch.setattr(deploy, "deploy_kubernetes", lambda where, release: handed.append(release) or "edge-model")
+    monkeypatch.setattr(deploy, "deploy", lambda where, release: handed.append(release) or "edge-model-1")
+    key, password = tmp_path / "id", tmp_path / "pw"
+    key.write_text("key")
+    password.write_text(PASSWORD)
+    outputs = cli_outputs(tmp_path, edgeComputeMode=mode, hubCaCertificates=ca)
+    files = ["--ssh-key", str(key), "--token-name", "edge-pull", "--token-password-file", str(password)]
+    argv = ["deploy", "--target", "edge", "--outputs", str(outputs), "--image", IMAGE, *files]
+    assert cli.main(argv) == cli.OK, capsys.readouterr().err
+    [release] = handed
+    if mode == "kubernetes":
+        assert isinstance(release, serving_manifests.ServingRelease) and release.hub_ca == ca
+    else:
+        assert isinstance(release, deploy.Release)
+        assert release.hub_ca_file == ("/etc/edge-training/hub-ca.pem" if ca else "")
