@@ -5,15 +5,24 @@ routes), a Service in front of it, and the image pull secret built from the regi
 Rendered as plain dicts, applied with `kubectl apply -f -` from stdin (the secret never touches
 a command line or a file on the VM), validated offline in the tests with kubernetes-validate
 --strict against the cluster's minor version (K3S_MINOR).
+
+When the stack has a Hub CA (hubCaCertificates), a ConfigMap carries it from the stack output and
+the pod mounts it read-only at /etc/edge-training/hub-ca.pem, the path jobs and the Docker VM use,
+named by EDGE_HUB_CA_FILE; the image's score.py then trusts certifi's roots plus that CA
+(REQUESTS_CA_BUNDLE, SSL_CERT_FILE). A ConfigMap, not the node's file: a hostPath volume is outside
+Pod Security "restricted", and the CA is public, so it needs no Secret.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from edge.real_edge import HUB_CA_ON_VM
 
 K3S_MINOR = "1.31"
 SERVER_PORT = 5001
@@ -36,6 +45,8 @@ class ServingRelease:
     node_port: int = 30080
     model: str = ""
     """`name:version`, recorded as an annotation."""
+    hub_ca: str = field(default="", repr=False)
+    """The stack output hubCaCertificates (PEM); empty: the pod trusts the image's roots only."""
 
     def __post_init__(self) -> None:
         for label, value in (("app", self.app), ("namespace", self.namespace)):
@@ -45,10 +56,48 @@ class ServingRelease:
             raise ManifestError(f"node port {self.node_port} is outside the NodePort range 30000-32767")
         if "@sha256:" not in self.image:
             raise ManifestError(f"image {self.image!r} must be pinned by digest (registry/repo@sha256:...)")
+        if self.hub_ca.strip() and "-----BEGIN CERTIFICATE-----" not in self.hub_ca:
+            raise ManifestError("hubCaCertificates holds no PEM certificate")
+        if "PRIVATE KEY" in self.hub_ca:
+            raise ManifestError("hubCaCertificates holds a private key: only the CA certificates belong there")
 
     @property
     def pull_secret(self) -> str:
         return f"{self.app}-pull"
+
+    @property
+    def hub_ca_config_map(self) -> str:
+        return f"{self.app}-hub-ca"
+
+
+HUB_CA_KEY = HUB_CA_ON_VM.rsplit("/", 1)[1]
+HUB_CA_DIRECTORY = HUB_CA_ON_VM.rsplit("/", 1)[0]
+
+
+def hub_ca_config_map(release: ServingRelease) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": release.hub_ca_config_map, "namespace": release.namespace,
+                     "labels": {"app": release.app}},
+        "data": {HUB_CA_KEY: release.hub_ca.strip() + "\n"},
+    }  # fmt: skip
+
+
+def _trust(release: ServingRelease) -> tuple[dict[str, str], list[dict[str, Any]], list[dict[str, Any]],
+                                             list[dict[str, Any]]]:  # fmt: skip
+    """The pod's annotations, the container's env and mounts, the pod's volumes for the Hub CA."""
+    if not release.hub_ca.strip():
+        return {}, [], [], []
+    # A new CA changes the pod template, so the Deployment rolls the pods onto it.
+    digest = hashlib.sha256(release.hub_ca.strip().encode()).hexdigest()
+    return (
+        {"edge-training/hub-ca-sha256": digest},
+        [{"name": "EDGE_HUB_CA_FILE", "value": HUB_CA_ON_VM}],
+        [{"name": "hub-ca", "mountPath": HUB_CA_DIRECTORY, "readOnly": True}],
+        [{"name": "hub-ca", "configMap": {"name": release.hub_ca_config_map, "defaultMode": 0o444,
+                                          "items": [{"key": HUB_CA_KEY, "path": HUB_CA_KEY}]}}],
+    )  # fmt: skip
 
 
 def pull_secret(release: ServingRelease) -> dict[str, Any]:
@@ -76,6 +125,7 @@ def _probe(failure_threshold: int, period: int) -> dict[str, Any]:
 
 def deployment(release: ServingRelease) -> dict[str, Any]:
     labels = {"app": release.app}
+    annotations, env, mounts, volumes = _trust(release)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -94,7 +144,7 @@ def deployment(release: ServingRelease) -> dict[str, Any]:
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "progressDeadlineSeconds": 300,
             "template": {
-                "metadata": {"labels": labels},
+                "metadata": {"labels": labels, **({"annotations": annotations} if annotations else {})},
                 "spec": {
                     "imagePullSecrets": [{"name": release.pull_secret}],
                     "automountServiceAccountToken": False,
@@ -123,11 +173,13 @@ def deployment(release: ServingRelease) -> dict[str, Any]:
                                 "readOnlyRootFilesystem": True,
                                 "capabilities": {"drop": ["ALL"]},
                             },
-                            # gunicorn's worker heartbeat files; the root filesystem is read-only.
-                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108
+                            **({"env": env} if env else {}),
+                            # gunicorn's worker heartbeat files (and score.py's CA bundle); the
+                            # root filesystem is read-only.
+                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],  # noqa: S108
                         }
                     ],
-                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, *volumes],
                 },
             },
         },
@@ -148,7 +200,8 @@ def service(release: ServingRelease) -> dict[str, Any]:
 
 
 def manifests(release: ServingRelease) -> list[dict[str, Any]]:
-    return [pull_secret(release), deployment(release), service(release)]
+    trust = [hub_ca_config_map(release)] if release.hub_ca.strip() else []
+    return [pull_secret(release), *trust, deployment(release), service(release)]
 
 
 def as_list(release: ServingRelease) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -241,3 +242,142 @@ def test_deploy_cloud_needs_the_model_and_version(tmp_path, capsys) -> None:
 
     assert cli.main(["deploy", "--target", "cloud", "--outputs", str(cli_outputs(tmp_path))]) == cli.USAGE
     assert "--target cloud needs --model and --version" in capsys.readouterr().err
+
+
+# --- the Hub's CA for the model server (hubCaCertificates) -----------------------------------------------
+
+HUB_CA = "-----BEGIN CERTIFICATE-----\nMIIBfake+Contoso+Hub+Root\n-----END CERTIFICATE-----\n"
+
+
+def pod_of(manifests: list[dict[str, object]]) -> dict[str, object]:
+    [deployment] = [m for m in manifests if m["kind"] == "Deployment"]
+    return deployment["spec"]["template"]["spec"]  # type: ignore[index]
+
+
+@pytest.mark.parametrize("manifest", serving_manifests.manifests(serving(hub_ca=HUB_CA)), ids=lambda m: m["kind"])
+def test_with_a_hub_ca_each_manifest_is_still_valid_strictly(manifest) -> None:
+    assert kubernetes_validate.validate(manifest, f"{serving_manifests.K3S_MINOR}.0", strict=True)
+
+
+def test_with_a_hub_ca_the_pod_mounts_it_read_only_from_a_config_map_and_names_it() -> None:
+    items = serving_manifests.manifests(serving(hub_ca=HUB_CA))
+    assert [m["kind"] for m in items] == ["Secret", "ConfigMap", "Deployment", "Service"]  # the map before the pod
+    config_map = items[1]
+    assert config_map["metadata"]["name"] == "edge-model-hub-ca"
+    assert config_map["data"] == {"hub-ca.pem": HUB_CA}
+    pod = pod_of(items)
+    [container] = pod["containers"]
+    assert {"name": "EDGE_HUB_CA_FILE", "value": "/etc/edge-training/hub-ca.pem"} in container["env"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["hub-ca"] == {"name": "hub-ca", "mountPath": "/etc/edge-training", "readOnly": True}
+    assert mounts["tmp"]["mountPath"] == "/tmp"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["hub-ca"]["configMap"]["name"] == "edge-model-hub-ca"
+    assert volumes["hub-ca"]["configMap"]["items"] == [{"key": "hub-ca.pem", "path": "hub-ca.pem"}]
+    assert "hostPath" not in json.dumps(pod)
+
+
+def test_a_new_hub_ca_rolls_the_pods() -> None:
+    def template(ca: str) -> dict[str, object]:
+        return serving_manifests.deployment(serving(hub_ca=ca))["spec"]["template"]
+
+    assert template(HUB_CA) == template(HUB_CA)
+    assert template(HUB_CA) != template(HUB_CA.replace("fake", "next"))
+
+
+@pytest.mark.parametrize("ca", ["", "  \n"])
+def test_without_a_hub_ca_the_manifests_carry_nothing_of_it(ca: str) -> None:
+    items = serving_manifests.manifests(serving(hub_ca=ca))
+    assert items == serving_manifests.manifests(serving())
+    assert [m["kind"] for m in items] == ["Secret", "Deployment", "Service"]
+    pod = pod_of(items)
+    assert "env" not in pod["containers"][0]
+    assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+    assert (
+        "hub-ca" not in json.dumps(items)
+        and "annotations" not in serving_manifests.deployment(serving())["spec"]["template"]["metadata"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("ca", "message"),
+    [
+        ("not a certificate", "holds no PEM certificate"),
+        (HUB_CA + "-----BEGIN PRIVATE KEY-----\nMII\n-----END PRIVATE KEY-----\n", "holds a private key"),
+    ],
+)
+def test_a_hub_ca_that_is_no_certificate_is_refused(ca: str, message: str) -> None:
+    with pytest.raises(serving_manifests.ManifestError, match=message):
+        serving(hub_ca=ca)
+
+
+def test_kubernetes_mode_applies_the_ca_and_a_failed_first_rollout_removes_it(
+    ssh_server, ssh_user_key, cluster
+) -> None:
+    (cluster / "rollout").write_text("stuck\n")
+    with pytest.raises(deploy.DeployError, match="removed it"):
+        deploy.deploy_kubernetes(target(ssh_server, ssh_user_key), serving(hub_ca=HUB_CA), rollout_seconds=60)
+    applied = json.loads((cluster / "applied.json").read_text())
+    assert applied["items"] == serving_manifests.manifests(serving(hub_ca=HUB_CA))
+    assert kubectl_calls(cluster)[-1] == (
+        "kubectl delete deployment/edge-model,service/edge-model,secret/edge-model-pull,configmap/edge-model-hub-ca "
+        "--namespace default --ignore-not-found"
+    )
+
+
+def docker_run(state: Path) -> list[str]:
+    [run] = [c for c in (state / "calls").read_text().splitlines() if c.startswith("docker run ")]
+    return run.split()
+
+
+def test_virtual_machine_mode_mounts_the_vms_ca_read_only_and_names_it(ssh_server, ssh_user_key, tmp_path, vm) -> None:  # noqa: F811
+    on_vm = tmp_path / "hub-ca.pem"  # first boot's /etc/edge-training/hub-ca.pem, on the loopback "VM"
+    on_vm.write_text(HUB_CA)
+    with_ca = dataclasses.replace(release("v1"), hub_ca_file=str(on_vm))
+    deploy.deploy(target(ssh_server, ssh_user_key), with_ca)
+    argv = docker_run(vm)
+    assert argv[-1] == "crdev.azurecr.io/edge-model:v1"  # options before the image, not passed to its command
+    assert argv[argv.index("-v") + 1] == f"{on_vm}:/etc/edge-training/hub-ca.pem:ro"
+    assert argv[argv.index("-e") + 1] == "EDGE_HUB_CA_FILE=/etc/edge-training/hub-ca.pem"
+
+
+def test_virtual_machine_mode_without_a_ca_mounts_nothing(ssh_server, ssh_user_key, vm) -> None:  # noqa: F811
+    deploy.deploy(target(ssh_server, ssh_user_key), release("v1"))
+    argv = docker_run(vm)
+    assert "-v" not in argv and "-e" not in argv and "EDGE_HUB_CA_FILE" not in " ".join(argv)
+
+
+def test_a_ca_missing_on_the_vm_is_named_and_the_old_container_kept(ssh_server, ssh_user_key, tmp_path, vm) -> None:  # noqa: F811
+    old = deploy.deploy(target(ssh_server, ssh_user_key), release("v1"))
+    missing = tmp_path / "no-such" / "hub-ca.pem"
+    with pytest.raises(deploy.DeployError, match=f"the VM has no {re.escape(str(missing))}"):
+        deploy.deploy(target(ssh_server, ssh_user_key), dataclasses.replace(release("v2"), hub_ca_file=str(missing)))
+    assert containers(vm) == {old: ("crdev.azurecr.io/edge-model:v1", "true")}
+    assert not missing.parent.exists()  # docker never got the chance to make it a directory
+
+
+@pytest.mark.parametrize("mode", ["kubernetes", "virtual-machine"])
+@pytest.mark.parametrize("ca", [HUB_CA, ""])
+def test_deploy_edge_hands_the_stacks_ca_to_either_mode(tmp_path, monkeypatch, capsys, mode, ca) -> None:
+    """The CLI's part: the stack output reaches the release; the deploys themselves run over SSH above."""
+    from training import cli
+
+    for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "EDGE_HUB_CA_FILE"):
+        monkeypatch.setenv(name, "recorded")  # restored after the test: the CLI sets them for itself
+        monkeypatch.delenv(name)
+    handed: list[object] = []
+    monkeypatch.setattr(deploy, "deploy_kubernetes", lambda where, release: handed.append(release) or "edge-model")
+    monkeypatch.setattr(deploy, "deploy", lambda where, release: handed.append(release) or "edge-model-1")
+    key, password = tmp_path / "id", tmp_path / "pw"
+    key.write_text("key")
+    password.write_text(PASSWORD)
+    outputs = cli_outputs(tmp_path, edgeComputeMode=mode, hubCaCertificates=ca)
+    files = ["--ssh-key", str(key), "--token-name", "edge-pull", "--token-password-file", str(password)]
+    argv = ["deploy", "--target", "edge", "--outputs", str(outputs), "--image", IMAGE, *files]
+    assert cli.main(argv) == cli.OK, capsys.readouterr().err
+    [release] = handed
+    if mode == "kubernetes":
+        assert isinstance(release, serving_manifests.ServingRelease) and release.hub_ca == ca
+    else:
+        assert isinstance(release, deploy.Release)
+        assert release.hub_ca_file == ("/etc/edge-training/hub-ca.pem" if ca else "")

@@ -304,3 +304,64 @@ def test_without_a_hub_ca_jobs_and_the_cli_are_unchanged(
     assert submit(tmp_path, "--prefix", "churn/") == cli.OK
     assert "EDGE_HUB_CA_FILE" not in job_put(workspace).body["properties"]["environmentVariables"]
     assert "REQUESTS_CA_BUNDLE" not in os.environ
+
+
+# --- the model server (training/serving/score.py), as the edge deploy mounts the CA ---------------------
+
+SERVE = """
+import sys, urllib.request
+import requests
+import score
+try:
+    score.init()  # trusts the CA first; then finds no model in the empty folder
+except FileNotFoundError as error:
+    print("init:", error, file=sys.stderr)
+print(urllib.request.urlopen(sys.argv[1], timeout=10).status, requests.get(sys.argv[1], timeout=10).status_code)
+"""
+
+
+def test_the_model_server_trusts_the_mounted_hub_ca_next_to_certifi(tmp_path: Path) -> None:
+    from tests.harness.arm_server import Reply, https_server
+
+    models = tmp_path / "empty-model-dir"
+    models.mkdir()
+    environ = {k: v for k, v in os.environ.items() if k not in TRUST_VARIABLES}
+    environ |= {"PYTHONPATH": str(ROOT / "training" / "serving"), "TMPDIR": str(tmp_path),
+                "AZUREML_MODEL_DIR": str(models)}  # fmt: skip
+    with https_server(tmp_path, lambda *_: Reply(200, {"ok": True}), "hub-endpoint") as (url, ca_file):
+
+        def run(extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+            argv = [sys.executable, "-c", SERVE, url]
+            return subprocess.run(argv, env=environ | extra, capture_output=True, text=True, timeout=120, check=False)
+
+        refused = run({})
+        assert refused.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr, refused.stderr[-2000:]
+        mounted = tmp_path / "etc-edge-training" / "hub-ca.pem"  # the ConfigMap's file, or the VM's
+        mounted.parent.mkdir()
+        mounted.write_text(ca_file.read_text())
+        trusted = run({"EDGE_HUB_CA_FILE": str(mounted)})
+        assert trusted.returncode == 0, trusted.stderr[-2000:]
+        assert trusted.stdout.split() == ["200", "200"]
+    bundle = (tmp_path / "edge-training-ca-bundle.pem").read_text()
+    assert bundle.startswith(Path(certifi.where()).read_text().rstrip("\n"))  # certifi kept whole, first
+    assert bundle.rstrip().endswith(ca_file.read_text().strip())
+
+
+def test_the_model_server_names_a_mounted_ca_it_cannot_use(tmp_path: Path) -> None:
+    from training.serving import score
+
+    with pytest.raises(score.TrustError, match=r"cannot read .*missing\.pem"):
+        score.trust_hub_ca({"EDGE_HUB_CA_FILE": str(tmp_path / "missing.pem")}, tmp_path)
+    (tmp_path / "empty.pem").write_text("\n")
+    with pytest.raises(score.TrustError, match=r"empty\.pem holds no PEM certificate"):
+        score.trust_hub_ca({"EDGE_HUB_CA_FILE": str(tmp_path / "empty.pem")}, tmp_path)
+    environ = {"REQUESTS_CA_BUNDLE": "/operator/own.pem"}
+    assert score.trust_hub_ca(environ, tmp_path) is None and environ == {"REQUESTS_CA_BUNDLE": "/operator/own.pem"}
+
+
+def test_an_operators_own_bundle_setting_wins_in_the_model_server(tmp_path: Path, blob_pki: PrivateCa) -> None:
+    from training.serving import score
+
+    environ = {"EDGE_HUB_CA_FILE": str(blob_pki.ca_file), "REQUESTS_CA_BUNDLE": "/operator/own.pem"}
+    bundle = score.trust_hub_ca(environ, tmp_path)
+    assert environ["REQUESTS_CA_BUNDLE"] == "/operator/own.pem" and environ["SSL_CERT_FILE"] == bundle

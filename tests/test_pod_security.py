@@ -7,6 +7,7 @@ filesystem. A workload that cannot meet a rule names it here with the reason, an
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -126,8 +127,12 @@ def _workloads() -> list[tuple[str, dict[str, Any]]]:
         token_name="pull",
         token_password="not-a-real-password",
     )
+    # The same server trusting the Hub's CA: its ConfigMap volume must keep it "restricted".
+    with_ca = dataclasses.replace(
+        release, app="churn-hub-ca", hub_ca="-----BEGIN CERTIFICATE-----\nMII\n-----END CERTIFICATE-----\n"
+    )
     found = []
-    for manifest in [*cluster, *serving_manifests.manifests(release)]:
+    for manifest in [*cluster, *serving_manifests.manifests(release), *serving_manifests.manifests(with_ca)]:
         spec = _pod_spec(manifest)
         if spec is not None:
             found.append((f"{manifest['kind']}/{manifest['metadata']['name']}", spec))
@@ -143,7 +148,14 @@ EXCEPTIONS = {
 
 
 def test_every_workload_is_found() -> None:
-    assert sorted(name for name, _ in WORKLOADS) == ["DaemonSet/credential-copier", "Deployment/churn"]
+    assert sorted(name for name, _ in WORKLOADS) == [
+        "DaemonSet/credential-copier",
+        "Deployment/churn",
+        "Deployment/churn-hub-ca",
+    ]
+    [with_ca] = [pod for name, pod in WORKLOADS if name == "Deployment/churn-hub-ca"]
+    assert {"name": "hub-ca", "configMap": {"name": "churn-hub-ca-hub-ca", "defaultMode": 0o444,
+            "items": [{"key": "hub-ca.pem", "path": "hub-ca.pem"}]}} in with_ca["volumes"]  # fmt: skip
 
 
 @pytest.mark.parametrize(("name", "pod"), WORKLOADS, ids=[name for name, _ in WORKLOADS])

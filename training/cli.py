@@ -392,6 +392,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             raise stack_outputs.OutputsError("--target cloud needs --model and --version (and --image from `package`)")
         print(json.dumps(asdict(deploy_online(_client(args), args.model, args.version, image=args.image))))
         return OK
+    from edge.real_edge import HUB_CA_ON_VM
     from training import deploy
 
     values, source = stack_outputs.load_values(args.stack, args.outputs)
@@ -440,6 +441,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             token_name=str(token_name),
             token_password=password,
             model=f"{args.model}:{args.version}" if args.model and args.version else "",
+            hub_ca=outputs.hubCaCertificates,
         )
         print(json.dumps({"deployment": deploy.deploy_kubernetes(where, release), "image": args.image}))
         return OK
@@ -451,6 +453,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             token_name=str(token_name),
             token_password=password,
             app=args.app,
+            hub_ca_file=HUB_CA_ON_VM if outputs.hubCaCertificates.strip() else "",
         ),
     )
     print(json.dumps({"container": name, "image": args.image}))

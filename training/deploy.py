@@ -3,11 +3,14 @@
 virtual-machine mode (stack output edgeComputeMode missing or "virtual-machine"): `docker run`.
 The old container is stopped, the new one started and health-checked (its HEALTHCHECK, or the
 server's liveness route GET / when the image has none); if it does not become healthy in time,
-it is removed and the old one started again.
+it is removed and the old one started again. With a Hub CA (stack output hubCaCertificates), the
+VM's copy from first boot (/etc/edge-training/hub-ca.pem) is mounted read-only at the same path
+and named by EDGE_HUB_CA_FILE, from which the image's score.py trusts certifi's roots plus the CA.
 
 kubernetes mode: the manifests of edge/serving_manifests.py applied to the K3s cluster with
 `kubectl apply -f -` from stdin, then `kubectl rollout status`; a rollout that does not finish in
-time is undone (`kubectl rollout undo`), and a first one that fails is removed.
+time is undone (`kubectl rollout undo`), and a first one that fails is removed. The Hub CA reaches
+the pod through a ConfigMap made from the stack output (edge/serving_manifests.py).
 
 The registry credential is the repository-scoped pull token (never the registry's admin user),
 its password generated on request (generate_pull_password) and handed over stdin only: to
@@ -29,6 +32,7 @@ import paramiko
 from clients import ssh, ssh_keys
 from clients.deadline import Deadline, retry_until
 from edge import serving_manifests
+from edge.real_edge import HUB_CA_ON_VM
 
 log = logging.getLogger(__name__)
 LABEL = "edge-training.app"
@@ -57,6 +61,16 @@ class Release:
     app: str = "edge-model"
     host_port: int = 8080
     container_port: int = 5001
+    hub_ca_file: str = ""
+    """The Hub's CA on the VM (edge/real_edge.py HUB_CA_ON_VM, written at first boot when the stack
+    has hubCaCertificates), mounted read-only at that path in the container; empty: none."""
+
+    def trust_arguments(self) -> tuple[str, ...]:
+        """`docker run` options that hand the container the Hub's CA: a read-only file and its path."""
+        if not self.hub_ca_file:
+            return ()
+        inside = HUB_CA_ON_VM  # the path jobs see too; score.py reads it from EDGE_HUB_CA_FILE
+        return ("-v", f"{self.hub_ca_file}:{inside}:ro", "-e", f"EDGE_HUB_CA_FILE={inside}")
 
 
 CONNECT_SECONDS = 30.0
@@ -146,6 +160,13 @@ def deploy(
             remote.run("docker", "pull", release.image)
         finally:
             remote.run("docker", "logout", release.registry, check=False)
+        # Docker would create a missing bind source as an empty directory and start a server that
+        # then fails on it: a missing CA is named here, before the old container is stopped.
+        if release.hub_ca_file and not remote.succeeds("test", "-f", release.hub_ca_file):
+            raise DeployError(
+                f"the stack has hubCaCertificates but the VM has no {release.hub_ca_file} (written at first "
+                "boot): redeploy the VM with the CA, or remove hubCaCertificates; nothing was changed"
+            )
         old = [n for n in existing if n != new]
         for name in old:
             remote.run("docker", "stop", name)
@@ -162,6 +183,7 @@ def deploy(
             "unless-stopped",
             "-p",
             f"{release.host_port}:{release.container_port}",
+            *release.trust_arguments(),
             release.image,
         )
         status = _wait_healthy(remote, new, release.host_port, health_deadline_seconds, clock, sleep)
@@ -252,6 +274,8 @@ def deploy_kubernetes(
             kept = "rolled back to the previous revision"
         else:
             names = f"deployment/{release.app},service/{release.app},secret/{release.pull_secret}"
+            if release.hub_ca.strip():
+                names += f",configmap/{release.hub_ca_config_map}"
             remote.run(*kubectl, "delete", names, *where, "--ignore-not-found", check=False)
             kept = "removed it (there was no previous revision)"
         raise DeployError(

@@ -48,10 +48,56 @@ def model_folder(root: Path) -> Path:
     return found[0]
 
 
+HUB_CA_FILE_VARIABLE = "EDGE_HUB_CA_FILE"
+"""The Hub's CA certificates (PEM), as the edge deploy mounts them: /etc/edge-training/hub-ca.pem."""
+BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
+
+
+class TrustError(RuntimeError):
+    """$EDGE_HUB_CA_FILE names a file that cannot be read or holds no certificate."""
+
+
+def trust_hub_ca(environ: Any = None, directory: Path | None = None) -> str | None:
+    """When $EDGE_HUB_CA_FILE names the Hub's CA: a bundle of certifi's roots followed by it, in
+    `directory` (default: the temporary folder, an emptyDir on the cluster, the writable layer
+    under Docker), set as REQUESTS_CA_BUNDLE and SSL_CERT_FILE unless those are set already.
+
+    The same rule as the jobs' edge_train/trust.py (certifi kept whole, never replaced), written
+    again here because this file is copied into the image without the rest of the project. Made
+    at start-up rather than in the manifest, so the image's own command stays the one command
+    (a Kubernetes `command` would replace it) and Docker and Kubernetes take the same route."""
+    env = os.environ if environ is None else environ
+    source = env.get(HUB_CA_FILE_VARIABLE)
+    if not source:
+        return None
+    try:
+        pem = Path(source).read_text()
+    except OSError as error:
+        raise TrustError(f"${HUB_CA_FILE_VARIABLE}: cannot read {source} ({error.strerror})") from None
+    if "-----BEGIN CERTIFICATE-----" not in pem:
+        raise TrustError(f"${HUB_CA_FILE_VARIABLE}: {source} holds no PEM certificate")
+    import tempfile
+
+    import certifi
+
+    public = Path(certifi.where()).read_text()
+    folder = directory or Path(tempfile.gettempdir())
+    bundle = folder / "edge-training-ca-bundle.pem"
+    # Each worker runs init(): written under its own name, then renamed, so none reads half a file.
+    partial = folder / f".{bundle.name}.{os.getpid()}"
+    partial.write_text(public.rstrip("\n") + "\n\n# Azure Stack Hub CA (edge-training)\n" + pem.strip() + "\n")
+    partial.replace(bundle)
+    for name in BUNDLE_VARIABLES:
+        env.setdefault(name, str(bundle))
+    return str(bundle)
+
+
 def init() -> None:
     """Load the model once per worker. AZUREML_MODEL_DIR is set by the image (ENV), by
-    `serve --local` and by Azure ML on a managed online endpoint."""
+    `serve --local` and by Azure ML on a managed online endpoint. The Hub's CA, when the deploy
+    mounted one, is trusted first, before anything the model loads can open a connection."""
     global _model
+    trust_hub_ca()
     import mlflow.pyfunc
 
     _model = mlflow.pyfunc.load_model(str(model_folder(Path(os.environ.get("AZUREML_MODEL_DIR", ".")))))
