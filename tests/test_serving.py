@@ -5,7 +5,9 @@ virtualenv, on a model trained here by the project's local path; plus the Docker
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
 import re
 import shutil
 import socket
@@ -22,6 +24,14 @@ import pytest
 from training import cli, local_server
 
 REPOSITORY = Path(__file__).resolve().parent.parent
+# The serving virtualenvs are named by a digest of the requirements they hold and built atomically
+# (local_server.serving_virtualenv), so one per machine and interpreter serves every checkout: a
+# fresh clone, as CI runs, reuses what an earlier run built instead of minutes of pip. Keyed by
+# the base interpreter too, whose path a virtualenv's python links to.
+_INTERPRETER = hashlib.sha256(f"{sys._base_executable}\0{sys.version}".encode()).hexdigest()[:8]
+SERVING_WORKDIR = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge-training" / f"serving-{_INTERPRETER}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +53,7 @@ FAST_DEADLINES = {"EDGE_SERVING_HEADER_SECONDS": "1", "EDGE_SERVING_BODY_SECONDS
 def python_for(model: Path) -> Path:
     """The serving virtualenv for this model's requirements, as `serve --local` builds it."""
     folder = local_server.check_model_dir(model)
-    return local_server.serving_virtualenv(
-        REPOSITORY / ".edge-training", model_requirements=folder / "requirements.txt"
-    )
+    return local_server.serving_virtualenv(SERVING_WORKDIR, model_requirements=folder / "requirements.txt")
 
 
 @pytest.fixture(scope="module")
@@ -364,13 +372,12 @@ def wait_for(condition, seconds: float) -> bool:
 
 @pytest.mark.parametrize("stop", ["SIGTERM while starting", "SIGKILL once serving"])
 def test_serve_local_leaves_no_server_behind_when_it_is_stopped(tiny_models, stop) -> None:
-    import os
     import signal
 
     model = tiny_models["regressor"]
     python_for(model)  # built before the clock starts
     argv = [sys.executable, "-m", "training", "serve", "--local", "--model", str(model), "--port", "0",
-            "--workdir", str(REPOSITORY / ".edge-training")]  # fmt: skip
+            "--workdir", str(SERVING_WORKDIR)]  # fmt: skip
     cli_process = subprocess.Popen(argv, cwd=REPOSITORY, stderr=subprocess.PIPE, text=True)
     try:
         assert wait_for(lambda: children(cli_process.pid), 60), "serve --local started no server"
