@@ -116,12 +116,12 @@ REQUIRED: Mapping[tuple[str, str], tuple[tuple[str, ...], ...]] = {
     ),
 }
 
-_SEGMENT = re.compile(r"[^/?#%\\\s]+")
+SEGMENT = re.compile(r"[^/?#%\\\s]+")
 _PATH = re.compile(r"[^?#%\\\s]+")
 _API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}(-preview)?")
 
 
-def _known(value: Any) -> bool:
+def known(value: Any) -> bool:
     return value != rpc.UNKNOWN
 
 
@@ -202,6 +202,52 @@ def body_of(props: Mapping[str, Any]) -> dict[str, Any]:
 
 _SESSIONS: dict[tuple[Any, ...], tuple[Cloud, TokenCredential]] = {}
 _SESSIONS_LOCK = threading.Lock()
+
+
+class InputCheck:
+    """A provider's check of its inputs before any request: presence, type and shape, each failure
+    naming its field and never showing a secret's value. Unknown values (a preview) pass."""
+
+    def __init__(self, news: Mapping[str, Any]) -> None:
+        self.news = news
+        self.failures: list[CheckFailure] = []
+
+    def fail(self, prop: str, reason: str) -> None:
+        self.failures.append(CheckFailure(prop, reason))
+
+    def string(self, prop: str, required: bool, pattern: re.Pattern[str] | None = None) -> str | None:
+        value = self.news.get(prop)
+        if not known(value):
+            return None
+        if value in (None, ""):
+            if required:
+                self.fail(prop, "is required")
+            return None
+        if not isinstance(value, str):
+            self.fail(prop, f"must be a string, not {type(value).__name__}")
+            return None
+        if pattern is not None and not pattern.fullmatch(value):
+            self.fail(prop, f"{value!r} is not valid here")
+            return None
+        return value
+
+    def https_url(self, prop: str) -> None:
+        url = self.string(prop, True)
+        if url is not None and not url.startswith("https://"):
+            self.fail(prop, f"{url!r} is not an https URL")
+
+    def ca_certificates(self) -> None:
+        """caCertificates (hubCaCertificates), optional: PEM CA certificates only."""
+        if (ca := self.string("caCertificates", False)) is not None:
+            try:
+                parse_ca_certificates(ca)
+            except CaCertificatesError as error:
+                self.fail("caCertificates", str(error))
+
+    def identity_provider(self) -> None:
+        provider = self.string("identityProvider", True)
+        if provider is not None and provider not in IDENTITY_PROVIDERS:
+            self.fail("identityProvider", f"{provider!r} is not one of {', '.join(IDENTITY_PROVIDERS)}")
 
 
 class HubArmError(RuntimeError):
@@ -286,46 +332,19 @@ class HubArmResourceProvider(ResourceProvider):
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         """Every field's presence and type before any request; each failure names its field and
         never shows a secret's value."""
-        failures: list[CheckFailure] = []
-
-        def fail(prop: str, reason: str) -> None:
-            failures.append(CheckFailure(prop, reason))
-
-        def string(prop: str, required: bool, pattern: re.Pattern[str] | None = None) -> str | None:
-            value = news.get(prop)
-            if not _known(value):
-                return None
-            if value in (None, ""):
-                if required:
-                    fail(prop, "is required")
-                return None
-            if not isinstance(value, str):
-                fail(prop, f"must be a string, not {type(value).__name__}")
-                return None
-            if pattern is not None and not pattern.fullmatch(value):
-                fail(prop, f"{value!r} is not valid here")
-                return None
-            return value
-
-        endpoint = string("armEndpoint", True)
-        if endpoint is not None and not endpoint.startswith("https://"):
-            fail("armEndpoint", f"{endpoint!r} is not an https URL")
-        string("subscriptionId", True, _SEGMENT)
-        string("resourceGroupName", True, _SEGMENT)
-        string("resourceType", True, _SEGMENT)
-        string("resourceName", True, _SEGMENT)
+        inputs = InputCheck(news)
+        failures, fail, string = inputs.failures, inputs.fail, inputs.string
+        inputs.https_url("armEndpoint")
+        string("subscriptionId", True, SEGMENT)
+        string("resourceGroupName", True, SEGMENT)
+        string("resourceType", True, SEGMENT)
+        string("resourceName", True, SEGMENT)
         string("parentResourcePath", False, _PATH)
         string("location", False)
         string("kind", False)
-        string("tenantId", False, _SEGMENT)
-        if (ca := string("caCertificates", False)) is not None:
-            try:
-                parse_ca_certificates(ca)
-            except CaCertificatesError as error:
-                fail("caCertificates", str(error))
-        provider = string("identityProvider", True)
-        if provider is not None and provider not in IDENTITY_PROVIDERS:
-            fail("identityProvider", f"{provider!r} is not one of {', '.join(IDENTITY_PROVIDERS)}")
+        string("tenantId", False, SEGMENT)
+        inputs.ca_certificates()
+        inputs.identity_provider()
         namespace = string("resourceProviderNamespace", True)
         version = string("apiVersion", True, _API_VERSION)
         if namespace is not None and namespace not in HUB_API_VERSIONS:
@@ -337,15 +356,15 @@ class HubArmResourceProvider(ResourceProvider):
             )
         for prop in ("properties", "secretProperties", "sku"):
             value = news.get(prop)
-            if _known(value) and value is not None and not isinstance(value, Mapping):
+            if known(value) and value is not None and not isinstance(value, Mapping):
                 fail(prop, f"must be an object, not {type(value).__name__}")
         tags = news.get("tags")
-        if _known(tags) and tags is not None:
+        if known(tags) and tags is not None:
             if not isinstance(tags, Mapping):
                 fail("tags", f"must be an object, not {type(tags).__name__}")
             else:
                 for key, value in tags.items():
-                    if _known(value) and not isinstance(value, str):
+                    if known(value) and not isinstance(value, str):
                         fail("tags", f"tag {key!r} must be a string")
         required = REQUIRED.get((str(news.get("resourceProviderNamespace")), str(news.get("resourceType"))), ())
         if not failures and not _contains_unknown(news.get("properties")):

@@ -31,7 +31,6 @@ import pulumi
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.core.pipeline.transport import HttpTransport
 from pulumi.dynamic import (
-    CheckFailure,
     CheckResult,
     CreateResult,
     DiffResult,
@@ -39,12 +38,18 @@ from pulumi.dynamic import (
     ResourceProvider,
     UpdateResult,
 )
-from pulumi.runtime import rpc
 
 from clients.arm import ArmError
 from clients.cloud import CONNECT_TIMEOUT, READ_TIMEOUT, CloudDiscoveryError
-from clients.trust import CaCertificatesError, bundle_file, parse_ca_certificates
-from providers.hub_arm_resource import HUB_API_VERSIONS, HubArmError, HubArmResourceProvider
+from clients.trust import bundle_file
+from providers.hub_arm_resource import (
+    HUB_API_VERSIONS,
+    SEGMENT,
+    HubArmError,
+    HubArmResourceProvider,
+    InputCheck,
+    known,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,6 @@ BLOB_API_VERSION = "2019-07-07"
 # lower-case letters, digits and single hyphens, starting and ending with a letter or digit.
 _CONTAINER = re.compile(r"(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*")
 _ACCOUNT = re.compile(r"[a-z0-9]{3,24}")
-_SEGMENT = re.compile(r"[^/?#%\\\s]+")
 
 IDENTITY = ("armEndpoint", "subscriptionId", "resourceGroupName", "accountName", "blobEndpoint", "containerName")
 INPUTS = (*IDENTITY, "tenantId", "identityProvider", "caCertificates")
@@ -62,10 +66,6 @@ OUTPUTS = ("adopted", "publicAccess")
 
 class HubBlobContainerError(RuntimeError):
     """What went wrong with the container; never carries the account key."""
-
-
-def _known(value: Any) -> bool:
-    return value != rpc.UNKNOWN
 
 
 class HubBlobContainerProvider(ResourceProvider):
@@ -142,40 +142,17 @@ class HubBlobContainerProvider(ResourceProvider):
     # --- check ----------------------------------------------------------------------------------
 
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
-        failures: list[CheckFailure] = []
-
-        def string(prop: str, required: bool, pattern: re.Pattern[str] | None = None) -> str | None:
-            value = news.get(prop)
-            if not _known(value):
-                return None
-            if value in (None, ""):
-                if required:
-                    failures.append(CheckFailure(prop, "is required"))
-                return None
-            if not isinstance(value, str):
-                failures.append(CheckFailure(prop, f"must be a string, not {type(value).__name__}"))
-                return None
-            if pattern is not None and not pattern.fullmatch(value):
-                failures.append(CheckFailure(prop, f"{value!r} is not valid here"))
-                return None
-            return value
-
+        inputs = InputCheck(news)
         for prop in ("armEndpoint", "blobEndpoint"):
-            url = string(prop, True)
-            if url is not None and not url.startswith("https://"):
-                failures.append(CheckFailure(prop, f"{url!r} is not an https URL"))
-        string("subscriptionId", True, _SEGMENT)
-        string("resourceGroupName", True, _SEGMENT)
-        string("accountName", True, _ACCOUNT)
-        string("containerName", True, _CONTAINER)
-        string("identityProvider", True)
-        string("tenantId", False, _SEGMENT)
-        if (ca := string("caCertificates", False)) is not None:
-            try:
-                parse_ca_certificates(ca)
-            except CaCertificatesError as error:
-                failures.append(CheckFailure("caCertificates", str(error)))
-        return CheckResult(news, failures)
+            inputs.https_url(prop)
+        inputs.string("subscriptionId", True, SEGMENT)
+        inputs.string("resourceGroupName", True, SEGMENT)
+        inputs.string("accountName", True, _ACCOUNT)
+        inputs.string("containerName", True, _CONTAINER)
+        inputs.identity_provider()
+        inputs.string("tenantId", False, SEGMENT)
+        inputs.ca_certificates()
+        return CheckResult(news, inputs.failures)
 
     # --- create, read, update, delete -----------------------------------------------------------
 
@@ -245,7 +222,7 @@ class HubBlobContainerProvider(ResourceProvider):
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
         def changed(prop: str) -> bool:
-            return not _known(news.get(prop)) or (olds.get(prop) or None) != (news.get(prop) or None)
+            return not known(news.get(prop)) or (olds.get(prop) or None) != (news.get(prop) or None)
 
         replaces = [prop for prop in IDENTITY if changed(prop)]
         updates = [prop for prop in INPUTS if prop not in replaces and changed(prop)]

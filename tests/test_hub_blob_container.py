@@ -242,6 +242,8 @@ def test_a_missing_account_is_named_and_its_containers_count_as_gone(
         ({"containerName": "Training_Data"}, "containerName", "not valid"),
         ({"containerName": "a--b"}, "containerName", "not valid"),
         ({"accountName": "Not-An-Account"}, "accountName", "not valid"),
+        ({"identityProvider": "ldap"}, "identityProvider", "not one of azuread, adfs"),
+        ({"caCertificates": "not a certificate"}, "caCertificates", "certificate"),
     ],
 )
 def test_check_names_the_bad_field_before_any_request(
