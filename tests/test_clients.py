@@ -167,11 +167,8 @@ def test_the_workflows_exact_variables_sign_in_by_oidc(arm: ArmEndpoint, workflo
     assert exchange.body["scope"] == "https://management.core.usgovcloudapi.net/.default"
 
 
-def test_a_hub_principal_signs_in_at_adfs_with_its_secret(arm: ArmEndpoint) -> None:
-    arm.fake.script(
-        "GET", "/metadata/endpoints", metadata(arm.url + "/adfs", "https://management.adfs.azurestack.local/4de154de")
-    )
-    # What an AD FS farm serves; MSAL reads it before the first token request.
+def serve_adfs_configuration(arm: ArmEndpoint) -> None:
+    """What an AD FS farm serves; MSAL reads it before the first token request."""
     arm.fake.script(
         "GET",
         "/adfs/.well-known/openid-configuration",
@@ -184,6 +181,13 @@ def test_a_hub_principal_signs_in_at_adfs_with_its_secret(arm: ArmEndpoint) -> N
             },
         ),
     )
+
+
+def test_a_hub_principal_signs_in_at_adfs_with_its_secret(arm: ArmEndpoint) -> None:
+    arm.fake.script(
+        "GET", "/metadata/endpoints", metadata(arm.url + "/adfs", "https://management.adfs.azurestack.local/4de154de")
+    )
+    serve_adfs_configuration(arm)
     arm.fake.script("POST", "/adfs/oauth2/token", TOKEN_REPLY)
     env = {"HUB_ARM_CLIENT_ID": CLIENT, "HUB_ARM_CLIENT_SECRET": "hub-secret", "ARM_CLIENT_ID": "someone-else"}
     cloud = discover(arm.url, transport=arm.transport())
@@ -201,18 +205,7 @@ def test_sign_in_does_not_wait_out_a_retry_after_beyond_its_deadline(arm: ArmEnd
     """A token endpoint answering 429 with Retry-After: 3600 fails the sign-in at once; stock
     azure-identity would sleep the hour."""
     arm.fake.script("GET", "/metadata/endpoints", metadata(arm.url + "/adfs", "https://management.adfs.local/1"))
-    arm.fake.script(
-        "GET",
-        "/adfs/.well-known/openid-configuration",
-        Reply(
-            200,
-            {
-                "issuer": arm.url + "/adfs",
-                "token_endpoint": arm.url + "/adfs/oauth2/token",
-                "authorization_endpoint": arm.url + "/adfs/oauth2/authorize",
-            },
-        ),
-    )
+    serve_adfs_configuration(arm)
     arm.fake.script(
         "POST", "/adfs/oauth2/token", Reply(429, {"error": "temporarily_unavailable"}, {"Retry-After": "3600"})
     )
