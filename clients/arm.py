@@ -21,6 +21,7 @@ host in the referrer header", so a polling URL on another host is refused, never
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -59,6 +60,17 @@ OPERATION_DEADLINE = 3600.0
 # One GET, its retries included.
 REQUEST_DEADLINE = 300.0
 TERMINAL_STATES = frozenset({"Succeeded", "Failed", "Canceled"})
+MESSAGE_LIMIT = 2000
+STILL_RUNNING_HINT = "; it may yet finish: look at the resource in the portal before retrying"
+_PEM = re.compile(r"-----BEGIN [A-Z0-9 ]*-----.*?(-----END [A-Z0-9 ]*-----|$)", re.DOTALL)
+
+
+def scrub(text: str, limit: int | None = MESSAGE_LIMIT) -> str:
+    """A service's message fit for an error or a log: key material (PEM blocks) cut out, length
+    bounded (`None`: not cut, for a caller that still has secrets of its own to find in it).
+    Services quote requests back (a refused compute attach quotes its private key)."""
+    text = _PEM.sub("[redacted key]", text)
+    return text if limit is None or len(text) <= limit else text[:limit] + "..."
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,8 @@ class ArmError(RuntimeError):
     """Resource Manager refused or failed a request: the HTTP status, ARM's error code and message."""
 
     def __init__(self, operation: str, status: int | None, code: str, message: str) -> None:
+        # Not cut to length here: the Hub provider still replaces its own secrets in the whole text.
+        code, message = scrub(code, 100), scrub(message, None)
         self.operation, self.status, self.code, self.message = operation, status, code, message
         where = f"HTTP {status}" if status else "no answer"
         super().__init__(f"{operation}: {where} {code}: {message}".rstrip(": "))
@@ -124,8 +138,10 @@ class _DeadlinePolling(ARMPolling):
         retry_after = self._retry_after()
         wait = next_wait(self._deadline, self._interval, retry_after)
         if wait is None:
+            status = getattr(self, "_status", None)
             raise DeadlineExceeded(
-                f"still running at the {self._deadline.seconds:g}s deadline"
+                f"still {status if status and status != 'InProgress' else 'running'} "
+                f"at the {self._deadline.seconds:g}s deadline"
                 + (f" (the service asked for Retry-After: {retry_after:g}s)" if retry_after is not None else "")
             )
         (self._sleeper or self._sleep)(wait)
@@ -142,11 +158,28 @@ class _DeadlinePolling(ARMPolling):
 
 
 def _error_of(body: Any) -> tuple[str, str]:
-    """ARM's error shape, `{"error": {"code", "message"}}`; an operation status nests it the same way."""
+    """ARM's error shape, `{"error": {"code", "message"}}`; an operation status nests it the same way.
+    Only those two fields are ever quoted: a body without them may be the request echoed back."""
     error = body.get("error") if isinstance(body, Mapping) else None
     if isinstance(error, Mapping):
-        return str(error.get("code") or "Error"), str(error.get("message") or "")
-    return "Error", ""
+        return str(error.get("code") or "Unknown"), str(error.get("message") or "")
+    return "Unknown", "the answer carries no ARM error object"
+
+
+def _failure_of(resource: Mapping[str, Any]) -> tuple[str, str]:
+    """A resource that ended Failed or Canceled: `Provisioning<state>` and the reasons it lists
+    (`properties.provisioningErrors`, Azure ML's ErrorResponse list), else the ARM error it carries."""
+    state = _state(resource)
+    properties = resource.get("properties")
+    errors = properties.get("provisioningErrors") if isinstance(properties, Mapping) else None
+    reasons = [
+        f"{entry['error'].get('code', '')}: {entry['error'].get('message', '')}"
+        for entry in (errors if isinstance(errors, list) else [])
+        if isinstance(entry, Mapping) and isinstance(entry.get("error"), Mapping)
+    ]
+    if not reasons and isinstance(resource.get("error"), Mapping):
+        reasons = [": ".join(_error_of(resource))]
+    return f"Provisioning{state}", "; ".join(reasons) or f"provisioningState is {state}; the service gave no reason"
 
 
 def _json(response: Any) -> Any:
@@ -239,9 +272,16 @@ class ArmClient:
             self._client._pipeline._transport.sleep(seconds)  # the transport's own sleep
 
     def _send(
-        self, method: str, path: str, api_version: str, deadline: Deadline, body: Any = None
+        self,
+        method: str,
+        path: str,
+        api_version: str,
+        deadline: Deadline,
+        body: Any = None,
+        query: Mapping[str, str] | None = None,
     ) -> PipelineResponse[Any, Any]:
-        request = HttpRequest(method, f"{self._base}{path}", params={"api-version": api_version}, json=body)
+        params = {"api-version": api_version, **(query or {})}
+        request = HttpRequest(method, f"{self._base}{path}", params=params, json=body)
         try:
             return self._client.send_request(request, _return_pipeline_response=True, deadline=deadline)
         except DeadlineExceeded as error:
@@ -300,16 +340,22 @@ class ArmClient:
 
     @staticmethod
     def _settled(operation: str, status: int | None, resource: dict[str, Any]) -> dict[str, Any]:
-        state = _state(resource)
-        if state not in (None, "Succeeded"):
-            raise ArmError(operation, status, f"Provisioning{state}", f"provisioningState is {state}")
+        if _state(resource) not in (None, "Succeeded"):
+            raise ArmError(operation, status, *_failure_of(resource))
         return resource
 
-    def delete(self, path: str, api_version: str, deadline: Deadline | None = None) -> bool:
-        """DELETE and wait until the resource is gone. False when there was nothing to delete."""
+    def delete(
+        self,
+        path: str,
+        api_version: str,
+        deadline: Deadline | None = None,
+        query: Mapping[str, str] | None = None,
+    ) -> bool:
+        """DELETE and wait until the resource is gone. False when there was nothing to delete.
+        `query`: the resource type's own parameters (a compute's `underlyingResourceAction`)."""
         operation = f"DELETE {path}"
         deadline = deadline or Deadline(self._timeouts.operation_deadline)
-        pipeline_response = self._send("DELETE", path, api_version, deadline)
+        pipeline_response = self._send("DELETE", path, api_version, deadline, query=query)
         response = pipeline_response.http_response
         if response.status_code in (204, 404):
             return False
@@ -341,14 +387,15 @@ class ArmClient:
         except HttpResponseError as error:
             # A failed operation: the status body carries ARM's error (code and message).
             body = _json(error.response) if error.response is not None else None
-            code, message = _error_of(body)
+            failed = isinstance(body, Mapping) and _state(body) in TERMINAL_STATES - {"Succeeded"}
+            code, message = _failure_of(body) if failed else _error_of(body)
             raise ArmError(operation, error.status_code, code, message or error.reason or "") from None
         except DeadlineExceeded as error:
             raise ArmError(
                 operation,
                 None,
                 "OperationTimedOut",
-                f"{error}; it may yet finish: look at the resource in the portal before retrying",
+                f"{error}{STILL_RUNNING_HINT}",
             ) from None
         except ForeignHostRefused as error:
             raise ArmError(operation, None, "ForeignPollingHost", str(error)) from None

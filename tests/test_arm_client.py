@@ -105,6 +105,36 @@ def test_a_provisioning_that_ends_failed_is_an_error_naming_the_resource(arm, cl
         client.put(PATH, VERSION, {"location": "local"})
 
 
+def test_a_failure_says_the_services_reasons_never_a_key_it_quotes(arm, client) -> None:
+    """Azure ML lists why in `provisioningErrors`; a service that quotes the request back (a compute
+    attach's private key) has the key cut out of the error."""
+    key = "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----"
+    failed = resource("Failed")
+    failed["properties"]["provisioningErrors"] = [{"error": {"code": "BadKey", "message": f"cannot use {key}"}}]
+    arm.fake.script("PUT", PATH, Reply(200, failed))
+    with pytest.raises(ArmError, match=r"ProvisioningFailed: BadKey: cannot use \[redacted key\]$"):
+        client.put(PATH, VERSION, {"location": "local"})
+    arm.fake.script("PUT", PATH, Reply(400, {"error": {"code": "BadRequest", "message": f"no: {key}"}}))
+    with pytest.raises(ArmError, match=r"HTTP 400 BadRequest: no: \[redacted key\]$"):
+        client.put(PATH, VERSION, {"location": "local"})
+
+
+def test_a_resource_polled_into_failed_says_why(arm, client) -> None:
+    failed = resource("Failed")
+    failed["properties"]["provisioningErrors"] = [{"error": {"code": "BadSsh", "message": "cannot log in"}}]
+    arm.fake.script("PUT", PATH, Reply(201, resource("Creating")))
+    arm.fake.script("GET", PATH, Reply(200, failed))
+    with pytest.raises(ArmError, match=r"HTTP 200 ProvisioningFailed: BadSsh: cannot log in$"):
+        client.put(PATH, VERSION, {"location": "local"})
+
+
+def test_an_error_without_arms_error_object_quotes_nothing_of_it(arm, client) -> None:
+    arm.fake.script("PUT", PATH, Reply(409, {"administratorAccount": {"privateKeyData": "hunter2"}}))
+    with pytest.raises(ArmError, match=r"HTTP 409 Unknown: the answer carries no ARM error object$") as caught:
+        client.put(PATH, VERSION, {"location": "local"})
+    assert "hunter2" not in str(caught.value)
+
+
 def test_an_operation_still_running_at_its_deadline_fails_naming_the_resource(arm, client, transport) -> None:
     clock = FakeClock()
     arm.fake.script("PUT", PATH, Reply(201, resource("Creating"), {"Azure-AsyncOperation": status_url(arm)}))
@@ -263,7 +293,7 @@ class FakeClock:
 
 
 def test_the_compute_clients_bodies_end_at_its_deadline_too(arm) -> None:
-    """components/azureml_computes.py's pipeline reads bodies under the same policy."""
+    """components/azureml_computes.py sends through this client: a trickled body ends at the deadline."""
     from components.azureml_computes import ComputeApiError, ComputeClient, ComputeRef
 
     ref = ComputeRef("s", "rg", "ws", "edge-vm")

@@ -412,7 +412,7 @@ ARM_FAULTS = [
             "PUT": [Reply(201, compute("Creating"))],
             "DELETE": [Reply(200)],
         },
-        ("still Creating after 30s", "detached again", "'edge-vm'"),
+        ("still Creating at the 30s deadline; it was detached again", "'edge-vm'"),
         # Polls at 10 s, 20 s and the last look at 29 s (clients/deadline.py's edge rule).
         ["GET", "PUT", "GET", "GET", "GET", "DELETE"],
         code="Timeout",
