@@ -89,17 +89,15 @@ def federated_token_source(
 
     def request() -> str:
         from azure.core import PipelineClient
-        from azure.core.pipeline.policies import RetryPolicy
         from azure.core.rest import HttpRequest
 
-        client = PipelineClient(base_url=url, policies=[RetryPolicy(retry_total=3)], transport=transport)
+        # The sign-in's own bounds: one deadline (SIGNIN_DEADLINE) for the request, its retries and its body.
+        client = PipelineClient(base_url=url, policies=[SignInRetryPolicy(retry_total=3)], transport=transport)
         try:
             response = client.send_request(
                 HttpRequest(
                     "GET", url, params={"audience": FEDERATION_AUDIENCE}, headers={"Authorization": f"Bearer {bearer}"}
                 ),
-                connection_timeout=10,
-                read_timeout=30,
             )
         finally:
             if transport is None:  # ours to close; a caller's transport stays open for its other users

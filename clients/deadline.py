@@ -196,13 +196,20 @@ SIGNIN_DEADLINE = 60.0
 class SignInRetryPolicy(DeadlineRetryPolicy):
     """azure-identity's retry policy, bounded: passed as `retry_policy_class` (azure-identity
     `_internal/pipeline.py`, `build_pipeline`), every token request gets its own deadline of
-    `SIGNIN_DEADLINE`, with connect and read timeouts and any `Retry-After` cut to it. Stock, a
-    token endpoint answering `Retry-After: 86400` parks the sign-in for a day."""
+    `SIGNIN_DEADLINE`, with connect and read timeouts and any `Retry-After` cut to it, and the
+    token response's body read under it too (a `BodyDeadlinePolicy` is linked in right after this
+    policy, where `ArmClient` has its own). Stock, a token endpoint answering `Retry-After: 86400`
+    parks the sign-in for a day, and one trickling its answer a byte per read timeout, for ever."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(Deadline(SIGNIN_DEADLINE), 10.0, 30.0, **kwargs)
 
     def send(self, request: PipelineRequest[Any]) -> PipelineResponse[Any, Any]:
+        if not isinstance(self.next, BodyDeadlinePolicy):
+            # azure-core links a pipeline's policies through `next` when it is built; the
+            # credential builds its own, so ours is linked in on its first request.
+            body = BodyDeadlinePolicy()
+            body.next, self.next = self.next, body
         request.context.options.setdefault("deadline", Deadline(SIGNIN_DEADLINE))
         return super().send(request)
 

@@ -11,11 +11,13 @@ import yaml
 from azure.identity import ClientAssertionCredential, ClientSecretCredential, DefaultAzureCredential
 
 from clients import cloud as cloud_module
+from clients import deadline
 from clients.cloud import CloudDiscoveryError, discover
 from clients.credentials import (
     FEDERATION_AUDIENCE,
     CredentialConfigError,
     credential_from_environment,
+    federated_token_source,
 )
 from clients.deadline import RETRY_AFTER_MAX
 from tests.harness.arm_server import ArmEndpoint, Reply
@@ -217,6 +219,39 @@ def test_sign_in_does_not_wait_out_a_retry_after_beyond_its_deadline(arm: ArmEnd
         credential.get_token(cloud.arm_scope)
     assert transport.slept == []
     assert len([r for r in arm.fake.requests if r.method == "POST"]) == 1
+
+
+@pytest.mark.timeout(20)
+def test_a_token_answer_trickled_byte_by_byte_ends_at_the_sign_in_deadline(
+    arm: ArmEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real time: every byte comes well within the read timeout, so only the sign-in's deadline
+    can end the body (deadline.SIGNIN_DEADLINE, cut to 1 s here)."""
+    monkeypatch.setattr(deadline, "SIGNIN_DEADLINE", 1.0)
+    arm.fake.script("GET", "/metadata/endpoints", metadata(arm.url + "/adfs", "https://management.adfs.local/1"))
+    serve_adfs_configuration(arm)
+    arm.fake.script("POST", "/adfs/oauth2/token", Reply(200, TOKEN_REPLY.body, trickle_s=0.05))
+    env = {"HUB_ARM_CLIENT_ID": CLIENT, "HUB_ARM_CLIENT_SECRET": "hub-secret"}
+    cloud = discover(arm.url, transport=arm.transport())
+    credential = credential_from_environment(env, prefix="HUB_ARM_", cloud=cloud, transport=arm.transport())
+    started = time.monotonic()
+    with pytest.raises(Exception, match=r"body was still arriving at the 1s deadline"):
+        credential.get_token(cloud.arm_scope)
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.timeout(20)
+def test_a_federated_token_trickled_byte_by_byte_ends_at_the_sign_in_deadline(
+    arm: ArmEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(deadline, "SIGNIN_DEADLINE", 1.0)
+    arm.fake.script("GET", "/github/token", Reply(200, {"value": "github-federated-jwt" * 20}, trickle_s=0.05))
+    env = {"ARM_OIDC_REQUEST_URL": arm.url + "/github/token", "ARM_OIDC_REQUEST_TOKEN": "runner-request-token"}
+    fetch = federated_token_source(env, prefix="ARM_", transport=arm.transport())
+    started = time.monotonic()
+    with pytest.raises(Exception, match=r"body was still arriving at the 1s deadline"):
+        fetch()
+    assert time.monotonic() - started < 5
 
 
 def test_a_configured_tenant_wins_over_the_variable() -> None:
