@@ -237,6 +237,19 @@ def _credential_copier(namespace: str, secret_name: str) -> dict[str, Any]:
     }
 
 
+POD_SECURITY_LABELS = {
+    "app.kubernetes.io/part-of": "edge-training",
+    # Pod Security admission (kubernetes.io/docs/concepts/security/pod-security-admission): the
+    # credential copier's hostPath breaks even "baseline", so enforcing a stricter level would refuse
+    # it, on a cluster hardened to enforce "restricted" by default (K3s's CIS guide) as well; every
+    # pod that falls short of "restricted" (Azure ML's job pods included) is warned about on apply
+    # and annotated in the audit log instead, so a `privileged: true` cannot go unseen.
+    "pod-security.kubernetes.io/enforce": "privileged",
+    "pod-security.kubernetes.io/warn": "restricted",
+    "pod-security.kubernetes.io/audit": "restricted",
+}
+
+
 def cluster_manifests(
     namespace: str,
     instance_types: Sequence[InstanceTypeSpec],
@@ -275,7 +288,7 @@ def cluster_manifests(
         "type": "Opaque",
     }
     return [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": POD_SECURITY_LABELS}},
         secret,
         _credential_copier(namespace, credential_secret_name),
         *_host_path_volume(namespace, "credential", CREDENTIAL_HOST_PATH, CREDENTIAL_MOUNT_PATH, "1Mi"),

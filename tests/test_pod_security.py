@@ -222,3 +222,42 @@ def _with(change: dict[str, Any], container: dict[str, Any] | None = None) -> di
 def test_the_checker_catches_each_rule(pod: dict[str, Any], rule: str) -> None:
     assert violations(RESTRICTED_POD) == set()
     assert rule in violations(pod)
+
+
+# The Baseline controls among the checker's names; everything else it reports is Restricted-only.
+BASELINE_RULES = ("hostNetwork", "hostPID", "hostIPC", "sysctl", "hostPath", "volume type", "hostProcess",
+                  "privileged", "procMount", "seLinuxOptions", "AppArmor", "hostPort")  # fmt: skip
+
+
+def _level(found: set[str]) -> str:
+    """The strictest Pod Security level a pod with these violations is admitted at."""
+    if any(rule in v for v in found for rule in BASELINE_RULES):
+        return "privileged"
+    return "baseline" if found - {v for v in found if v.endswith("readOnlyRootFilesystem")} else "restricted"
+
+
+def test_the_compute_namespace_enforces_the_strictest_level_its_workloads_allow_and_warns_at_restricted() -> None:
+    """Enforced any stricter, the API server would refuse our own DaemonSet; any looser, and a
+    workload of ours could slip below what it meets today unseen. Whatever the enforce level, every
+    pod below "restricted" is warned about on apply and audited."""
+    small = InstanceTypeSpec("small", "1", "1Gi", "1", "1Gi")
+    manifests = cluster_manifests.cluster_manifests("edge-training", [small])
+    [namespace] = [m for m in manifests if m["kind"] == "Namespace"]
+    labels = namespace["metadata"]["labels"]
+    ours = [spec for m in manifests if (spec := _pod_spec(m)) is not None]
+    order = ["privileged", "baseline", "restricted"]
+    strictest = min((_level(violations(pod)) for pod in ours), key=order.index)
+    assert labels["pod-security.kubernetes.io/enforce"] == strictest == "privileged"
+    assert labels["pod-security.kubernetes.io/warn"] == "restricted"
+    assert labels["pod-security.kubernetes.io/audit"] == "restricted"
+
+
+@pytest.mark.parametrize(
+    ("pod", "level"),
+    [(RESTRICTED_POD, "restricted"),
+     (_with({}, {"allowPrivilegeEscalation": True}), "baseline"),
+     (_with({"volumes": [{"name": "h", "hostPath": {"path": "/"}}]}), "privileged")],
+    ids=["restricted", "baseline", "privileged"],
+)  # fmt: skip
+def test_the_level_of_a_pod_is_judged_by_the_rules_it_breaks(pod: dict[str, Any], level: str) -> None:
+    assert _level(violations(pod)) == level
