@@ -183,6 +183,6 @@ def test_a_body_without_a_content_length_is_still_held_to_the_listed_size() -> N
     for body, length in ((b"ab", 3), (b"abcd", 3)):
         response = urllib3.HTTPResponse(body=io.BytesIO(body), status=200, preload_content=False)
         with pytest.raises(reader.BlobLengthMismatch, match=r"LengthMismatch"):
-            reader._body(response, length, reader._Deadline(5))
+            reader._body(response, length, reader.Deadline(5))
     whole = urllib3.HTTPResponse(body=io.BytesIO(b"abc"), status=200, preload_content=False)
-    assert reader._body(whole, 3, reader._Deadline(5)) == b"abc"
+    assert reader._body(whole, 3, reader.Deadline(5)) == b"abc"

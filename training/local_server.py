@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from clients.deadline import Deadline, poll_until
 from training import mlflow_model
 
 log = logging.getLogger(__name__)
@@ -133,9 +133,9 @@ class RunningServer:
         return "\n".join(self.output[-lines:])
 
 
-def _probe(url: str) -> bool:
+def _probe(url: str, timeout: float) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (our own http://127.0.0.1 URL)
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (our own http://127.0.0.1 URL)
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError):
         return False
@@ -228,17 +228,21 @@ def running(
     reader.start()
     server = RunningServer("", process, output)
     try:
-        deadline = time.monotonic() + ready_seconds
-        if not bound.wait(ready_seconds) or not address:
+        deadline = Deadline(ready_seconds)
+        if not bound.wait(deadline.remaining()) or not address:
             raise ServeError(f"the server did not start:\n{server.log_tail()}")
         server = RunningServer(address[0], process, output)
-        # Readiness: GET / answers once a worker has imported score.py and run init().
-        while not _probe(f"{server.url}/"):
+
+        def ready() -> bool | None:
+            # Readiness: GET / answers once a worker has imported score.py and run init().
+            if _probe(f"{server.url}/", deadline.cap(2.0)):
+                return True
             if process.poll() is not None:
                 raise ServeError(f"the server exited with {process.returncode}:\n{server.log_tail()}")
-            if time.monotonic() > deadline:
-                raise ServeError(f"the server did not answer GET / within {ready_seconds:.0f}s:\n{server.log_tail()}")
-            time.sleep(0.2)
+            return None
+
+        if poll_until(ready, deadline, interval=0.2) is None:
+            raise ServeError(f"the server did not answer GET / within {ready_seconds:.0f}s:\n{server.log_tail()}")
         yield server
     finally:
         if process.poll() is None:

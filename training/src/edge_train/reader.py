@@ -41,7 +41,6 @@ import random
 import re
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -50,6 +49,7 @@ from xml.etree import ElementTree
 
 import urllib3
 
+from .deadline import Deadline, next_wait
 from .trust import trust_hub_ca
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ class BlobReader:
         at most `MAX_PAGES` pages by `LIST_DEADLINE_S`, and no marker twice."""
         marker = ""
         seen: set[str] = set()
-        deadline = _Deadline(LIST_DEADLINE_S)
+        deadline = Deadline(LIST_DEADLINE_S)
         for _ in range(MAX_PAGES):
             query = {"restype": "container", "comp": "list", "maxresults": str(PAGE_SIZE)}
             if prefix:
@@ -246,10 +246,10 @@ class BlobReader:
         headers: dict[str, str],
         length: int | None = None,
         stop: threading.Event | None = None,
-        deadline: _Deadline | None = None,
+        deadline: Deadline | None = None,
     ) -> bytes:
         """`length`: the exact body length expected (a range's, or the listed size)."""
-        request_deadline = _Deadline(REQUEST_DEADLINE_S)
+        request_deadline = Deadline(REQUEST_DEADLINE_S)
         if deadline is None or deadline.remaining() > request_deadline.remaining():
             deadline = request_deadline
         failure = BlobReadError(0, "NotAttempted", "the run stopped before the first attempt")
@@ -265,7 +265,7 @@ class BlobReader:
         raise failure
 
     def _attempt(
-        self, path: str, query: dict[str, str], headers: dict[str, str], length: int | None, deadline: _Deadline
+        self, path: str, query: dict[str, str], headers: dict[str, str], length: int | None, deadline: Deadline
     ) -> bytes:
         left = deadline.remaining()
         timeout = urllib3.Timeout(connect=min(CONNECT_TIMEOUT_S, left), read=min(READ_TIMEOUT_S, left))
@@ -327,17 +327,6 @@ def _bare(etag: str | None) -> str | None:
     return etag.strip().strip('"') if etag is not None else None
 
 
-class _Deadline:
-    """`seconds` from now on the monotonic clock (clients/deadline.py's, kept out of this package)."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.end = time.monotonic() + seconds
-
-    def remaining(self) -> float:
-        return max(0.0, self.end - time.monotonic())
-
-
 def _listed(blob: ElementTree.Element) -> ListedBlob:
     name_element = blob.find("Name")
     name = name_element.text or "" if name_element is not None else ""
@@ -365,7 +354,7 @@ def _listed(blob: ElementTree.Element) -> ListedBlob:
     return listed
 
 
-def _body(response: urllib3.BaseHTTPResponse, length: int | None, deadline: _Deadline) -> bytes:
+def _body(response: urllib3.BaseHTTPResponse, length: int | None, deadline: Deadline) -> bytes:
     """The whole body by `deadline` (each socket read waits at most what is left), exactly `length`
     bytes when a length is expected; urllib3 also refuses a body shorter than its Content-Length."""
     if length is not None:
@@ -436,18 +425,18 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def _back_off(
-    stop: threading.Event | None, failure: BlobReadError, attempt: int, deadline: _Deadline | None = None
+    stop: threading.Event | None, failure: BlobReadError, attempt: int, deadline: Deadline | None = None
 ) -> bool:
-    """Back off before another attempt; True if the run stopped meanwhile, or if the wait would end
-    past the deadline (then it is not waited: the service's Retry-After is never cut short)."""
-    delay = failure.retry_after
-    if delay is None:
-        delay = BACKOFF_S * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)  # noqa: S311 (jitter)
-    if deadline is not None and delay >= deadline.remaining():
+    """Back off before another attempt, by the deadline rule (deadline.py); True if the run stopped
+    meanwhile, or if the deadline leaves no time to wait (a service's Retry-After is never cut short)."""
+    backoff = BACKOFF_S * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)  # noqa: S311 (jitter)
+    if deadline is None:
+        wait: float | None = backoff if failure.retry_after is None else failure.retry_after
+    else:
+        wait = next_wait(deadline, backoff, failure.retry_after)
+    if wait is None:
         return True
-    if stop is None:
-        stop = threading.Event()
-    return stop.wait(delay)
+    return (stop or threading.Event()).wait(wait)
 
 
 def _first_line(error: BaseException) -> str:

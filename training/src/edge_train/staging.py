@@ -42,13 +42,13 @@ import stat
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .deadline import Deadline, poll_until
 from .reader import BlobChanged, BlobGone, BlobReader, BlobReadError, ListedBlob, UnsupportedCredential
 
 if TYPE_CHECKING:
@@ -162,22 +162,20 @@ def _cache_lock(root: Path, timeout_s: float) -> Iterator[None]:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as error:
         raise StagingError(f"cannot open the cache lock {path}: {_describe(error)}") from error
+
+    def take() -> bool | None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return None
+
     try:
-        deadline = time.monotonic() + timeout_s
-        pause = 0.01
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if pause == 0.01:
-                    log.info("waiting for another stager that holds %s", path)
-                if time.monotonic() + pause > deadline:
-                    raise StagingError(
-                        f"another stager held {path} for more than {timeout_s:.0f}s; is one stuck?"
-                    ) from None
-                time.sleep(pause)  # flock has no timed wait; back off up to half a second
-                pause = min(pause * 2, 0.5)
+        if not take():
+            log.info("waiting for another stager that holds %s", path)
+            # flock has no timed wait: polled, backing off up to half a second, by the deadline rule.
+            if poll_until(take, Deadline(timeout_s), first_delay=0.01, max_delay=0.5) is None:
+                raise StagingError(f"another stager held {path} for more than {timeout_s:.0f}s; is one stuck?")
         yield
     finally:
         os.close(fd)  # releases the lock
