@@ -98,17 +98,8 @@ def retry_until(
 ) -> bool:
     """Call `attempt()` until it returns True or the deadline passes, backing off exponentially
     (doubling from `first_delay`, at most `max_delay`, cut by `next_wait`). True if it succeeded."""
-    delay = first_delay
-    while True:
-        if attempt():
-            return True
-        wait = next_wait(deadline, delay)
-        if wait is None:
-            return False
-        sleep(wait)
-        if deadline.expired():
-            return False
-        delay = min(delay * 2, max_delay)
+    done = poll_until(lambda: True if attempt() else None, deadline, first_delay, sleep, max_interval=max_delay)
+    return done is not None
 
 
 def poll_until(
@@ -117,11 +108,13 @@ def poll_until(
     interval: float,
     sleep: Sleep = time.sleep,
     wait_first: bool = False,
+    max_interval: float | None = None,
 ) -> T | None:
     """`probe()` every `interval` seconds (cut by `next_wait`) until it returns something other than
     None; None when the deadline came first. The probe raises to end the wait on a failure that
     waiting will not change. `wait_first`: the answer in hand already says "not yet" (a 202, a
-    non-terminal state), so the first probe comes after one interval, as ARM asks of clients."""
+    non-terminal state), so the first probe comes after one interval, as ARM asks of clients.
+    `max_interval`: back off, doubling the interval after each wait up to this."""
     waiting = wait_first
     while True:
         if waiting:
@@ -131,6 +124,8 @@ def poll_until(
             sleep(wait)
             if deadline.expired():
                 return None
+            if max_interval is not None:
+                interval = min(interval * 2, max_interval)
         waiting = True
         result = probe()
         if result is not None:

@@ -55,3 +55,19 @@ def test_the_jobs_poll_backs_off_and_takes_its_last_look_before_the_deadline() -
     assert job_rule.poll_until(never, job_rule.Deadline(5.0, clock), 0.5, 2.0, stop=Stop()) is None
     assert waited == [0.5, 1.0, 2.0, 0.5]
     assert probes == [0.0, 0.5, 1.5, 3.5, 4.0]
+
+
+def test_the_projects_retry_backs_off_like_the_jobs_poll() -> None:
+    """retry_until (SSH, deploy and image-build waits) waits exactly as the job copy does."""
+    clock = Clock()
+    waited: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waited.append(seconds)
+        clock.now += seconds
+
+    assert project_rule.retry_until(lambda: False, project_rule.Deadline(5.0, clock), sleep, 0.5, 2.0) is False
+    assert waited == [0.5, 1.0, 2.0, 0.5]
+    tries = iter([False, False, True])
+    assert project_rule.retry_until(lambda: next(tries), project_rule.Deadline(60.0, clock), sleep, 1.0, 2.0)
+    assert waited[4:] == [1.0, 2.0]
