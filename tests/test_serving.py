@@ -64,8 +64,15 @@ def servers(trained: Path, tiny_models: dict[str, Path]) -> Iterator[dict[str, l
 
     models = {"churn": trained, "regressor": tiny_models["regressor"], "lightgbm": tiny_models["lightgbm"]}
     pythons = {name: python_for(model) for name, model in models.items()}  # built one after another
+    # The churn server runs the image's command as it is (two workers); the others one worker each
+    # (`serve --local --workers 1`): each worker imports MLflow and the model's library, seconds of CPU.
     contexts = {
-        name: local_server.running(model, pythons[name], environment=FAST_DEADLINES if name == "regressor" else None)
+        name: local_server.running(
+            model,
+            pythons[name],
+            environment=FAST_DEADLINES if name == "regressor" else None,
+            workers=None if name == "churn" else 1,
+        )
         for name, model in models.items()
     }
     with contextlib.ExitStack() as stack, concurrent.futures.ThreadPoolExecutor(len(contexts)) as pool:
@@ -181,10 +188,10 @@ def raw_connection(server: local_server.RunningServer) -> socket.socket:
 
 
 def test_slow_clients_are_cut_off_and_never_keep_the_probe_waiting(servers, tiny_models) -> None:
-    """More trickling clients than the server has threads (2 x 32): liveness answers within the
-    probe's 5 s timeout while they hang on, and each is cut at its deadline (1 s for headers,
-    1.5 s for a body, in this server; 5 s and 10 s in the image). Without the deadlines they
-    would hold every thread and the probe would wait for ever."""
+    """More trickling clients (80) than the server has threads (one worker of 32 here; the image
+    runs 2 x 32): liveness answers within the probe's 5 s timeout while they hang on, and each is
+    cut at its deadline (1 s for headers, 1.5 s for a body, in this server; 5 s and 10 s in the
+    image). Without the deadlines they would hold every thread and the probe would wait for ever."""
     server = servers["regressor"]
     stalled = []
     for index in range(80):
@@ -258,6 +265,25 @@ def test_serve_local_runs_the_dockerfiles_command_bound_to_loopback() -> None:
     assert here[3:] == expected  # the same command: only where it listens and where its files are differ
     assert (local_server.SERVING / "server_worker.py").is_file() and (local_server.SERVING / "score.py").is_file()
     assert image[-1] == "azureml_inference_server_http.server.entry:app"
+
+
+def test_serve_local_can_run_fewer_workers_and_nothing_else_changes() -> None:
+    image = local_server.server_command(Path("/venv/bin/python"), "127.0.0.1", 8080)
+    one = local_server.server_command(Path("/venv/bin/python"), "127.0.0.1", 8080, workers=1)
+    at = image.index("--workers") + 1
+    assert image[at] == "2" and one[at] == "1"
+    assert one[:at] + one[at + 1 :] == image[:at] + image[at + 1 :]
+    for bad in (0, local_server.MAX_WORKERS + 1, True):
+        with pytest.raises(local_server.ServeError, match="workers must be 1 to 16"):
+            local_server.server_command(Path("/venv/bin/python"), "127.0.0.1", 8080, workers=bad)
+
+
+@pytest.mark.parametrize("workers", ["0", "17", "two"])
+def test_serve_local_refuses_a_worker_count_it_cannot_run(workers: str, tiny_models, capsys) -> None:
+    with pytest.raises(SystemExit) as ended:
+        cli.main(["serve", "--local", "--model", str(tiny_models["regressor"]), "--workers", workers])
+    assert ended.value.code == 2
+    assert "--workers" in capsys.readouterr().err
 
 
 # --- the Dockerfile --------------------------------------------------------------------------------
@@ -377,7 +403,7 @@ def test_serve_local_leaves_no_server_behind_when_it_is_stopped(tiny_models, sto
     model = tiny_models["regressor"]
     python_for(model)  # built before the clock starts
     argv = [sys.executable, "-m", "training", "serve", "--local", "--model", str(model), "--port", "0",
-            "--workdir", str(SERVING_WORKDIR)]  # fmt: skip
+            "--workdir", str(SERVING_WORKDIR), "--workers", "1"]  # fmt: skip
     cli_process = subprocess.Popen(argv, cwd=REPOSITORY, stderr=subprocess.PIPE, text=True)
     try:
         assert wait_for(lambda: children(cli_process.pid), 60), "serve --local started no server"

@@ -468,13 +468,28 @@ def configure_serve(commands: Any) -> None:
     )
     serve.add_argument("--port", type=int, default=5001, help="port on 127.0.0.1 (default 5001, as in the image)")
     serve.add_argument("--workdir", type=Path, default=Path(".edge-training"), help="where the serving virtualenv goes")
+    serve.add_argument(
+        "--workers", type=_workers, help="gunicorn workers, each loading the model (default: the image's, 2)"
+    )
     serve.set_defaults(handler=cmd_serve)
+
+
+def _workers(text: str) -> int:
+    from training.local_server import MAX_WORKERS
+
+    try:
+        workers = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= workers <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"{workers} is outside 1 to {MAX_WORKERS}")
+    return workers
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from training import local_server
 
-    return local_server.serve(args.model, root=args.workdir, port=args.port)
+    return local_server.serve(args.model, root=args.workdir, port=args.port, workers=args.workers)
 
 
 # --- the program ------------------------------------------------------------------------------------

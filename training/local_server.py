@@ -63,11 +63,22 @@ def image_command(dockerfile: Path = DOCKERFILE) -> list[str]:
     return [str(part) for part in command]
 
 
-def server_command(python: Path, host: str, port: int) -> list[str]:
+MAX_WORKERS = 16
+
+
+def server_command(python: Path, host: str, port: int, workers: int | None = None) -> list[str]:
+    """The image's CMD, bound to `host:port`; `workers`: that many gunicorn workers instead of the
+    image's (each loads the model: one is enough on a laptop, and starts in half the CPU)."""
     command = image_command()
     if command[0] != "gunicorn":
         raise ServeError(f"{DOCKERFILE}: CMD runs {command[0]}, expected gunicorn")
     command[command.index("--bind") + 1] = f"{host}:{port}"
+    if workers is not None:
+        if isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
+            raise ServeError(f"workers must be 1 to {MAX_WORKERS}, not {workers!r}")
+        if "--workers" not in command:
+            raise ServeError(f"{DOCKERFILE}: CMD sets no --workers to change")
+        command[command.index("--workers") + 1] = str(workers)
     if "--chdir" in command:  # where score.py and server_worker.py are: the image's app root
         command[command.index("--chdir") + 1] = str(SERVING)
     # `python -m gunicorn`: the virtualenv's scripts carry the absolute path it was built at.
@@ -157,7 +168,9 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     raise _Stopped(signal.Signals(signum).name)
 
 
-def serve(model_dir: Path, root: Path = DEFAULT_ROOT, host: str = "127.0.0.1", port: int = 5001) -> int:
+def serve(
+    model_dir: Path, root: Path = DEFAULT_ROOT, host: str = "127.0.0.1", port: int = 5001, workers: int | None = None
+) -> int:
     """`serve --local`: run until interrupted or terminated (then stop the server and return 0);
     the server's exit code if it stops by itself."""
     folder = check_model_dir(model_dir)
@@ -165,7 +178,7 @@ def serve(model_dir: Path, root: Path = DEFAULT_ROOT, host: str = "127.0.0.1", p
     python = serving_virtualenv(root, model_requirements=model if model.is_file() else None)
     previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        with running(folder, python, host=host, port=port) as server:
+        with running(folder, python, host=host, port=port, workers=workers) as server:
             log.info("liveness: GET %s/   scoring: POST %s/score   (Ctrl-C stops)", server.url, server.url)
             code = server.process.wait()
             raise ServeError(f"the server stopped with {code}:\n{server.log_tail()}")
@@ -196,6 +209,7 @@ def running(
     port: int = 0,
     ready_seconds: float = 120.0,
     environment: Mapping[str, str] | None = None,
+    workers: int | None = None,
 ) -> Iterator[RunningServer]:
     """Start the server, wait until its liveness route answers 200, stop it on exit.
 
@@ -203,7 +217,7 @@ def running(
     `environment` adds variables (tests shorten server_worker's deadlines with it)."""
     model_dir = check_model_dir(model_dir)
     process = subprocess.Popen(
-        server_command(python, host, port),
+        server_command(python, host, port, workers),
         env={**server_environment(model_dir), **(environment or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
