@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import json
 import os
 import pickle
@@ -220,9 +222,29 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         print(f"\nFAILED: services left running after the suite (now stopped): {leaked}")
 
 
+@contextlib.contextmanager
+def _run_lock(name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A folder shared by this run's xdist workers (the parent of each worker's base temp; under
+    -n0 the base temp itself), held exclusively: the first worker to need a set-up makes it there,
+    the others wait, then reuse it."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    with (shared / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield shared
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Tiny MLflow models logged by scikit-learn and LightGBM, once per session (tests/harness/tiny_models.py)."""
+    """Tiny MLflow models logged by scikit-learn and LightGBM (tests/harness/tiny_models.py), made
+    once per run and shared by the workers: tests read them, and copy one before changing it."""
     from tests.harness import tiny_models
 
-    return tiny_models.save_models(tmp_path_factory.mktemp("tiny-models"))
+    with _run_lock("tiny-models", tmp_path_factory) as shared:
+        root = shared / "tiny-models"
+        if not root.is_dir():
+            building = shared / f"tiny-models.{os.getpid()}"
+            made = tiny_models.save_models(building)
+            building.rename(root)  # whole or not at all: a worker killed midway leaves no half set
+            return {name: root / path.name for name, path in made.items()}
+        return {path.name: path for path in sorted(root.iterdir())}
