@@ -201,7 +201,6 @@ SLOWEST_MODULES_FIRST = (
     "test_edge_train_package.py",
     "test_training_data.py",
     "test_local_demo.py",
-    "test_run_local.py",
 )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -17,11 +18,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from training import cli, local_server
+from training import cli, local, local_server
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 # The serving virtualenvs are named by a digest of the requirements they hold and built atomically
@@ -34,17 +37,78 @@ SERVING_WORKDIR = (
 )
 
 
+@dataclass(frozen=True)
+class DemoRun:
+    """One `python -m training run --local` (what scripts/demo runs) on the suite's Azurite, with
+    what it printed and every process it started."""
+
+    workdir: Path
+    summary: dict[str, Any]
+    started: list[tuple[list[str], dict[str, str]]]
+
+
 @pytest.fixture(scope="module")
-def trained(azurite, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model from `python -m training run --local` (what scripts/demo runs), on the suite's Azurite."""
+def demo_run(azurite, tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     workdir = tmp_path_factory.mktemp("demo")
-    # The connection string from a file (0600), never on a command line: run --local takes no other.
+    # The connection string from a file (0600), never on a command line.
     secret = workdir / "connection-string"
     secret.touch(mode=0o600)
     secret.write_text(azurite.connection_string)
+    started: list[tuple[list[str], dict[str, str]]] = []
+    real_run = subprocess.run
+
+    def recording_run(argv, *args, **kwargs):
+        started.append(([str(a) for a in argv], dict(kwargs.get("env") or {})))
+        return real_run(argv, *args, **kwargs)
+
+    printed = io.StringIO()
     argv = ["run", "--local", "--connection-string-file", str(secret), "--workdir", str(workdir)]
-    assert cli.main([*argv, "--container", "serving-test", "--rows", "600"]) == cli.OK
-    return workdir / "outputs" / "churn" / "model"
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(local.subprocess, "run", recording_run)
+        assert cli.main([*argv, "--container", "serving-test", "--rows", "600"]) == cli.OK
+    return DemoRun(workdir, json.loads(printed.getvalue()), started)
+
+
+@pytest.fixture(scope="module")
+def trained(demo_run: DemoRun) -> Path:
+    return demo_run.workdir / "outputs" / "churn" / "model"
+
+
+# --- run --local: the model these tests serve ------------------------------------------------------
+
+
+def test_run_local_logs_to_a_local_store_and_keeps_the_secret_off_command_lines(demo_run, azurite) -> None:
+    from mlflow import MlflowClient
+
+    summary = demo_run.summary
+    assert summary["tracking_uri"] == f"sqlite:///{(demo_run.workdir / 'mlflow' / 'mlflow.db').resolve()}"
+    run = MlflowClient(summary["tracking_uri"]).get_run(summary["mlflow_run_id"])
+    assert run.data.tags["data_fingerprint"] == summary["data_fingerprint"]
+    assert run.data.metrics["rows"] == 600
+
+    (trainer_argv, trainer_env) = demo_run.started[-1]
+    key = re.search(r"AccountKey=([^;]+)", azurite.connection_string).group(1)
+    assert all(key not in a for a in trainer_argv)
+    assert trainer_env["AZURE_STORAGE_CONNECTION_STRING"] == azurite.connection_string
+    assert trainer_argv[2:4] == ["--data", "hub://serving-test/demo/"]
+    # What the docs tell readers to serve or package after the demo is what the demo made.
+    from tests.test_docs import documented_demo_paths
+
+    for path in documented_demo_paths():
+        assert (demo_run.workdir / path).exists(), f"the docs name .edge-training/demo/{path}; the demo made no such"
+
+
+def test_run_local_takes_the_connection_string_from_its_file_else_the_environment(tmp_path, azurite) -> None:
+    import argparse
+
+    from_file = tmp_path / "connection-string"
+    from_file.write_text(azurite.connection_string + "\n")
+    environ = {local.CONNECTION_STRING_VARIABLE: azurite.connection_string.replace("devstoreaccount1", "other")}
+    with_file = argparse.Namespace(connection_string_file=from_file)
+    without = argparse.Namespace(connection_string_file=None)
+    assert local.connection_string(with_file, environ) == azurite.connection_string
+    assert local.connection_string(without, environ) == environ[local.CONNECTION_STRING_VARIABLE]
+    assert local.connection_string(without, {}) is None  # then run --local starts its own emulator
 
 
 FAST_DEADLINES = {"EDGE_SERVING_HEADER_SECONDS": "1", "EDGE_SERVING_BODY_SECONDS": "1.5"}
