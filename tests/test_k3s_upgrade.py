@@ -162,7 +162,7 @@ class Cluster:
             "HOME": str(system["root"]),
             "CLUSTER": str(self.state),
             "FAKE_HOSTNAME": node,
-            "EDGE_UPGRADE_POLL_SECONDS": "0.05",
+            "EDGE_UPGRADE_POLL_SECONDS": "0.2",
         }
         return subprocess.Popen(["bash", str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
