@@ -29,6 +29,7 @@ from tests.test_k3s_first_boot import (
     SERVER,
     _helm_tarball,
     changing_calls,
+    every_role,
     on_vm,
     pinned_to_fixtures,
     sha256,
@@ -377,17 +378,7 @@ def test_an_agent_gets_the_driver_and_the_default_runtime_and_no_pod_check(syste
 
 
 def test_rendered_gpu_scripts_pass_shellcheck(tmp_path: Path) -> None:
-    scripts = {
-        role: first_boot.render_script(
-            "azureuser",
-            "27.5.1",
-            server=SERVER if role == "server" else None,
-            agent=AGENT if role == "agent" else None,
-            gpus=2,
-        )
-        for role in ("docker", "server", "agent")
-    }
-    assert services.shellcheck(scripts, tmp_path) == ""
+    assert services.shellcheck(every_role(gpus=2), tmp_path) == ""
 
 
 def test_pinned_gpu_sources_are_what_the_script_installs() -> None:

@@ -17,6 +17,7 @@ import stat
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -494,14 +495,22 @@ def test_a_changed_join_token_restarts_the_agent(system) -> None:
 # --- rendering ------------------------------------------------------------------------------------
 
 
-def test_rendered_scripts_pass_shellcheck(tmp_path: Path) -> None:
-    scripts = {
+def every_role(**options: Any) -> dict[str, str]:
+    """The first-boot script of each role (Docker VM, K3s server, K3s agent), rendered with `options`."""
+    return {
         role: first_boot.render_script(
-            "azureuser", "27.5.1", server=SERVER if role == "server" else None, agent=AGENT if role == "agent" else None
+            "azureuser",
+            "27.5.1",
+            server=SERVER if role == "server" else None,
+            agent=AGENT if role == "agent" else None,
+            **options,
         )
         for role in ("docker", "server", "agent")
     }
-    assert services.shellcheck(scripts, tmp_path) == ""
+
+
+def test_rendered_scripts_pass_shellcheck(tmp_path: Path) -> None:
+    assert services.shellcheck(every_role(), tmp_path) == ""
 
 
 def test_a_script_with_secrets_is_written_root_only_and_fits_in_custom_data() -> None:

@@ -23,7 +23,7 @@ from tests.harness import services
 from tests.harness.private_ca import make_private_ca
 from tests.harness.services import write_shim
 from tests.test_first_boot import PRELUDE, STUBS, calls, make_system, run
-from tests.test_k3s_first_boot import AGENT, SERVER, on_vm, pinned_to_fixtures
+from tests.test_k3s_first_boot import SERVER, every_role, on_vm, pinned_to_fixtures
 from tests.test_k3s_first_boot import system as k3s_system  # noqa: F401 (a fixture)
 
 PROXY_PASSWORD = "pr0xy-s3cret-Zq"
@@ -155,17 +155,7 @@ def test_settings_the_vm_would_misread_are_refused_without_the_password(
 
 
 def test_rendered_scripts_with_a_network_pass_shellcheck(tmp_path: Path, cas: tuple[str, str]) -> None:
-    scripts = {
-        role: first_boot.render_script(
-            "azureuser",
-            "27.5.1",
-            server=SERVER if role == "server" else None,
-            agent=AGENT if role == "agent" else None,
-            network=network(cas),
-        )
-        for role in ("docker", "server", "agent")
-    }
-    assert services.shellcheck(scripts, tmp_path) == ""
+    assert services.shellcheck(every_role(network=network(cas)), tmp_path) == ""
 
 
 # --- from the stack's configuration ------------------------------------------------------------------
