@@ -566,3 +566,49 @@ def test_the_serving_page_states_the_limits_the_image_has() -> None:
     score = score_module()
     assert f"nesting deeper than {score.MAX_DEPTH} levels" in page
     assert f"more than {score.MAX_ROWS:,} rows" in page and f"more than {score.MAX_INTEGER_DIGITS} digits" in page
+
+
+# --- serve --local's start-up wait: one deadline, and what the server said ---------------------------
+
+UNHEALTHY_SERVER = """#!{python}
+import http.server, sys
+class Busy(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(503); self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *args): pass
+server = http.server.HTTPServer(("127.0.0.1", 0), Busy)
+print(f"[INFO] Listening at: http://127.0.0.1:{{server.server_port}} (1)", flush=True)
+print("loading the model: still busy", flush=True)
+server.serve_forever()
+"""
+
+
+@pytest.mark.timeout(30)
+def test_a_server_that_never_gets_healthy_fails_at_the_start_up_deadline_with_its_output(
+    tiny_models, tmp_path
+) -> None:
+    """Real time: the stand-in binds and says so as gunicorn does, then answers 503 for ever."""
+    import time
+
+    python = tmp_path / "python"
+    python.write_text(UNHEALTHY_SERVER.format(python=sys.executable))
+    python.chmod(0o755)
+    started = time.monotonic()
+    with (
+        pytest.raises(local_server.ServeError, match=r"(?s)did not answer GET / within 3s:\n.*still busy") as caught,
+        local_server.running(tiny_models["regressor"], python, ready_seconds=3),
+    ):
+        pass
+    assert 1.5 <= time.monotonic() - started < 10
+    assert "Listening at" in str(caught.value)
+
+
+def test_a_server_that_exits_while_starting_fails_at_once_with_its_output(tiny_models, tmp_path) -> None:
+    python = tmp_path / "python"
+    python.write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named gunicorn'\nexit 3\n")
+    python.chmod(0o755)
+    with (
+        pytest.raises(local_server.ServeError, match=r"(?s)did not start:\n.*No module named gunicorn"),
+        local_server.running(tiny_models["regressor"], python, ready_seconds=60),
+    ):
+        pass
