@@ -17,6 +17,8 @@ no passphrase. (An ed25519 key for the VM alone would need a second pair just fo
 
 from __future__ import annotations
 
+import functools
+
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -57,6 +59,14 @@ def parse_private_key(text: str) -> rsa.RSAPrivateKey:
         raise KeyFormatError("is protected by a passphrase; Azure ML needs the key without one (ssh-keygen -p -N '')")
     if not (_OPENSSH in data or _PKCS1 in data or _PKCS8 in data):
         raise KeyFormatError(_explain_unsupported(data))
+    return _parsed(data)
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(data: bytes) -> rsa.RSAPrivateKey:
+    """The checked key of `data`, parsed once per process: loading checks the RSA key's
+    consistency, about 50 ms at 4096 bits, and a program reads the same key for the config check,
+    the preflight and the attach (a failure is raised again each time, never cached)."""
     try:
         if _OPENSSH in data:
             key = serialization.load_ssh_private_key(data, password=None)
