@@ -509,6 +509,18 @@ def every_role(**options: Any) -> dict[str, str]:
     }
 
 
+@pytest.mark.parametrize("gpus", [0, 2])
+def test_custom_data_is_written_byte_for_byte_as_pyyamls_own_emitter_writes_it(gpus: int) -> None:
+    """cloud_init uses libyaml's emitter for speed; a byte of difference in custom data would
+    replace every VM on the next `pulumi up`, so it must write exactly what PyYAML's does."""
+    for role, script in every_role(gpus=gpus).items():
+        custom_data = first_boot.cloud_init(script)
+        document = yaml.safe_load(custom_data)
+        assert base64.b64decode(document["write_files"][0]["content"]).decode() == script, role
+        pure = "#cloud-config\n" + yaml.dump(document, Dumper=yaml.SafeDumper, sort_keys=False)
+        assert custom_data == pure, role
+
+
 def test_rendered_scripts_pass_shellcheck(tmp_path: Path) -> None:
     assert services.shellcheck(every_role(), tmp_path) == ""
 
