@@ -5,6 +5,7 @@ virtualenv, on a model trained here by the project's local path; plus the Docker
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
@@ -164,10 +165,16 @@ def test_the_server_listens_on_loopback_and_answers_its_liveness_route(server) -
         assert (response.status, response.read()) == (200, b"Healthy")
 
 
-def pyfunc_predictions(model: Path, data: object) -> list:
+@functools.cache
+def pyfunc_model(model: Path) -> Any:
+    """MLflow's own loading of the model, once per model for the module (the models never change)."""
     import mlflow.pyfunc
 
-    return json.loads(json.dumps(mlflow.pyfunc.load_model(str(model)).predict(data).tolist()))
+    return mlflow.pyfunc.load_model(str(model))
+
+
+def pyfunc_predictions(model: Path, data: object) -> list:
+    return json.loads(json.dumps(pyfunc_model(model).predict(data).tolist()))
 
 
 def test_the_demo_model_scores_as_mlflow_loads_it(server, trained) -> None:
