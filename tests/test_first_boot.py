@@ -24,10 +24,10 @@ PACKAGE_VERSION = "5:27.5.1-1~ubuntu.22.04~jammy"
 
 # Run first by every stub: its environment, and any call made once a marker exists (a marker must
 # be the last thing the script writes, after all the work it vouches for).
-PRELUDE = r"""{ echo "== $(basename "$0") $*"; env; } >> "$STATE/env"
+PRELUDE = r"""{ echo "== ${0##*/} $*"; env; } >> "$STATE/env"
 for marker in first-boot-done cluster-ready; do
   [ ! -e "$EDGE_BOOTSTRAP_ROOT/var/lib/edge-training/$marker" ] ||
-    echo "after $marker: $(basename "$0") $*" >> "$STATE/order"
+    echo "after $marker: ${0##*/} $*" >> "$STATE/order"
 done
 """
 
