@@ -31,6 +31,27 @@ for marker in first-boot-done cluster-ready; do
 done
 """
 
+
+def systemctl_stub(on_k3s_start: str = "", more_cases: str = "") -> str:
+    """systemctl keeping units' enabled/active state in $STATE; `on_k3s_start` runs when k3s or
+    k3s-agent starts (shell, may span lines), `more_cases` adds `case` arms (e.g. reboot)."""
+    start = ' touch "$STATE/active.$unit"'
+    if on_k3s_start:
+        hook = on_k3s_start.strip("\n").replace("\n", "\n      ")
+        start = f'\n   {start}\n    case "$unit" in k3s|k3s-agent) {hook} ;; esac'
+    return (
+        'echo "systemctl $*" >> "$STATE/calls"\n'
+        "for unit; do :; done\n"
+        'case "$1" in\n'
+        '  is-enabled) [ -f "$STATE/enabled.$unit" ] ;;\n'
+        '  is-active) [ -f "$STATE/active.$unit" ] ;;\n'
+        '  enable) touch "$STATE/enabled.$unit" ;;\n'
+        f"  start|restart){start} ;;\n"
+        f"{more_cases}"
+        "esac\n"
+    )
+
+
 STUBS = {
     "dpkg": "echo amd64\n",
     "dpkg-query": r"""echo "dpkg-query $*" >> "$STATE/calls"
@@ -73,15 +94,7 @@ done
 for last; do :; done
 echo "$last docker" > "$STATE/groups"
 """,
-    "systemctl": r"""echo "systemctl $*" >> "$STATE/calls"
-for unit; do :; done
-case "$1" in
-  is-enabled) [ -f "$STATE/enabled.$unit" ] ;;
-  is-active) [ -f "$STATE/active.$unit" ] ;;
-  enable) touch "$STATE/enabled.$unit" ;;
-  start|restart) touch "$STATE/active.$unit" ;;
-esac
-""",
+    "systemctl": systemctl_stub(),
 }
 
 

@@ -20,7 +20,7 @@ import yaml
 
 from edge import cluster_manifests, first_boot
 from tests.harness import services
-from tests.test_first_boot import STUBS, calls, make_system, run, snapshot
+from tests.test_first_boot import STUBS, calls, make_system, run, snapshot, systemctl_stub
 from tests.test_k3s_first_boot import (
     AGENT,
     JOIN_TOKEN,
@@ -80,18 +80,7 @@ if grep -q nvidia "$last"; then echo "fpr:::::::::${FAKE_NVIDIA_FINGERPRINT}:"
 else echo "fpr:::::::::${FAKE_KEY_FINGERPRINT}:"; fi
 """,
     "systemctl": RENDER_CONTAINERD
-    + r"""echo "systemctl $*" >> "$STATE/calls"
-for unit; do :; done
-case "$1" in
-  is-enabled) [ -f "$STATE/enabled.$unit" ] ;;
-  is-active) [ -f "$STATE/active.$unit" ] ;;
-  enable) touch "$STATE/enabled.$unit" ;;
-  start|restart)
-    touch "$STATE/active.$unit"
-    case "$unit" in k3s|k3s-agent) render_containerd ;; esac ;;
-  reboot) touch "$STATE/rebooted" ;;
-esac
-""",
+    + systemctl_stub("render_containerd", more_cases='  reboot) touch "$STATE/rebooted" ;;\n'),
     "ubuntu-drivers": r"""echo "ubuntu-drivers $*" >> "$STATE/calls"
 [ "$1 $2" = "install --gpgpu" ] || exit 2
 branch=${3#nvidia:}

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from edge import first_boot, k3s_releases
-from tests.test_first_boot import PRELUDE, STUBS, make_system
+from tests.test_first_boot import PRELUDE, STUBS, make_system, systemctl_stub
 from tests.test_k3s_first_boot import AGENT, HELM, SERVER, _helm_tarball, sha256
 
 OLD, NEW = "v1.35.4+k3s1", "v1.36.2+k3s1"
@@ -30,21 +30,7 @@ if [ -e "$node/broken" ]; then echo False > "$node/ready"; else echo True > "$no
 echo "start $FAKE_HOSTNAME $(cat "$node/version")" >> "$CLUSTER/events"
 """
 
-SYSTEMCTL = (
-    r"""echo "systemctl $*" >> "$STATE/calls"
-for unit; do :; done
-case "$1" in
-  is-enabled) [ -f "$STATE/enabled.$unit" ] ;;
-  is-active) [ -f "$STATE/active.$unit" ] ;;
-  enable) touch "$STATE/enabled.$unit" ;;
-  start|restart)
-    touch "$STATE/active.$unit"
-    case "$unit" in k3s|k3s-agent) """
-    + REGISTER.replace("\n", "\n      ")
-    + r""";; esac ;;
-esac
-"""
-)
+SYSTEMCTL = systemctl_stub(REGISTER)
 
 KUBECTL = r"""echo "kubectl $*" >> "$STATE/calls"
 nodes="$CLUSTER/nodes"
