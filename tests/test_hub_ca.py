@@ -365,3 +365,28 @@ def test_an_operators_own_bundle_setting_wins_in_the_model_server(tmp_path: Path
     environ = {"EDGE_HUB_CA_FILE": str(blob_pki.ca_file), "REQUESTS_CA_BUNDLE": "/operator/own.pem"}
     bundle = score.trust_hub_ca(environ, tmp_path)
     assert environ["REQUESTS_CA_BUNDLE"] == "/operator/own.pem" and environ["SSL_CERT_FILE"] == bundle
+
+
+def test_the_model_servers_copy_of_the_trust_rule_makes_the_jobs_bundle(tmp_path: Path, blob_pki: PrivateCa) -> None:
+    """score.py travels alone into the image, so it keeps its own copy of edge_train/trust.py's
+    rule: both must write the same bundle, set the same variables and refuse alike."""
+    from training.serving import score
+    from training.src.edge_train import trust
+
+    served: dict[str, str] = {HUB_CA_FILE_VARIABLE: str(blob_pki.ca_file)}
+    job: dict[str, str] = dict(served)
+    served_bundle = score.trust_hub_ca(served, tmp_path)
+    job_bundle = trust.trust_hub_ca(job)
+    assert served_bundle and job_bundle
+    assert Path(served_bundle).read_text() == Path(job_bundle).read_text()
+    assert score.BUNDLE_VARIABLES == trust.BUNDLE_VARIABLES and score.HUB_CA_FILE_VARIABLE == HUB_CA_FILE_VARIABLE
+    assert {k: v == served_bundle for k, v in served.items() if k != HUB_CA_FILE_VARIABLE} == dict.fromkeys(
+        trust.BUNDLE_VARIABLES, True
+    )
+    (tmp_path / "empty.pem").write_text("\n")
+    for missing in (tmp_path / "missing.pem", tmp_path / "empty.pem"):
+        with pytest.raises(score.TrustError) as served_error:
+            score.trust_hub_ca({HUB_CA_FILE_VARIABLE: str(missing)}, tmp_path)
+        with pytest.raises(trust.TrustError) as job_error:
+            trust.trust_hub_ca({HUB_CA_FILE_VARIABLE: str(missing)})
+        assert str(served_error.value) == str(job_error.value)
