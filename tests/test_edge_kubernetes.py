@@ -224,7 +224,8 @@ def test_the_relay_is_the_one_the_cli_would_make(recording: Recording) -> None:
     assert len(namespace) <= 50 and namespace.isalnum()
 
 
-def test_the_compute_body_is_valid_and_matches_azure_ai_mls_kubernetes_compute(recording: Recording) -> None:
+def compute_body(recording: Recording) -> dict[str, Any]:
+    """The Kubernetes compute's request body, checked against Azure ML's model of the API version."""
     compute = recording.one(COMPUTE)
     body = {k: compute.inputs[k] for k in ("location", "identity", "properties", "tags")}
     nested = {
@@ -233,6 +234,11 @@ def test_the_compute_body_is_valid_and_matches_azure_ai_mls_kubernetes_compute(r
         ml.KubernetesProperties: {},
     }
     assert rest_field_problems(body, ml.ComputeResource, nested) == []
+    return body
+
+
+def test_the_compute_body_is_valid_and_matches_azure_ai_mls_kubernetes_compute(recording: Recording) -> None:
+    body = compute_body(recording)
     properties = body["properties"]
     assert properties["computeType"] == "Kubernetes"
     assert properties["resourceId"] == cluster_of(recording).id

@@ -10,7 +10,6 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from azure.ai.ml._restclient.arm_ml_service import models as ml
 from azure.ai.ml.entities import KubernetesCompute
 from azure.mgmt.kubernetesconfiguration.v2023_05_01 import models as extension_models
 
@@ -18,11 +17,11 @@ from components import config as stack_config
 from edge import cluster_manifests
 from tests.conftest import DEV_SECRET_KEYS, dev_stack_config, recorded_stack
 from tests.harness import pulumi_mocks
-from tests.harness.arm_models import check_body, rest_field_problems
+from tests.harness.arm_models import check_body
 from tests.test_edge_kubernetes import (
-    COMPUTE,
     EXTENSION,
     HUB_ARM,
+    compute_body,
     extension_body,
     extension_script,
     script_extension,
@@ -78,14 +77,7 @@ def test_the_extension_installs_the_nvidia_device_plugin_and_is_valid_at_2023_05
 
 
 def test_the_compute_offers_a_gpu_instance_type_that_azure_ai_ml_would_send_the_same(gpu_stack) -> None:
-    compute = gpu_stack.one(COMPUTE)
-    body = {k: compute.inputs[k] for k in ("location", "identity", "properties", "tags")}
-    nested = {
-        ml.ComputeResource: {"properties": ml.Kubernetes, "identity": ml.ManagedServiceIdentity},
-        ml.Kubernetes: {"properties": ml.KubernetesProperties},
-        ml.KubernetesProperties: {},
-    }
-    assert rest_field_problems(body, ml.ComputeResource, nested) == []
+    body = compute_body(gpu_stack)
     inner = body["properties"]["properties"]
     assert inner["defaultInstanceType"] == "edge-training"  # a GPU job asks for the GPU type
     cpu_only = {"cpu": "2", "memory": "8Gi"}
