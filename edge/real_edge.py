@@ -188,30 +188,22 @@ def shell_functions(network: EdgeNetwork) -> str:
         "use_edge_proxy() {",
     ]
     if network.proxied:
-        direct = ",".join(network.direct)
-        env = "".join(
-            f"{name}={value}\n{name.lower()}={value}\n"
+        variables = [
+            (name, value)
             for name, value in (
                 ("HTTP_PROXY", network.http_proxy),
                 ("HTTPS_PROXY", network.https_proxy),
-                ("NO_PROXY", direct),
+                ("NO_PROXY", ",".join(network.direct)),
             )
             if value
-        )
+        ]
+        env = "".join(f"{name}={value}\n{name.lower()}={value}\n" for name, value in variables)
         apt = "".join(
             f'Acquire::{scheme}::Proxy "{url}";\n'
             for scheme, url in (("http", network.http_proxy), ("https", network.https_proxy))
             if url
         )
-        docker = "[Service]\n" + "".join(
-            f'Environment="{name}={value}"\n'
-            for name, value in (
-                ("HTTP_PROXY", network.http_proxy),
-                ("HTTPS_PROXY", network.https_proxy),
-                ("NO_PROXY", direct),
-            )
-            if value
-        )
+        docker = "[Service]\n" + "".join(f'Environment="{name}={value}"\n' for name, value in variables)
         lines += [
             "  local docker_changed=false",
             f"  write_private \"$ROOT{PROXY_ENV_ON_VM}\" <<'{HEREDOC_END}' || true",
