@@ -29,6 +29,7 @@ from tests.harness.arm_server import (
     Reply,
     StaticCredential,
 )
+from tests.harness.clock import FakeClock
 
 REF = ClusterRef("11111111-1111-1111-1111-111111111111", "rg-edge", "arc-edge-dev")
 REGION = "westeurope"
@@ -37,21 +38,6 @@ REGION = "westeurope"
 def local_cloud(arm: ArmEndpoint) -> Cloud:
     """The local endpoint as a cloud whose metadata would name public Azure's audience."""
     return Cloud(arm.url + "/", "https://login.microsoftonline.com/", "https://management.core.windows.net/")
-
-
-class FakeClock:
-    """Time moves only when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 def cluster(status: str) -> dict[str, Any]:
@@ -95,10 +81,10 @@ def test_waits_until_connected_reading_the_cluster_at_its_api_version(arm: ArmEn
         Reply(200, cluster("Connecting")),
         Reply(200, cluster("Connected")),
     )
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     result = wait_until_connected(client, REF, REGION, 600, poll_seconds=15, clock=clock, sleep=clock.sleep)
     assert result["properties"]["connectivityStatus"] == "Connected"
-    assert clock.slept == [15, 15]
+    assert clock.sleeps == [15, 15]
     assert len(arm.fake.requests) == 3
     for request in arm.fake.requests:
         assert request.query["api-version"] == [CONNECTED_CLUSTER_API_VERSION]
@@ -107,7 +93,7 @@ def test_waits_until_connected_reading_the_cluster_at_its_api_version(arm: ArmEn
 
 def test_never_connected_fails_at_the_deadline_naming_the_endpoints(arm: ArmEndpoint, client: ArmClient) -> None:
     arm.fake.script("GET", REF.path, Reply(200, cluster("Connecting")))
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     with pytest.raises(ArcConnectionError) as caught:
         wait_until_connected(client, REF, REGION, 100, poll_seconds=30, clock=clock, sleep=clock.sleep)
     message = str(caught.value)
@@ -121,7 +107,7 @@ def test_never_connected_fails_at_the_deadline_naming_the_endpoints(arm: ArmEndp
     ):
         assert endpoint in message
     # The deadline is kept: the last wait is shortened so the last look comes LAST_LOOK_S before it.
-    assert clock.slept == [30, 30, 30, 10 - LAST_LOOK_S]
+    assert clock.sleeps == [30, 30, 30, 10 - LAST_LOOK_S]
     assert clock.now == 1100 - LAST_LOOK_S
 
 
@@ -135,11 +121,11 @@ def test_throttling_and_server_errors_are_retried(
         Reply(503, {"error": {"code": "ServiceUnavailable", "message": "try later"}}),
         Reply(200, cluster("Connected")),
     )
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     wait_until_connected(client, REF, REGION, 600, clock=clock, sleep=clock.sleep)
     assert len(arm.fake.requests) == 3
     assert transport.slept[0] == 7  # Retry-After honoured by azure-core's retry policy
-    assert clock.slept == []  # retried inside the pipeline, not by the poll loop
+    assert clock.sleeps == []  # retried inside the pipeline, not by the poll loop
 
 
 def test_errors_that_outlast_the_retries_count_as_not_yet(arm: ArmEndpoint, transport: RecordingTransport) -> None:
@@ -150,18 +136,18 @@ def test_errors_that_outlast_the_retries_count_as_not_yet(arm: ArmEndpoint, tran
         Reply(500, {"error": {"code": "InternalServerError", "message": "boom"}}),
         Reply(200, cluster("Connected")),
     )
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     with ArmClient(local_cloud(arm), StaticCredential(), transport=transport, retry_total=0) as client:
         wait_until_connected(client, REF, REGION, 600, poll_seconds=5, clock=clock, sleep=clock.sleep)
-    assert clock.slept == [5, 5]
+    assert clock.sleeps == [5, 5]
 
 
 def test_a_refusal_fails_at_once_with_the_services_message(arm: ArmEndpoint, client: ArmClient) -> None:
     arm.fake.script("GET", REF.path, Reply(403, {"error": {"code": "AuthorizationFailed", "message": "no read"}}))
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     with pytest.raises(ArcConnectionError, match="HTTP 403 AuthorizationFailed: no read"):
         wait_until_connected(client, REF, REGION, 600, clock=clock, sleep=clock.sleep)
-    assert clock.slept == [] and len(arm.fake.requests) == 1
+    assert clock.sleeps == [] and len(arm.fake.requests) == 1
 
 
 class LocalProvider(ArcConnectionProvider):
@@ -198,7 +184,7 @@ def test_the_provider_creates_once_connected_and_refresh_reads_the_status(arm: A
         Reply(200, cluster("Connected")),
         Reply(200, cluster("Offline")),
     )
-    provider = LocalProvider(arm, FakeClock())
+    provider = LocalProvider(arm, FakeClock(1000.0))
     created = provider.create(dict(PROPS))
     assert created.id == REF.path
     assert created.outs["connectivityStatus"] == "Connected"
@@ -243,7 +229,7 @@ def test_refresh_reports_an_offline_cluster_nodes_at_another_version_and_a_faile
     arm.fake.script("GET", REF.path, Reply(200, drifted))
     arm.fake.script("GET", EXTENSION_PATH, Reply(200, failed))
     props = {**PROPS, "k3sVersion": "v1.36.2+k3s1", "extensionName": "azureml"}
-    refreshed = LocalProvider(arm, FakeClock()).read(REF.path, props)
+    refreshed = LocalProvider(arm, FakeClock(1000.0)).read(REF.path, props)
     assert refreshed.outs["connectivityStatus"] == "Offline"
     drift = refreshed.outs["drift"]
     assert len(drift) == 3, drift
@@ -261,7 +247,7 @@ def test_refresh_reports_an_expired_cluster_and_a_vanished_extension_and_nothing
     expired["properties"]["kubernetesVersion"] = "1.36.2+k3s1"  # the same version, without the "v"
     arm.fake.script("GET", REF.path, Reply(200, expired), Reply(200, cluster("Connected")))
     props = {**PROPS, "k3sVersion": "v1.36.2+k3s1", "extensionName": "azureml"}
-    provider = LocalProvider(arm, FakeClock())
+    provider = LocalProvider(arm, FakeClock(1000.0))
     drift = provider.read(REF.path, props).outs["drift"]
     assert drift[0].startswith("cluster is Expired: the agents were offline too long")
     assert drift[1:] == ["extension azureml is gone from the cluster"]  # 404: the stand-in has none

@@ -25,6 +25,7 @@ from tests.harness.arm_server import (
     StaticCredential,
     https_server,
 )
+from tests.harness.clock import FakeClock
 
 PATH = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/networkSecurityGroups/nsg"
 VERSION = "2018-11-01"
@@ -136,7 +137,7 @@ def test_an_error_without_arms_error_object_quotes_nothing_of_it(arm, client) ->
 
 
 def test_an_operation_still_running_at_its_deadline_fails_naming_the_resource(arm, client, transport) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     arm.fake.script("PUT", PATH, Reply(201, resource("Creating"), {"Azure-AsyncOperation": status_url(arm)}))
     arm.fake.script(
         "GET",
@@ -153,7 +154,7 @@ def test_an_operation_still_running_at_its_deadline_fails_naming_the_resource(ar
     with pytest.raises(ArmError, match=rf"PUT {PATH}: no answer OperationTimedOut: still running at the 30s deadline"):
         slow.put(PATH, VERSION, {"location": "local"}, Deadline(30, clock))
     # The last wait leaves time for a last look before the deadline (clients/deadline.py).
-    assert clock.slept == [10, 10, 9] and clock.now - clock.start == 29
+    assert clock.sleeps == [10, 10, 9] and clock.now - clock.start == 29
 
 
 # --- DELETE as Resource Manager documents it -----------------------------------------------------
@@ -182,7 +183,7 @@ def test_a_202_delete_with_nothing_to_poll_is_read_until_it_is_gone(arm, client)
 
 
 def test_a_202_delete_still_there_at_the_deadline_is_a_failure(arm, transport) -> None:
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     arm.fake.script("DELETE", PATH, Reply(202))
     arm.fake.script("GET", PATH, Reply(200, resource("Deleting")))
     slow = ArmClient(local_cloud(arm), StaticCredential(), transport=transport, sleep=clock.sleep)
@@ -275,21 +276,6 @@ def test_an_operation_is_polled_after_its_retry_after_for_real(arm) -> None:
         assert slow.put(PATH, VERSION, {"location": "local"}, Deadline(10))["name"] == "nsg"
         assert 0.4 <= time.monotonic() - started < 5
     real.close()
-
-
-class FakeClock:
-    """Time moves only when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.start = self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 def test_the_compute_clients_bodies_end_at_its_deadline_too(arm) -> None:

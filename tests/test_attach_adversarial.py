@@ -36,6 +36,7 @@ from components.azureml_computes import (
 from components.ssh_preflight import PreflightError, PreflightTarget, connect, load_private_key, run_preflight
 from tests.harness import services
 from tests.harness.arm_server import TEST_TOKEN, ArmEndpoint, RecordingTransport, Reply, StaticCredential
+from tests.harness.clock import FakeClock
 from tests.harness.keys import KeyPair, rsa_key
 
 pytestmark = pytest.mark.timeout(60)  # no row may hang; rows that wait in real time set less
@@ -43,24 +44,6 @@ pytestmark = pytest.mark.timeout(60)  # no row may hang; rows that wait in real 
 USER_KEY = rsa_key("ssh-user")
 VM_KEY = rsa_key("vm-admin")
 SECRETS = (USER_KEY.private_pem.splitlines()[1], VM_KEY.private_pem.splitlines()[1], TEST_TOKEN, "PRIVATE KEY")
-
-
-class FakeClock:
-    """Time that moves only when the code under test sleeps; `on_sleep` lets a row change the
-    world between attempts (start sshd, install the key) without a real wait."""
-
-    def __init__(self, on_sleep: Callable[[int], None] = lambda _n: None) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-        self._on_sleep = on_sleep
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        self._on_sleep(len(self.sleeps))
 
 
 def assert_clean(message: str) -> None:
@@ -172,7 +155,7 @@ def start_sshd(tmp_path: Path) -> Iterator[Callable[..., services.SshServer]]:
 def test_an_sshd_that_starts_late_is_waited_for(start_sshd: Callable[..., services.SshServer]) -> None:
     """Connection refused twice, then sshd is up: the session is made within the deadline."""
     port = free_port()
-    clock = FakeClock(lambda n: start_sshd(port=port) if n == 2 else None)
+    clock = FakeClock(on_sleep=lambda n: start_sshd(port=port) if n == 2 else None)
     with connect(preflight_target(port), Deadline(30, clock), sleep=clock.sleep) as session:
         assert session.run("echo ready", timeout=10).stdout == "ready"
     assert clock.sleeps == [1, 2]
@@ -189,7 +172,7 @@ def test_a_handshake_that_fails_while_sshd_starts_is_retried(start_sshd: Callabl
             not_ready.close()
             start_sshd(port=not_ready.port)
 
-    clock = FakeClock(world)
+    clock = FakeClock(on_sleep=world)
     try:
         with connect(preflight_target(not_ready.port), Deadline(30, clock), sleep=clock.sleep) as session:
             assert session.host_key_fingerprint.startswith("SHA256:")
@@ -204,7 +187,7 @@ def test_a_key_installed_late_is_waited_for(start_sshd: Callable[..., services.S
     stranger = rsa_key("stranger")
     server = start_sshd(keys=(stranger,))
     authorized = server.directory / "authorized_keys"
-    clock = FakeClock(lambda n: authorized.write_text(f"{USER_KEY.public_openssh}\n") if n == 1 else None)
+    clock = FakeClock(on_sleep=lambda n: authorized.write_text(f"{USER_KEY.public_openssh}\n") if n == 1 else None)
     with connect(preflight_target(server.port), Deadline(30, clock), sleep=clock.sleep) as session:
         assert session.host_key_fingerprint == server.host_key_fingerprint
     assert clock.sleeps == [1]

@@ -7,16 +7,8 @@ import itertools
 import threading
 
 from clients import deadline as project_rule
+from tests.harness.clock import FakeClock
 from training.src.edge_train import deadline as job_rule
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
 
 LEFT = [0.0, 0.5, 1.0, 1.5, 3.0, 10.0, 45.0]
 DELAYS = [0.0, 0.01, 0.9, 2.0, 30.0]
@@ -24,7 +16,7 @@ RETRY_AFTER = [None, 0.0, 0.4, 2.0, 9.99, 10.0, 30.0]
 
 
 def test_both_copies_wait_alike() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     differ = []
     for left, delay, retry_after in itertools.product(LEFT, DELAYS, RETRY_AFTER):
         ours = project_rule.next_wait(project_rule.Deadline(left, clock), delay, retry_after)
@@ -38,13 +30,11 @@ def test_both_copies_wait_alike() -> None:
 def test_the_jobs_poll_backs_off_and_takes_its_last_look_before_the_deadline() -> None:
     """The lock wait's loop: doubling from the first delay, capped, the last wait cut so that one
     more probe starts LAST_LOOK_S before the deadline."""
-    clock = Clock()
-    waited: list[float] = []
+    clock = FakeClock(100.0)
 
     class Stop(threading.Event):
         def wait(self, timeout: float | None = None) -> bool:
-            waited.append(float(timeout or 0))
-            clock.now += float(timeout or 0)
+            clock.sleep(float(timeout or 0))
             return False
 
     probes: list[float] = []
@@ -53,21 +43,15 @@ def test_the_jobs_poll_backs_off_and_takes_its_last_look_before_the_deadline() -
         probes.append(clock.now - 100.0)
 
     assert job_rule.poll_until(never, job_rule.Deadline(5.0, clock), 0.5, 2.0, stop=Stop()) is None
-    assert waited == [0.5, 1.0, 2.0, 0.5]
+    assert clock.sleeps == [0.5, 1.0, 2.0, 0.5]
     assert probes == [0.0, 0.5, 1.5, 3.5, 4.0]
 
 
 def test_the_projects_retry_backs_off_like_the_jobs_poll() -> None:
     """retry_until (SSH, deploy and image-build waits) waits exactly as the job copy does."""
-    clock = Clock()
-    waited: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        waited.append(seconds)
-        clock.now += seconds
-
-    assert project_rule.retry_until(lambda: False, project_rule.Deadline(5.0, clock), sleep, 0.5, 2.0) is False
-    assert waited == [0.5, 1.0, 2.0, 0.5]
+    clock = FakeClock(100.0)
+    assert project_rule.retry_until(lambda: False, project_rule.Deadline(5.0, clock), clock.sleep, 0.5, 2.0) is False
+    assert clock.sleeps == [0.5, 1.0, 2.0, 0.5]
     tries = iter([False, False, True])
-    assert project_rule.retry_until(lambda: next(tries), project_rule.Deadline(60.0, clock), sleep, 1.0, 2.0)
-    assert waited[4:] == [1.0, 2.0]
+    assert project_rule.retry_until(lambda: next(tries), project_rule.Deadline(60.0, clock), clock.sleep, 1.0, 2.0)
+    assert clock.sleeps[4:] == [1.0, 2.0]

@@ -20,7 +20,8 @@ from edge import serving_manifests
 from tests.harness import services
 from tests.harness.arm_models import check_body
 from tests.harness.arm_server import Reply, StaticCredential
-from tests.test_training_cli import Clock, containers, release, target, vm  # noqa: F401 (fixture)
+from tests.harness.clock import FakeClock
+from tests.test_training_cli import containers, release, target, vm  # noqa: F401 (fixture)
 from training import deploy, image_build
 
 IMAGE = "crdev.azurecr.io/edge-model@sha256:" + "a" * 64
@@ -173,7 +174,7 @@ def test_an_image_without_a_health_status_is_judged_by_its_liveness_route(ssh_se
     old = deploy.deploy(target(ssh_server, ssh_user_key), release("v1"))
     (vm / "health").write_text(f"{status}\n")
     (vm / "serving").unlink()
-    clock = Clock()
+    clock = FakeClock()
     with pytest.raises(deploy.DeployError, match=re.escape("no answer on http://127.0.0.1:8080/")):
         deploy.deploy(target(ssh_server, ssh_user_key), release("v2"), 30, clock=clock, sleep=clock.sleep)
     assert containers(vm) == {old: ("crdev.azurecr.io/edge-model:v1", "true")}

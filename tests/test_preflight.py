@@ -10,6 +10,7 @@ import pytest
 from clients.deadline import LAST_LOOK_S, Deadline
 from components.ssh_preflight import PreflightError, PreflightTarget, connect, run_preflight
 from tests.harness import services
+from tests.harness.clock import FakeClock
 from tests.harness.keys import KeyPair, rsa_key
 
 DOCKER_OK = """case "$*" in
@@ -17,21 +18,6 @@ DOCKER_OK = """case "$*" in
   *) echo "unexpected: $*" >&2; exit 2 ;;
 esac
 """
-
-
-class FakeClock:
-    """Time that moves only when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def target(server: services.SshServer, key: KeyPair, marker: Path, **overrides: object) -> PreflightTarget:

@@ -14,6 +14,7 @@ import pytest
 from clients.deadline import LAST_LOOK_S
 from tests.harness import services
 from tests.harness.arm_server import ArmEndpoint, RecordingTransport, Reply, StaticCredential
+from tests.harness.clock import FakeClock
 from tests.harness.keys import KeyPair
 from training import cli, deploy, jobs, packaging, stack_outputs
 from training.workspace import ml_client
@@ -257,17 +258,6 @@ def release(tag: str) -> deploy.Release:
     )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 def containers(state: Path) -> dict[str, tuple[str, str]]:
     root = state / "containers"
     return {c.name: ((c / "image").read_text().strip(), (c / "running").read_text().strip()) for c in root.iterdir()}
@@ -304,7 +294,7 @@ def test_a_failed_health_check_keeps_the_old_container_and_reports(ssh_server, s
 
 def test_a_health_check_that_never_settles_times_out(ssh_server, ssh_user_key, vm) -> None:
     (vm / "health").write_text("starting\n")
-    clock = Clock()
+    clock = FakeClock()
     with pytest.raises(deploy.DeployError, match="within 30s"):
         deploy.deploy(target(ssh_server, ssh_user_key), release("v1"), 30, clock=clock, sleep=clock.sleep)
     assert clock.now == 30 - LAST_LOOK_S  # the last look just before the deadline (clients/deadline.py)
@@ -323,7 +313,7 @@ def test_an_image_without_healthcheck_that_never_answers_is_rolled_back(ssh_serv
     old = deploy.deploy(target(ssh_server, ssh_user_key), release("v1"))
     (vm / "health").write_text("none\n")
     (vm / "serving").unlink()
-    clock = Clock()
+    clock = FakeClock()
     with pytest.raises(deploy.DeployError, match=re.escape("no answer on http://127.0.0.1:8080/")):
         deploy.deploy(target(ssh_server, ssh_user_key), release("v2"), 30, clock=clock, sleep=clock.sleep)
     assert containers(vm) == {old: ("crdev.azurecr.io/edge-model:v1", "true")}
