@@ -8,9 +8,10 @@ import fcntl
 import json
 import os
 import pickle
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
@@ -19,6 +20,9 @@ from tests.harness import pulumi_mocks, services
 from tests.harness.arm_server import SOVEREIGN_AUDIENCE, TEST_TENANT, TEST_TOKEN, ArmEndpoint, Reply, serve_arm
 from tests.harness.http_proxy import HttpProxy, Wire
 from tests.harness.keys import KeyPair, rsa_key
+
+if TYPE_CHECKING:
+    from azure.storage.blob import ContainerClient
 
 ROOT = Path(__file__).resolve().parent.parent
 # What pulumi's serialize_provider leaves patched: every dynamic resource it serializes wraps
@@ -150,6 +154,20 @@ def wire(azurite: services.Azurite) -> Iterator[Wire]:
     on) what crosses the wire; stopped after the test."""
     with HttpProxy(azurite.port) as proxy:
         yield Wire(proxy)
+
+
+@pytest.fixture
+def container(wire: Wire) -> Iterator[ContainerClient]:
+    """A new container on Azurite, every request to it through `wire`: exactly what Azurite would
+    see. Deleted after the test. (A module may mean another container by this name.)"""
+    from azure.storage.blob import BlobServiceClient
+
+    from training import emulator
+
+    service = BlobServiceClient.from_connection_string(emulator.connection_string(wire.proxy.port))
+    client = service.create_container(f"t{uuid.uuid4().hex[:12]}")
+    yield client
+    client.delete_container()
 
 
 @pytest.fixture

@@ -4,23 +4,7 @@ vouches for a file the disk could lose."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-
-import pytest
-from azure.storage.blob import BlobServiceClient, ContainerClient
-
-from tests.harness.http_proxy import Wire
-from training import emulator
 from training.src.edge_train import staging
-
-
-@pytest.fixture
-def container(wire: Wire) -> Iterator[ContainerClient]:
-    service = BlobServiceClient.from_connection_string(emulator.connection_string(wire.proxy.port))
-    client = service.create_container(f"t{uuid.uuid4().hex[:12]}")
-    yield client
-    client.delete_container()
 
 
 def test_the_filesystem_is_synced_after_the_renames_and_before_the_manifest(tmp_path, container, monkeypatch) -> None:

@@ -14,29 +14,16 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
+from azure.storage.blob import BlobServiceClient, ContentSettings
 
-from tests.harness.http_proxy import Refusal, Wire
-from training import emulator
+from tests.harness.http_proxy import Refusal
 from training.src.edge_train import staging
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def container(wire: Wire) -> Iterator[ContainerClient]:
-    """Staging's reads cross the proxy, at the wire: exactly what Azurite would see."""
-    service = BlobServiceClient.from_connection_string(emulator.connection_string(wire.proxy.port))
-    client = service.get_container_client(f"t{uuid.uuid4().hex[:12]}")
-    client.create_container()
-    yield client
-    client.delete_container()
 
 
 @pytest.fixture

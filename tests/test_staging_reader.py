@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import threading
-import uuid
-from collections.abc import Iterator
 from typing import Any
 from xml.etree import ElementTree
 
@@ -21,7 +19,7 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from tests.harness import services
 from tests.harness.arm_server import Reply, https_server
-from tests.harness.http_proxy import Refusal, Wire
+from tests.harness.http_proxy import Refusal
 from training import emulator
 from training.src.edge_train import reader, staging
 
@@ -34,14 +32,6 @@ AWKWARD_NAMES = [
     "data/tilde~'quote.bin",
     "data/[brackets];(parens)!@$,.bin",
 ]
-
-
-@pytest.fixture
-def container(wire: Wire) -> Iterator[ContainerClient]:
-    service = BlobServiceClient.from_connection_string(emulator.connection_string(wire.proxy.port))
-    client = service.create_container(f"t{uuid.uuid4().hex[:12]}")
-    yield client
-    client.delete_container()
 
 
 @pytest.fixture

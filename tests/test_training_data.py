@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -16,13 +15,6 @@ from examples.churn import train
 from tests.harness.http_proxy import Refusal, Wire
 from training import emulator, local
 from training.src.edge_train import credentials, staging
-
-
-@pytest.fixture
-def container(wire: Wire) -> ContainerClient:
-    client = service_of(wire).get_container_client(f"t{uuid.uuid4().hex[:12]}")
-    client.create_container()
-    return client
 
 
 def config(tmp_path: Path, container: ContainerClient, prefix: str = "data/") -> train.TrainConfig:
