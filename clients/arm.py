@@ -169,7 +169,7 @@ def _error_of(body: Any) -> tuple[str, str]:
 def _failure_of(resource: Mapping[str, Any]) -> tuple[str, str]:
     """A resource that ended Failed or Canceled: `Provisioning<state>` and the reasons it lists
     (`properties.provisioningErrors`, Azure ML's ErrorResponse list), else the ARM error it carries."""
-    state = _state(resource)
+    state = provisioning_state(resource)
     properties = resource.get("properties")
     errors = properties.get("provisioningErrors") if isinstance(properties, Mapping) else None
     reasons = [
@@ -204,7 +204,8 @@ def _object(operation: str, response: Any) -> dict[str, Any]:
     return body
 
 
-def _state(body: Mapping[str, Any]) -> str | None:
+def provisioning_state(body: Mapping[str, Any]) -> str | None:
+    """`properties.provisioningState`, or None when the resource reports none."""
     properties = body.get("properties")
     state = properties.get("provisioningState") if isinstance(properties, Mapping) else None
     return str(state) if state is not None else None
@@ -320,7 +321,8 @@ class ArmClient:
         announced = any(h in response.headers for h in ("Azure-AsyncOperation", "Location"))
         if response.status_code in (200, 201):
             resource = _object(operation, response)
-            if not (response.status_code == 201 and announced) and _state(resource) in (None, *TERMINAL_STATES):
+            settled = provisioning_state(resource) in (None, *TERMINAL_STATES)
+            if settled and not (response.status_code == 201 and announced):
                 return self._settled(operation, response.status_code, resource)
         result = self._follow(operation, pipeline_response, deadline)
         if not isinstance(result, dict):
@@ -340,7 +342,7 @@ class ArmClient:
 
     @staticmethod
     def _settled(operation: str, status: int | None, resource: dict[str, Any]) -> dict[str, Any]:
-        if _state(resource) not in (None, "Succeeded"):
+        if provisioning_state(resource) not in (None, "Succeeded"):
             raise ArmError(operation, status, *_failure_of(resource))
         return resource
 
@@ -387,7 +389,7 @@ class ArmClient:
         except HttpResponseError as error:
             # A failed operation: the status body carries ARM's error (code and message).
             body = _json(error.response) if error.response is not None else None
-            failed = isinstance(body, Mapping) and _state(body) in TERMINAL_STATES - {"Succeeded"}
+            failed = isinstance(body, Mapping) and provisioning_state(body) in TERMINAL_STATES - {"Succeeded"}
             code, message = _failure_of(body) if failed else _error_of(body)
             raise ArmError(operation, error.status_code, code, message or error.reason or "") from None
         except DeadlineExceeded as error:

@@ -21,7 +21,7 @@ from typing import Any
 from azure.core.credentials import TokenCredential
 from azure.core.pipeline.transport import HttpTransport
 
-from clients.arm import STILL_RUNNING_HINT, ArmClient, ArmError, ArmTimeouts, scrub
+from clients.arm import STILL_RUNNING_HINT, ArmClient, ArmError, ArmTimeouts, provisioning_state, scrub
 from clients.cloud import PUBLIC, Cloud
 from clients.deadline import Deadline
 
@@ -118,11 +118,6 @@ class VirtualMachineAttachment:
         return {"location": self.location, "properties": compute}
 
 
-def _state(compute: dict[str, Any]) -> str:
-    properties = compute.get("properties")
-    return str(properties.get("provisioningState", "Unknown")) if isinstance(properties, dict) else "Unknown"
-
-
 def _description(compute: dict[str, Any]) -> str:
     properties = compute.get("properties")
     return str(properties.get("description") or "") if isinstance(properties, dict) else ""
@@ -178,12 +173,13 @@ class ComputeClient:
         action = f"attach compute {ref.name!r} to workspace {ref.workspace!r}"
         existing = self.get(ref, deadline)
         if existing is not None and _description(existing) != attachment.description:
+            state = provisioning_state(existing) or "Unknown"
             raise ComputeExistsError(
                 action,
                 0,
                 "ComputeExists",
                 f"workspace {ref.workspace!r} already has a compute named {ref.name!r} that this stack did not "
-                f"attach (state {_state(existing)}); nothing was changed. Choose another name (config computeName), "
+                f"attach (state {state}); nothing was changed. Choose another name (config computeName), "
                 f"or, if it is a leftover of this stack, detach it first: az ml compute detach --name {ref.name} "
                 f"--workspace-name {ref.workspace} --resource-group {ref.resource_group}",
             )
