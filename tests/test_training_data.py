@@ -110,8 +110,9 @@ def test_an_interrupted_large_parallel_download_leaves_no_file(tmp_path, contain
     reads: list[str] = []
 
     def second_range_fails(method: str, path: str) -> Refusal | None:
-        if method == "GET" and path.endswith("big.bin"):
-            reads.append(path)
+        if not (method == "GET" and path.endswith("big.bin")):
+            return None  # the listing, and the container's deletion afterwards, pass
+        reads.append(path)
         return FAILURE_MID_DOWNLOAD if len(reads) == 2 else None
 
     wire.on_request = second_range_fails
