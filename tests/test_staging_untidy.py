@@ -6,16 +6,15 @@ and Get Blob the way the service does."""
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import urllib3
 from azure.storage.blob import ContainerClient
 
 from tests.harness.arm_server import Reply, https_server
+from tests.harness.raw_http import RawHttpServer, Request, response_head
 from training.src.edge_train import reader, staging
 
 SAS = "sv=2019-07-07&sr=c&sp=rl&sig=SECRETSIG"
@@ -179,10 +178,22 @@ def test_a_retry_after_beyond_the_deadline_is_not_waited_for(tmp_path, storage, 
 
 
 def test_a_body_without_a_content_length_is_still_held_to_the_listed_size() -> None:
-    """A chunked answer declares no length: the count of bytes received is what is checked."""
-    for body, length in ((b"ab", 3), (b"abcd", 3)):
-        response = urllib3.HTTPResponse(body=io.BytesIO(body), status=200, preload_content=False)
-        with pytest.raises(reader.BlobLengthMismatch, match=r"LengthMismatch"):
-            reader._body(response, length, reader.Deadline(5))
-    whole = urllib3.HTTPResponse(body=io.BytesIO(b"abc"), status=200, preload_content=False)
-    assert reader._body(whole, 3, reader.Deadline(5)) == b"abc"
+    """A chunked answer declares no length: the count of bytes received is what is checked, and a
+    complete answer of the wrong length is the blob's, not a transfer to try again."""
+
+    def chunked(request: Request) -> bool:
+        body = request.target.split("?")[0].rsplit("/", 1)[1].encode()  # the blob's name is its body
+        head = response_head(200, {"ETag": '"0x1"', "Transfer-Encoding": "chunked"})
+        request.connection.sendall(head + b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        return True
+
+    with RawHttpServer(chunked) as server:
+        blobs = reader.BlobReader(
+            f"{server.url}/acct/c", api_version="2019-07-07", account_name="acct", sas_token="sig=S"
+        )
+        for body, said in ((b"ab", "2 bytes where 3"), (b"abcd", "more than the 3 bytes")):
+            with pytest.raises(reader.BlobLengthMismatch, match=rf"HTTP 200 LengthMismatch: {said}"):
+                blobs.get_whole(reader.ListedBlob(body.decode(), "0x1", 3, None))
+        assert blobs.get_whole(reader.ListedBlob("abc", "0x1", 3, None)) == b"abc"
+        blobs.close()
+    assert len(server.requests) == 3  # none of them tried again

@@ -2,9 +2,9 @@
 
 Installable on its own (training/src/pyproject.toml) and added to every job's code snapshot by
 `python -m training submit`. Public API: `stage`, `fingerprint`, `lineage_tags`, `HubLocation`,
-and the errors they raise. Needs azure-storage-blob (the client a caller may hand in), urllib3,
-requests and certifi (staging's own reads), and tqdm for a progress bar on a terminal; nothing
-of the rest of the repository.
+and the errors they raise. Needs azure-storage-blob (the client a caller may hand in), pycurl
+(staging's own reads, over libcurl), requests and certifi (the reads' proxy and CA bundle), and
+tqdm for a progress bar on a terminal; nothing of the rest of the repository.
 """
 
 from __future__ import annotations

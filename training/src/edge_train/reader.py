@@ -1,10 +1,12 @@
-"""Blob GETs for staging, straight over a urllib3 connection pool.
+"""Blob GETs and listings for staging, straight over libcurl (transport.py).
 
 Why not `ContainerClient.download_blob`: on this project's 2-core machine the SDK spends about
 2 ms of CPU per GET (a dozen pipeline policies, requests, header deserialisation into
-BlobProperties), serialised by the GIL, while the same GET over urllib3 costs about 0.4 ms
-(bench/stage_blobs.py, and the figures in docs/develop/benchmarks.md). Staging many small blobs is bound by
-exactly that CPU. Listing stays on the SDK: one request per 5,000 blobs.
+BlobProperties), serialised by the GIL. Why not urllib3 either: a small GET over it still costs
+about 0.9 ms (urllib3, http.client and its `email` header parser); libcurl parses the response in
+C and releases the GIL for the exchange, about a quarter of that (bench/stage_blobs.py, and the
+figures in docs/develop/benchmarks-and-suite.md). Staging many small blobs is bound by exactly
+that CPU. Listing goes the same way: List Blobs, one request per 5,000 blobs.
 
 What the SDK did for these GETs, and this module does too:
 - Authorization the way an Azure Stack Hub accepts it: Shared Key (the account key of a connection
@@ -14,42 +16,46 @@ What the SDK did for these GETs, and this module does too:
   https://learn.microsoft.com/rest/api/storageservices/authorize-with-shared-key
   https://learn.microsoft.com/azure-stack/user/azure-stack-acs-differences
 - The container client's API version on every request (the Hub's, see credentials.py).
-- The listed version only: If-Match with the listed ETag (412 if the blob was rewritten).
-- Retries of what may pass (connection failures, timeouts, 408/429/500/502/503/504) a few times
-  with a short backoff, Retry-After honoured up to a cap; the wait ends early when the run stops.
-- One deadline per request, its retries and its body included (`REQUEST_DEADLINE_S`): every
-  socket read waits at most what is left of it, so a body trickled one byte at a time fails at the
-  deadline instead of resetting a per-read timeout forever; a Retry-After that would end past it is
-  not waited for. The same rule as clients/deadline.py, written again here because edge_train
-  ships alone into jobs and imports nothing of the deployment's code.
+- The listed version only: If-Match with the listed ETag (412 if the blob was rewritten), and an
+  answer carrying another ETag is refused before its body is read.
+- Retries of what may pass (connection failures, timeouts, a body cut short of its own
+  Content-Length, 408/429/500/502/503/504) a few times with a short backoff, Retry-After honoured
+  up to a cap; the wait ends early when the run stops.
+- One deadline per request, its retries and its body included (`REQUEST_DEADLINE_S`): each
+  attempt is given only what is left of it, all in (libcurl's TIMEOUT_MS), so a body trickled one
+  byte at a time fails at the deadline instead of resetting a per-read timeout forever; a transfer
+  that moves no byte for `READ_TIMEOUT_S` fails sooner (and may be retried); a Retry-After that
+  would end past the deadline is not waited for. The same rule as clients/deadline.py, written
+  again here because edge_train ships alone into jobs and imports nothing of the deployment's code.
 - Nothing believed unchecked: a GET's body is exactly as long as asked (the listed size, or the
-  range), its ETag is the If-Match sent; a listing is XML with sane sizes, at most `MAX_PAGES` pages
-  within `LIST_DEADLINE_S`, and a NextMarker seen before (a loop) is an error.
+  range). A Content-Length that says otherwise is refused before the body is read, a body that
+  runs past it is cut off as it arrives (never buffered whole), and one that ends short is an
+  error. The body is written into one buffer of the expected size as it arrives, not collected
+  and copied. A listing is XML with sane sizes, at most `MAX_PAGES` pages within
+  `LIST_DEADLINE_S`, and a NextMarker seen before (a loop) is an error.
 - TLS verified against $REQUESTS_CA_BUNDLE / $CURL_CA_BUNDLE (a Hub's own CA) or certifi's
-  bundle, as requests does; the environment's proxy for the account's host, NO_PROXY honoured.
+  bundle, as requests does, and nothing else; the environment's proxy for the account's host as
+  requests would choose it, NO_PROXY honoured, decided once here and not again by libcurl.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import email.utils
 import hashlib
 import hmac
 import os
 import random
 import re
-import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urlsplit
 from xml.etree import ElementTree
 
-import urllib3
-
 from .deadline import Deadline, next_wait
+from .transport import CurlPool, TransportError
 from .trust import trust_hub_ca
 
 if TYPE_CHECKING:
@@ -70,8 +76,9 @@ MAX_PAGES = 20_000
 MAX_BLOB_BYTES = 50_000 * 4000 * 1024 * 1024
 """A block blob's maximum, 50,000 blocks of 4,000 MiB (about 190.7 TiB; "Scalability and performance
 targets for Blob storage"); a listing that claims more is not believed."""
-BODY_CHUNK = 256 * 1024
-_CLOCK_SLACK_S = 0.05  # a socket timeout set to what was left fires about when the deadline ends
+REFUSAL_BYTES = 64 * 1024
+"""Of a refusal's body, what is kept to find its <Message>; the rest is read and dropped."""
+_CLOCK_SLACK_S = 0.05  # libcurl's timeout, set to what was left, fires about when the deadline ends
 _MESSAGE = re.compile(r"<Message>([^<\r\n]*)")
 
 
@@ -141,15 +148,14 @@ class BlobReader:
             raise UnsupportedCredential("the storage account key is not base64, as Azure gives it") from None
         self._sas = sas_token.lstrip("?") if sas_token is not None else None
         self._version = api_version
-        self._timeout = urllib3.Timeout(connect=CONNECT_TIMEOUT_S, read=READ_TIMEOUT_S)
-        options: dict[str, Any] = {"maxsize": max(1, connections), "retries": False, "timeout": self._timeout}
-        if parts.scheme == "https":
-            options |= {"cert_reqs": "CERT_REQUIRED", "ca_certs": _ca_bundle()}
         proxy = _proxy_for(container_url)
-        self._pool: urllib3.PoolManager = (
-            urllib3.ProxyManager(proxy, num_pools=1, **options)
-            if proxy
-            else urllib3.PoolManager(num_pools=1, **options)
+        tls = parts.scheme == "https" or (proxy or "").startswith("https:")
+        self._pool = CurlPool(
+            connections=connections,
+            ca_bundle=_ca_bundle() if tls else None,
+            proxy=proxy,
+            connect_timeout_s=CONNECT_TIMEOUT_S,
+            stall_s=READ_TIMEOUT_S,
         )
 
     @classmethod
@@ -223,21 +229,22 @@ class BlobReader:
         offset: int = 0,
         length: int | None = None,
         stop: threading.Event | None = None,
-    ) -> bytes:
+    ) -> bytes | bytearray:
         """The blob's bytes (or `length` of them from `offset`) exactly at `etag`; a set `stop`
-        abandons the retries."""
+        abandons the retries. With a `length`, a bytearray filled in place (no copy of the body)."""
         headers = {"If-Match": etag}
         if length is not None:
             headers["x-ms-range"] = f"bytes={offset}-{offset + length - 1}"
         return self._send(f"{self._path}/{quote(name, safe='/~')}", {}, headers, length, stop)
 
-    def get_whole(self, blob: ListedBlob, stop: threading.Event | None = None) -> bytes:
-        """All of `blob` at its listed ETag, exactly its listed size long."""
+    def get_whole(self, blob: ListedBlob, stop: threading.Event | None = None) -> bytes | bytearray:
+        """All of `blob` at its listed ETag, exactly its listed size long (a bytearray filled in
+        place, no copy of the body)."""
         headers = {"If-Match": blob.etag}
         return self._send(f"{self._path}/{quote(blob.name, safe='/~')}", {}, headers, blob.size, stop)
 
     def close(self) -> None:
-        self._pool.clear()
+        self._pool.close()
 
     def _send(
         self,
@@ -247,7 +254,7 @@ class BlobReader:
         length: int | None = None,
         stop: threading.Event | None = None,
         deadline: Deadline | None = None,
-    ) -> bytes:
+    ) -> bytes | bytearray:
         """`length`: the exact body length expected (a range's, or the listed size)."""
         request_deadline = Deadline(REQUEST_DEADLINE_S)
         if deadline is None or deadline.remaining() > request_deadline.remaining():
@@ -266,40 +273,30 @@ class BlobReader:
 
     def _attempt(
         self, path: str, query: dict[str, str], headers: dict[str, str], length: int | None, deadline: Deadline
-    ) -> bytes:
-        left = deadline.remaining()
-        timeout = urllib3.Timeout(connect=min(CONNECT_TIMEOUT_S, left), read=min(READ_TIMEOUT_S, left))
+    ) -> bytes | bytearray:
+        answer = _Answer(length, headers.get("If-Match"))
         try:
-            response = self._pool.urlopen(
-                "GET",
+            self._pool.get(
                 self._url(path, query),
-                headers=self._signed(path, query, headers),
-                preload_content=False,
-                timeout=timeout,
+                self._signed(path, query, headers),
+                timeout_s=deadline.remaining(),
+                on_header=answer.header_line,
+                on_body=answer.body_piece,
             )
-        except (urllib3.exceptions.HTTPError, OSError) as error:
-            raise _Retryable(BlobReadError(0, type(error).__name__, _first_line(error))) from error
-        try:
-            if response.status not in (200, 206):
-                refusal = _refusal(response)
-                response.drain_conn()  # the connection goes back to the pool clean
-                if response.status in RETRY_STATUSES:
-                    raise _Retryable(refusal)
-                raise refusal
-            sent = headers.get("If-Match")
-            if sent is not None and _bare(response.headers.get("ETag")) != _bare(sent):
-                response.drain_conn()
-                raise BlobChanged(
-                    response.status,
-                    "ETagMismatch",
-                    f"the answer carries ETag {response.headers.get('ETag')!r}, not the {sent!r} asked for",
-                )
-            try:
-                return _body(response, length, deadline)
-            except (urllib3.exceptions.HTTPError, OSError) as error:
-                raise _Retryable(BlobReadError(0, type(error).__name__, _first_line(error))) from error
-        finally:
-            response.release_conn()
+        except TransportError as error:
+            if answer.refused is not None:
+                raise answer.refused from None  # a check of ours stopped the transfer
+            if error.timed_out and answer.status is not None and deadline.remaining() <= _CLOCK_SLACK_S:
+                raise BlobReadError(
+                    0,
+                    "Timeout",
+                    f"the body was still arriving at the {deadline.seconds:g}s deadline ({answer.received} bytes)",
+                ) from None
+            # Connection, TLS, a stall, no answer by the deadline, a body short of its own
+            # Content-Length: what may pass on another attempt while time is left.
+            code = "Timeout" if error.timed_out else "TransportError"
+            raise _Retryable(BlobReadError(0, code, _first_line(error))) from None
+        return answer.result()
 
     def _url(self, path: str, query: dict[str, str]) -> str:
         parameters = [f"{k}={quote(v, safe='')}" for k, v in query.items()]
@@ -354,67 +351,96 @@ def _listed(blob: ElementTree.Element) -> ListedBlob:
     return listed
 
 
-def _body(response: urllib3.BaseHTTPResponse, length: int | None, deadline: Deadline) -> bytes:
-    """The whole body by `deadline` (each socket read waits at most what is left), exactly `length`
-    bytes when a length is expected; urllib3 also refuses a body shorter than its Content-Length."""
-    if length is not None:
-        declared = response.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) != length:
-            response.close()  # its body unread: the connection never goes back to the pool
-            raise BlobLengthMismatch(response.status, "LengthMismatch", f"{declared} bytes where {length} were listed")
-    sock = _socket_of(response)
-    chunks: list[bytes] = []
-    received = 0
+class _Answer:
+    """One response as libcurl hands it over: header lines, then body pieces. Its checks run as
+    it arrives, and stop the transfer (the callback returns -1) with `refused` set."""
 
-    def late(received: int) -> str:
-        return f"the body was still arriving at the {deadline.seconds:g}s deadline ({received} bytes)"
+    def __init__(self, length: int | None, if_match: str | None) -> None:
+        self.length, self.if_match = length, if_match
+        self.status: int | None = None
+        """The final response's status, once its whole head has arrived."""
+        self.reason = ""
+        self.headers: dict[str, str] = {}
+        """Lower-case names."""
+        self.received = 0
+        self.refused: BlobReadError | None = None
+        self._head: list[bytes] = []
+        self._buffer: bytearray | None = None
+        self._pieces: list[bytes] = []
 
-    while True:
-        left = deadline.remaining()
-        if left <= 0:
-            response.close()  # mid-body: the connection never goes back to the pool
-            raise BlobReadError(0, "Timeout", late(received))
-        if sock is not None:
-            with contextlib.suppress(OSError):  # closed once the last byte came: read1 says so
-                sock.settimeout(left)
-        try:
-            chunk = response.read1(BODY_CHUNK)
-        except (urllib3.exceptions.HTTPError, OSError):
-            if deadline.remaining() > _CLOCK_SLACK_S:
-                raise
-            response.close()
-            raise BlobReadError(0, "Timeout", late(received)) from None
-        if not chunk:
-            break
-        received += len(chunk)
-        if length is not None and received > length:
-            response.close()
-            raise BlobLengthMismatch(response.status, "LengthMismatch", f"more than the {length} bytes listed")
-        chunks.append(chunk)
-    if length is not None and received != length:
-        raise BlobLengthMismatch(response.status, "LengthMismatch", f"{received} bytes where {length} were listed")
-    return b"".join(chunks)
+    def header_line(self, line: bytes) -> int | None:
+        if line.startswith(b"HTTP/"):
+            self._head = [line]  # a new head: the final one follows any 1xx
+            return None
+        if line.strip():
+            self._head.append(line)
+            return None
+        status_line = self._head[0].decode("latin-1").split(None, 2) if self._head else []
+        if len(status_line) < 2 or not status_line[1].isdigit():
+            return None  # libcurl itself refuses a response with no status line
+        status = int(status_line[1])
+        if status < 200:
+            return None  # 100 Continue and the like: the final head is still to come
+        self.status, self.reason = status, status_line[2].strip() if len(status_line) > 2 else ""
+        for raw in self._head[1:]:
+            name, colon, value = raw.decode("latin-1").partition(":")
+            if colon:
+                self.headers[name.strip().lower()] = value.strip()
+        if status not in (200, 206):
+            return None  # a refusal: its body is read for the message
+        etag = self.headers.get("etag")
+        if self.if_match is not None and _bare(etag) != _bare(self.if_match):
+            self.refused = BlobChanged(
+                status, "ETagMismatch", f"the answer carries ETag {etag!r}, not the {self.if_match!r} asked for"
+            )
+            return -1
+        if self.length is not None:
+            declared = self.headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) != self.length:
+                # Refused before the body is read: the connection is dropped with it.
+                self.refused = BlobLengthMismatch(
+                    status, "LengthMismatch", f"{declared} bytes where {self.length} were listed"
+                )
+                return -1
+            self._buffer = bytearray(self.length)
+        return None
+
+    def body_piece(self, piece: bytes) -> int | None:
+        start, self.received = self.received, self.received + len(piece)
+        if self._buffer is not None:
+            if self.received > len(self._buffer):
+                self.refused = BlobLengthMismatch(
+                    self.status or 0, "LengthMismatch", f"more than the {self.length} bytes listed"
+                )
+                return -1  # the transfer stops here: the rest is never read
+            self._buffer[start : self.received] = piece
+        elif self.status in (200, 206):
+            self._pieces.append(piece)
+        elif start < REFUSAL_BYTES:
+            self._pieces.append(piece[: REFUSAL_BYTES - start])
+        return None
+
+    def result(self) -> bytes | bytearray:
+        """The body of a complete exchange, or the error it amounts to."""
+        status = self.status or 0
+        if status not in (200, 206):
+            refusal = _refusal(status, self.reason, self.headers, b"".join(self._pieces))
+            if status in RETRY_STATUSES:
+                raise _Retryable(refusal)
+            raise refusal
+        if self.length is not None and self.received != self.length:
+            raise BlobLengthMismatch(status, "LengthMismatch", f"{self.received} bytes where {self.length} were listed")
+        return self._buffer if self._buffer is not None else b"".join(self._pieces)
 
 
-def _socket_of(response: urllib3.BaseHTTPResponse) -> socket.socket | None:
-    """The socket a response reads from: its kept-alive connection's, else http.client's own."""
-    sock = getattr(getattr(response, "connection", None), "sock", None)
-    if sock is None:
-        reader = getattr(getattr(response, "_fp", None), "fp", None)
-        sock = getattr(getattr(reader, "raw", None), "_sock", None)
-    return sock if isinstance(sock, socket.socket) else None
-
-
-def _refusal(response: urllib3.BaseHTTPResponse) -> BlobReadError:
-    code = response.headers.get("x-ms-error-code") or response.reason or ""
-    try:
-        text = response.read(64 * 1024).decode("utf-8", "replace")
-    except (urllib3.exceptions.HTTPError, OSError):
-        text = ""
-    found = _MESSAGE.search(text)
-    message = found.group(1).strip() if found else (response.reason or "no message")
-    kind = {412: BlobChanged, 404: BlobGone}.get(response.status, BlobReadError)
-    return kind(response.status, code, message, _retry_after(response.headers.get("Retry-After")))
+def _refusal(status: int, reason: str, headers: Mapping[str, str], body: bytes) -> BlobReadError:
+    """A refusal as the service words it: x-ms-error-code, the body's <Message>, Retry-After
+    (capped); `headers` with lower-case names."""
+    code = headers.get("x-ms-error-code") or reason or ""
+    found = _MESSAGE.search(body[:REFUSAL_BYTES].decode("utf-8", "replace"))
+    message = found.group(1).strip() if found else (reason or "no message")
+    kind = {412: BlobChanged, 404: BlobGone}.get(status, BlobReadError)
+    return kind(status, code, message, _retry_after(headers.get("retry-after")))
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -20,8 +20,8 @@
   `large_blob_concurrency` threads fetch across all large blobs at once (a bandwidth budget, so
   several large blobs proceed in parallel), written in place with `pwrite`, and hashed in order
   while the later ranges are still in flight. The first failure cancels what has not started.
-- Listing and reads go over reader.BlobReader, a urllib3 pool with Shared Key or SAS auth, not
-  through the SDK's pipeline: a quarter of the CPU per request (see reader.py). The container
+- Listing and reads go over reader.BlobReader, a pool of libcurl connections with Shared Key or SAS
+  auth, not through the SDK's pipeline: a small fraction of the CPU per request (see reader.py). The container
   client passed in supplies the URL, the API version and the credential.
 - Every failure is one StagingError naming the blob (or the cache file) it concerns.
 """
@@ -100,7 +100,7 @@ _SAS_SIGNATURE = re.compile(r"(sig=)[^&\s'\"]+", re.IGNORECASE)
 
 
 def _describe(error: BaseException) -> str:
-    """An error as one line without secrets: urllib3 messages carry the URL, SAS signature included."""
+    """An error as one line without secrets: a transport's message may carry the URL, SAS signature included."""
     if isinstance(error, OSError) and error.strerror:
         text = error.strerror
     else:
