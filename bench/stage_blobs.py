@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/stage_blobs.py                         # the sizes (several minutes)
     .venv/bin/python bench/stage_blobs.py --small 400 --big-mib 64 --rounds 2   # a quick look
+    .venv/bin/python bench/stage_blobs.py --only in-memory      # the in-memory 5 ms case alone
 
 How it keeps itself honest:
 - Every sample is a fresh process doing one variant; it reports the seconds and CPU seconds of its
@@ -260,10 +261,18 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="our ranges in flight for large blobs")
     parser.add_argument("--raw-concurrency", default="2,4,8,16", help="the raw readinto's N to search")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--only",
+        choices=["in-memory"],
+        help="only the in-memory server's case (no Azurite): quick to repeat on a shared machine",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(json.loads(args.child))
+        return
+    if args.only == "in-memory":
+        in_memory_only(args)
         return
 
     from training.emulator import Azurite, connection_string
@@ -281,12 +290,7 @@ def main() -> None:
                 text=True,
             )
             slow = connection_string(int(proxy.stdout.readline()))  # type: ignore[union-attr]
-            cheap_server = subprocess.Popen(
-                [sys.executable, str(ROOT / "bench/blob_server.py"), str(args.latency_ms)],
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            cheap = connection_string(int(cheap_server.stdout.readline()))  # type: ignore[union-attr]
+            cheap_server, cheap = start_in_memory_server(args)
             cheap_sets = upload_cheap(cheap, "bench", args)
             bench = Bench(args, work, "bench", emulator.process.pid)
             loop = emulator.connection_string
@@ -343,7 +347,39 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def report(bench: Bench, args: argparse.Namespace, raw_ns: list[int]) -> None:
+def start_in_memory_server(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
+    from training.emulator import connection_string
+
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench/blob_server.py"), str(args.latency_ms)], stdout=subprocess.PIPE, text=True
+    )
+    return server, connection_string(int(server.stdout.readline()))  # type: ignore[union-attr]
+
+
+def in_memory_only(args: argparse.Namespace) -> None:
+    work = Path(tempfile.mkdtemp(prefix="stage-bench-"))
+    cheap_server, cheap = start_in_memory_server(args)
+    try:
+        print(f"machine: {machine()}")
+        expected = upload_cheap(cheap, "bench", args)
+        bench = Bench(args, work, "bench", cheap_server.pid)
+        for round_ in range(args.rounds):
+            print(f"round {round_ + 1}/{args.rounds} ...", flush=True)
+            for variant in rotate(["naive", "bare parallel", "bare reader", "staged"], round_):
+                out = str(work / f"cheap-{round_}-{variant.replace(' ', '-')}")
+                spec = {"connection": cheap, "prefix": "cheap/", "variant": variant, "out": out}
+                bench.run(f"{in_memory(args)}: {variant}", spec, expected)
+        print_samples(bench, args)
+        print("\ngoals:")
+        print_in_memory_goals(bench, args)
+        print(f"load at the end: {os.getloadavg()[0]:.1f}")
+    finally:
+        cheap_server.terminate()
+        cheap_server.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def print_samples(bench: Bench, args: argparse.Namespace) -> None:
     print(
         f"\n{args.rounds} rounds, interleaved; work seconds (inside the child), its CPU seconds, Azurite's CPU "
         "seconds meanwhile, wall seconds from outside, peak RSS"
@@ -359,18 +395,10 @@ def report(bench: Bench, args: argparse.Namespace, raw_ns: list[int]) -> None:
             f"{bench.median(label, 'outside'):>10.2f}"
             f"{max(s['peak_mib'] for s in samples):>9.0f}{int(max(s['bytes'] for s in samples)):>12}"
         )
+
+
+def print_in_memory_goals(bench: Bench, args: argparse.Namespace) -> None:
     m = bench.median
-    best_n = min(raw_ns, key=lambda n: m(f"big: raw readinto N={n}"))
-    warm_bytes = max(s["bytes"] for s in bench.samples["staged warm"])
-    print("\ngoals:")
-    print(
-        verdict(
-            f"small blobs, {args.latency_ms:g} ms latency: cold vs naive sequential",
-            m("latency: naive") / m("latency: staged"),
-            8,
-            at_least=True,
-        )
-    )
     print(
         verdict(
             f"small blobs, in-memory server at {args.latency_ms:g} ms: cold vs naive sequential",
@@ -387,6 +415,23 @@ def report(bench: Bench, args: argparse.Namespace, raw_ns: list[int]) -> None:
             at_least=False,
         )
     )
+
+
+def report(bench: Bench, args: argparse.Namespace, raw_ns: list[int]) -> None:
+    print_samples(bench, args)
+    m = bench.median
+    best_n = min(raw_ns, key=lambda n: m(f"big: raw readinto N={n}"))
+    warm_bytes = max(s["bytes"] for s in bench.samples["staged warm"])
+    print("\ngoals:")
+    print(
+        verdict(
+            f"small blobs, {args.latency_ms:g} ms latency: cold vs naive sequential",
+            m("latency: naive") / m("latency: staged"),
+            8,
+            at_least=True,
+        )
+    )
+    print_in_memory_goals(bench, args)
     print(verdict("small blobs, bare loopback: cold vs naive", m("naive") / m("staged cold"), 2, at_least=True))
     print(
         verdict(
