@@ -369,11 +369,12 @@ class _Answer:
         self._pieces: list[bytes] = []
 
     def header_line(self, line: bytes) -> int | None:
-        if line.startswith(b"HTTP/"):
-            self._head = [line]  # a new head: the final one follows any 1xx
-            return None
-        if line.strip():
-            self._head.append(line)
+        # Called for every header line of every GET: the common case is kept to one test and an append.
+        if len(line) > 2:  # a head ends with a bare CRLF (or LF)
+            if line[:5] == b"HTTP/":
+                self._head = [line]  # a new head: the final one follows any 1xx
+            else:
+                self._head.append(line)
             return None
         status_line = self._head[0].decode("latin-1").split(None, 2) if self._head else []
         if len(status_line) < 2 or not status_line[1].isdigit():
