@@ -52,10 +52,6 @@ class TransportError(Exception):
     def timed_out(self) -> bool:
         return self.curl_code == pycurl.E_OPERATION_TIMEDOUT
 
-    @property
-    def aborted_by_callback(self) -> bool:
-        return self.curl_code == pycurl.E_WRITE_ERROR
-
 
 class CurlPool:
     """GETs on kept-alive libcurl handles: at most `connections` idle ones are kept."""
@@ -131,6 +127,8 @@ class CurlPool:
     def _handle(self) -> pycurl.Curl:
         handle = pycurl.Curl()
         handle.setopt(pycurl.NOSIGNAL, 1)
+        # CURLOPT_PROTOCOLS is deprecated (7.85) for PROTOCOLS_STR, which pycurl 7.49 does not
+        # name; libcurl still honours it ('Protocol "file" is disabled').
         handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
         handle.setopt(pycurl.FOLLOWLOCATION, 0)
         handle.setopt(pycurl.PATH_AS_IS, 1)
