@@ -268,16 +268,19 @@ def test_tls_trusts_the_configured_bundle_only_and_checks_the_host_name(tmp_path
         monkeypatch.setenv("CURL_CA_BUNDLE", certifi.where())
         monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_file))
         monkeypatch.setenv("SSL_CERT_DIR", str(pki.ca_file.parent))
-        with pytest.raises(reader.BlobReadError, match=r"SSL certificate"):
+        with pytest.raises(reader.BlobReadError, match=r"CERTIFICATE_VERIFY_FAILED: SSL certificate") as refused:
             within(4, lambda: reader_for(server.url).get_whole(listed(3)))
+        assert certifi.where() in str(refused.value)  # names the bundle it trusted
+        assert server.connections == 1  # not retried: the certificate will not change
 
         # The Hub's CA, next to certifi's (trust.py): trusted, for the name in the certificate only.
         unset(monkeypatch, "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR")
         monkeypatch.setenv("EDGE_HUB_CA_FILE", str(pki.ca_file))
         assert within(4, lambda: reader_for(server.url).get_whole(listed(3))) == b"abc"
         elsewhere = f"https://localhost:{server.port}"  # the certificate names 127.0.0.1 only
-        with pytest.raises(reader.BlobReadError, match=r"localhost"):
+        with pytest.raises(reader.BlobReadError, match=r"CERTIFICATE_VERIFY_FAILED.*localhost"):
             within(4, lambda: reader_for(elsewhere).get_whole(listed(3)))
+        assert server.connections == 3  # the refused one, the trusted one, the wrong name once
     assert len(server.requests) == 1  # only to the server that proved who it is
 
 

@@ -34,7 +34,8 @@ What the SDK did for these GETs, and this module does too:
   and copied. A listing is XML with sane sizes, at most `MAX_PAGES` pages within
   `LIST_DEADLINE_S`, and a NextMarker seen before (a loop) is an error.
 - TLS verified against $REQUESTS_CA_BUNDLE / $CURL_CA_BUNDLE (a Hub's own CA) or certifi's
-  bundle, as requests does, and nothing else; the environment's proxy for the account's host as
+  bundle, as requests does, and nothing else (a certificate it does not vouch for fails at once,
+  named CERTIFICATE_VERIFY_FAILED, and is not retried); the environment's proxy for the account's host as
   requests would choose it, NO_PROXY honoured, decided once here and not again by libcurl.
 """
 
@@ -150,9 +151,10 @@ class BlobReader:
         self._version = api_version
         proxy = _proxy_for(container_url)
         tls = parts.scheme == "https" or (proxy or "").startswith("https:")
+        self._ca_bundle = _ca_bundle() if tls else None
         self._pool = CurlPool(
             connections=connections,
-            ca_bundle=_ca_bundle() if tls else None,
+            ca_bundle=self._ca_bundle,
             proxy=proxy,
             connect_timeout_s=CONNECT_TIMEOUT_S,
             stall_s=READ_TIMEOUT_S,
@@ -291,6 +293,14 @@ class BlobReader:
                     0,
                     "Timeout",
                     f"the body was still arriving at the {deadline.seconds:g}s deadline ({answer.received} bytes)",
+                ) from None
+            if error.untrusted:
+                # Not retried: the certificate will not change within the deadline. Worded as
+                # Python's ssl module words it, so one search finds it in every client's log.
+                raise BlobReadError(
+                    0,
+                    "CertificateVerifyFailed",
+                    f"CERTIFICATE_VERIFY_FAILED: {_first_line(error)} (trusting {self._ca_bundle})",
                 ) from None
             # Connection, TLS, a stall, no answer by the deadline, a body short of its own
             # Content-Length: what may pass on another attempt while time is left.

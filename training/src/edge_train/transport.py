@@ -52,6 +52,12 @@ class TransportError(Exception):
     def timed_out(self) -> bool:
         return self.curl_code == pycurl.E_OPERATION_TIMEDOUT
 
+    @property
+    def untrusted(self) -> bool:
+        """The peer's certificate is not vouched for by the bundle (or names another host), or the
+        bundle cannot be read: CURLE_PEER_FAILED_VERIFICATION, CURLE_SSL_CACERT_BADFILE."""
+        return self.curl_code in (pycurl.E_PEER_FAILED_VERIFICATION, pycurl.E_SSL_CACERT_BADFILE)
+
 
 class CurlPool:
     """GETs on kept-alive libcurl handles: at most `connections` idle ones are kept."""
