@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -132,9 +133,40 @@ def poll_until(
             return result
 
 
-class DeadlineRetryPolicy(RetryPolicy):
-    """azure-core's RetryPolicy (408, 429, 5xx and connection errors; backoff, `Retry-After`),
-    bounded by one deadline: every attempt's connect and read timeouts are cut to what is left,
+def certificate_refused(error: BaseException) -> bool:
+    """Whether `error` comes of a TLS certificate this side does not trust (no trusted CA vouches
+    for it, or it names another host): ssl.SSLCertVerificationError anywhere in what raised it.
+    azure-core wraps it as ServiceRequestError(requests' SSLError(urllib3's MaxRetryError(urllib3's
+    SSLError(...)))), the links being `inner_exception`, `reason`, causes and arguments."""
+    seen: set[int] = set()
+    pending: list[object] = [error]
+    while pending and len(seen) < 32:
+        item = pending.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        if isinstance(item, ssl.SSLCertVerificationError):
+            return True
+        seen.add(id(item))
+        pending += [item.__cause__, item.__context__, *item.args]
+        pending += [getattr(item, "inner_exception", None), getattr(item, "reason", None)]
+    return False
+
+
+class UntrustedNotRetried:
+    """For azure-core retry policies (and the storage SDK's, which share `increment`): a certificate
+    refused is not retried, since it will not change within any deadline, so an operator who has
+    not given the Hub's CA hears so at once instead of after the backoffs."""
+
+    def increment(self, settings: dict[str, Any], *args: Any, **kwargs: Any) -> bool:
+        error = kwargs.get("error")
+        if error is not None and certificate_refused(error):
+            return False
+        return super().increment(settings, *args, **kwargs)  # type: ignore[misc,no-any-return]
+
+
+class DeadlineRetryPolicy(UntrustedNotRetried, RetryPolicy):
+    """azure-core's RetryPolicy (408, 429, 5xx and connection errors, but not a certificate refused;
+    backoff, `Retry-After`), bounded by one deadline: every attempt's connect and read timeouts are cut to what is left,
     and a wait that would end past the deadline is not slept at all: the call fails at once with
     `DeadlineExceeded`. A request can carry its own deadline as the `deadline` option
     (`send_request(..., deadline=d)`); it replaces `self.deadline` from then on.

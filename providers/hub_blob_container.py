@@ -41,6 +41,7 @@ from pulumi.dynamic import (
 
 from clients.arm import ArmError
 from clients.cloud import CONNECT_TIMEOUT, READ_TIMEOUT, CloudDiscoveryError
+from clients.deadline import UntrustedNotRetried
 from clients.trust import bundle_file
 from providers.hub_arm_resource import (
     HUB_API_VERSIONS,
@@ -66,6 +67,17 @@ OUTPUTS = ("adopted", "publicAccess")
 
 class HubBlobContainerError(RuntimeError):
     """What went wrong with the container; never carries the account key."""
+
+
+def _retry_policy() -> Any:
+    """The storage SDK's exponential retry, minus retries of a certificate refused (made here:
+    the SDK is imported only when a container is touched)."""
+    from azure.storage.blob import ExponentialRetry
+
+    class Retry(UntrustedNotRetried, ExponentialRetry):
+        pass
+
+    return Retry(initial_backoff=2, increment_base=2, retry_total=4, random_jitter_range=1, retry_connect=1)
 
 
 class HubBlobContainerProvider(ResourceProvider):
@@ -105,7 +117,7 @@ class HubBlobContainerProvider(ResourceProvider):
 
     @contextmanager
     def _container(self, props: Mapping[str, Any], key: str) -> Iterator[Any]:
-        from azure.storage.blob import ContainerClient, ExponentialRetry
+        from azure.storage.blob import ContainerClient
 
         options: dict[str, Any] = {}
         if self._blob_transport is not None:
@@ -117,11 +129,9 @@ class HubBlobContainerProvider(ResourceProvider):
             container_name=str(props["containerName"]),
             credential={"account_name": str(props["accountName"]), "account_key": key},
             api_version=BLOB_API_VERSION,
-            # A busy service (408/429/5xx) is waited out; a connection that fails (refused, or a
-            # certificate not trusted) once more only: the SDK's default waits 15 s, then 45 s.
-            retry_policy=ExponentialRetry(
-                initial_backoff=2, increment_base=2, retry_total=4, random_jitter_range=1, retry_connect=1
-            ),
+            # A busy service (408/429/5xx) is waited out; a connection that fails once more only
+            # (the SDK's default waits 15 s, then 45 s), and a certificate refused not at all.
+            retry_policy=_retry_policy(),
             connection_timeout=CONNECT_TIMEOUT,
             read_timeout=READ_TIMEOUT,
             **options,

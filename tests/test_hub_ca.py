@@ -21,14 +21,17 @@ import certifi
 import pytest
 from azure.storage.blob import BlobServiceClient
 
+from clients.deadline import Deadline, DeadlineRetryPolicy, certificate_refused
 from clients.trust import CaCertificatesError, bundle_file, parse_ca_certificates
 from components import config as stack_config
+from providers import hub_blob_container
 from providers.hub_arm_resource import HUB_API_VERSIONS, HubArmError, HubArmResourceProvider
 from providers.hub_blob_container import HubBlobContainerError, HubBlobContainerProvider
 from tests.conftest import DEV_SECRET_KEYS, ROOT, dev_stack_config
 from tests.harness import services
 from tests.harness.hub_arm import HubArm, serve_hub_arm
 from tests.harness.private_ca import PrivateCa, make_private_ca
+from tests.harness.raw_http import RawHttpServer
 from tests.test_training_jobs import arm, workspace  # noqa: F401 (fixtures)
 from training import emulator
 from training.src.edge_train.trust import HUB_CA_FILE_VARIABLE
@@ -195,6 +198,55 @@ def test_the_blob_container_trusts_the_hub_and_its_blob_endpoint_through_one_bun
     assert blobs.get_container_client(props["containerName"]).exists()
     provider.delete(created.id, created.outs or {})
     assert not blobs.get_container_client(props["containerName"]).exists()
+
+
+# --- a certificate refused is not retried ------------------------------------------------------------
+
+
+def refusing_and_closing(tmp_path: Path) -> tuple[RawHttpServer, RawHttpServer]:
+    """A TLS server whose CA nobody here trusts, and a plain one that hangs up on every request."""
+    pki = make_private_ca(tmp_path / "untrusted")
+    return RawHttpServer(lambda _: False, tls=(pki.server_cert, pki.server_key)), RawHttpServer(lambda _: False)
+
+
+def test_the_deadline_retry_policy_does_not_retry_a_certificate_refused(tmp_path) -> None:
+    """Retried, the same certificate would be refused again after every backoff; a connection
+    that fails otherwise is still retried."""
+    from azure.core import PipelineClient
+    from azure.core.exceptions import AzureError
+    from azure.core.pipeline.transport import RequestsTransport
+    from azure.core.rest import HttpRequest
+
+    untrusted, hanging_up = refusing_and_closing(tmp_path)
+    with untrusted, hanging_up:
+        for server in (untrusted, hanging_up):
+            policy = DeadlineRetryPolicy(Deadline(30), 5, 5, retry_total=2, retry_backoff_factor=0.01)
+            transport = RequestsTransport(connection_verify=certifi.where())
+            client = PipelineClient(server.url, policies=[policy], transport=transport)
+            with client, pytest.raises(AzureError) as failed:
+                client.send_request(HttpRequest("GET", f"{server.url}/x"))
+            assert certificate_refused(failed.value) == (server is untrusted), failed.value
+        assert untrusted.connections == 1
+        assert hanging_up.connections == 3  # retry_total=2: the first attempt and two more
+
+
+def test_the_blob_containers_storage_client_does_not_retry_a_certificate_refused(tmp_path) -> None:
+    from azure.core.exceptions import AzureError
+    from azure.storage.blob import ContainerClient
+
+    untrusted, hanging_up = refusing_and_closing(tmp_path)
+    with untrusted, hanging_up:
+        for server in (untrusted, hanging_up):
+            policy = hub_blob_container._retry_policy()
+            policy.get_backoff_time = lambda settings: 0.0  # the waits are not under test
+            client = ContainerClient(
+                server.url, "c", credential={"account_name": "a", "account_key": "a2V5"},
+                retry_policy=policy, connection_verify=certifi.where(),
+            )  # fmt: skip
+            with client, pytest.raises(AzureError):
+                client.exists()
+        assert untrusted.connections == 1
+        assert hanging_up.connections > 1  # an answer cut off is retried
 
 
 # --- a job's staging, in a process of its own ------------------------------------------------------
