@@ -52,6 +52,23 @@ def test_shared_key_signatures_hold_for_awkward_names(tmp_path, container, wire)
     assert all(r.headers["if-match"] and r.headers["x-ms-date"] for r in reads)
 
 
+def test_a_blob_stored_gzip_encoded_is_staged_as_stored(tmp_path, container, wire) -> None:
+    """Content-Encoding is a property of what is stored: the listing's size and Content-MD5 are the
+    stored bytes', so those are what staging writes (a client that decoded would see a length
+    mismatch, or stage other bytes than the fingerprint names)."""
+    import gzip
+
+    from azure.storage.blob import ContentSettings
+
+    stored = gzip.compress(b"label,x\n" + b"1,2\n" * 2000)
+    container.upload_blob("data/rows.csv.gz", stored, content_settings=ContentSettings(content_encoding="gzip"))
+    result = staging.stage_blobs(container, "data/", tmp_path / "cache")
+    assert (tmp_path / "cache" / "data/rows.csv.gz").read_bytes() == stored
+    (read,) = [r for r in wire.proxy.recorded() if r.method == "GET" and "comp=list" not in r.path]
+    assert "accept-encoding" not in read.headers  # nothing asked the service to encode on the way
+    assert result.bytes_downloaded == len(stored)
+
+
 def test_azurite_refuses_a_wrong_signature_so_the_test_above_means_something(container) -> None:
     container.upload_blob("data/a.bin", b"a")
     etag = container.get_blob_client("data/a.bin").get_blob_properties().etag
