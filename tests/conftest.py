@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import skops.io  # noqa: F401 (imported first on purpose: see below)
 import yaml
 
 from tests.harness import pulumi_mocks, services
@@ -25,6 +26,12 @@ if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
 
 ROOT = Path(__file__).resolve().parent.parent
+# skops.io is imported above, before any Pulumi program runs in this process. Importing it builds
+# its list of trusted scipy ufuncs by looking each one up with getattr on every module in
+# sys.modules (skops/io/_utils.py, whichmodule). Once a program has run, sys.modules also holds
+# pulumi_azure_native's lazily imported modules (importlib.util.LazyLoader, through pulumi's
+# lazy_import), and each such getattr executes one of them: 14 s of a worker's CPU, spent by
+# whichever test first loaded a skops model, against under 1 s imported here.
 # What pulumi's serialize_provider leaves patched: every dynamic resource it serializes wraps
 # pickle._Pickler._batch_setitems and save_dict in one more sorting layer and never restores them
 # (pulumi/dynamic/dynamic.py; likely pulumi/pulumi#17803). A `pulumi up` serializes a few dozen

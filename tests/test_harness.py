@@ -6,6 +6,7 @@ import base64
 import io
 import os
 import socket
+import sys
 from pathlib import Path
 
 import paramiko
@@ -127,3 +128,11 @@ def test_azurite_stops_cleanly(tmp_path: Path) -> None:
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)
     assert not _accepts_connections(port)
+
+
+def test_skops_is_imported_before_any_pulumi_module() -> None:
+    """conftest imports skops.io first: imported after a Pulumi program has run, its start-up walk
+    over sys.modules executes every lazily imported pulumi_azure_native module (see conftest)."""
+    names = list(sys.modules)
+    first_pulumi = min(i for i, name in enumerate(names) if name.split(".")[0] in ("pulumi", "pulumi_azure_native"))
+    assert names.index("skops.io") < first_pulumi
