@@ -165,9 +165,10 @@ class UntrustedNotRetried:
 
 
 class DeadlineRetryPolicy(UntrustedNotRetried, RetryPolicy):
-    """azure-core's RetryPolicy (408, 429, 5xx and connection errors, but not a certificate refused;
-    backoff, `Retry-After`), bounded by one deadline: every attempt's connect and read timeouts are cut to what is left,
-    and a wait that would end past the deadline is not slept at all: the call fails at once with
+    """azure-core's RetryPolicy (408, 429, 5xx and connection errors, but not a certificate
+    refused; backoff, `Retry-After`), bounded by one deadline: every attempt's connect and read
+    timeouts are cut to what is left, and a wait that would end past the deadline is not slept at
+    all: the call fails at once with
     `DeadlineExceeded`. A request can carry its own deadline as the `deadline` option
     (`send_request(..., deadline=d)`); it replaces `self.deadline` from then on.
 

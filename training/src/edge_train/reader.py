@@ -35,8 +35,9 @@ What the SDK did for these GETs, and this module does too:
   `LIST_DEADLINE_S`, and a NextMarker seen before (a loop) is an error.
 - TLS verified against $REQUESTS_CA_BUNDLE / $CURL_CA_BUNDLE (a Hub's own CA) or certifi's
   bundle, as requests does, and nothing else (a certificate it does not vouch for fails at once,
-  named CERTIFICATE_VERIFY_FAILED, and is not retried); the environment's proxy for the account's host as
-  requests would choose it, NO_PROXY honoured, decided once here and not again by libcurl.
+  named CERTIFICATE_VERIFY_FAILED, and is not retried); the environment's proxy for the
+  account's host as requests would choose it, NO_PROXY honoured, decided once here and not again
+  by libcurl.
 """
 
 from __future__ import annotations
