@@ -168,9 +168,9 @@ class DeadlineRetryPolicy(UntrustedNotRetried, RetryPolicy):
     """azure-core's RetryPolicy (408, 429, 5xx and connection errors, but not a certificate
     refused; backoff, `Retry-After`), bounded by one deadline: every attempt's connect and read
     timeouts are cut to what is left, and a wait that would end past the deadline is not slept at
-    all: the call fails at once with
-    `DeadlineExceeded`. A request can carry its own deadline as the `deadline` option
-    (`send_request(..., deadline=d)`); it replaces `self.deadline` from then on.
+    all: the call fails at once with `DeadlineExceeded`. A request can carry its own deadline as
+    the `deadline` option (`send_request(..., deadline=d)`); it replaces `self.deadline` from then
+    on.
 
     Stock RetryPolicy sleeps whatever `Retry-After` says (azure-core policies/_retry.py,
     `_sleep_for_retry`), so an answer of `Retry-After: 86400` would park the caller for a day."""
