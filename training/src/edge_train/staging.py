@@ -21,8 +21,8 @@
   several large blobs proceed in parallel), written in place with `pwrite`, and hashed in order
   while the later ranges are still in flight. The first failure cancels what has not started.
 - Listing and reads go over reader.BlobReader, a pool of libcurl connections with Shared Key or SAS
-  auth, not through the SDK's pipeline: a small fraction of the CPU per request (see reader.py). The container
-  client passed in supplies the URL, the API version and the credential.
+  auth, not through the SDK's pipeline: a small fraction of the CPU per request (see reader.py).
+  The container client passed in supplies the URL, the API version and the credential.
 - Every failure is one StagingError naming the blob (or the cache file) it concerns.
 """
 
